@@ -1,0 +1,11 @@
+//! meshtrust: a SPIFFE trust-bundle federation daemon.
+//!
+//! One daemon per trust domain: a mini CA that issues X509-SVIDs, a bundle endpoint that publishes
+//! the trust bundle, fetchers that pin peers' bundles, and the Workload API on a Unix socket.
+//!
+//! # Layout
+//! - [`spiffe_id`]: `TrustDomain`, `SpiffeId` (validated).
+//! - [`bundle`]: `TrustBundle` and its JSON (JWKS) and PEM forms.
+
+pub mod bundle;
+pub mod spiffe_id;
