@@ -6,6 +6,22 @@
 //! # Layout
 //! - [`spiffe_id`]: `TrustDomain`, `SpiffeId` (validated).
 //! - [`bundle`]: `TrustBundle` and its JSON (JWKS) and PEM forms.
+//! - [`svid`]: issued X509-SVIDs and private keys (zeroized, redacted).
+//! - [`ca`]: authorities, issuance, rotation; publishes `CaSnapshot`s on a watch channel.
+//! - [`store`]: the durable state interface and its SQLite backend.
+//! - [`config`]: the TOML config, validated into typed values.
+//! - [`clock`]: the injectable clock.
+//! - [`app`]: wiring of the daemon's tasks; [`cli`], [`commands`]: the command line.
 
+pub mod admin_client;
+pub mod app;
 pub mod bundle;
+pub mod ca;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod signal;
 pub mod spiffe_id;
+pub mod store;
+pub mod svid;

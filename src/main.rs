@@ -1,1 +1,37 @@
-fn main() {}
+//! The `meshtrust` binary: parse the command line, set up logging and the crypto provider, run.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use meshtrust::cli::{Cli, LogFormat};
+use meshtrust::commands;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(commands::EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing(cli.log_format);
+    // ring is the only provider compiled in; make it the process default for every client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    commands::run(cli.command)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

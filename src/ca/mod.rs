@@ -1,0 +1,412 @@
+//! The mini CA: authorities on durable state, X509-SVID issuance, rotation with overlap.
+//!
+//! [`Ca`] owns the authorities and is the only writer of the CA state. Every change is persisted
+//! first (one transaction) and then published as an [`Arc<CaSnapshot>`] on a `watch` channel that
+//! the bundle endpoint, the Workload API and the metrics read. The bundle's `spiffe_sequence`
+//! rises when, and only when, the published content changes (authorities or refresh hint).
+
+mod authority;
+mod issue;
+pub mod key;
+mod rotation;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use authority::Authority;
+pub use issue::BACKDATE;
+pub use key::KeyType;
+pub use rotation::RETIRE_GRACE;
+
+use crate::bundle::{JwtAuthority, TrustBundle, jwks};
+use crate::clock::Clock;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::store::{AuthorityState, CaRecord, Storage, StoreError};
+use crate::svid::X509Svid;
+use rotation::{SlotView, Step};
+
+/// A CA failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen refused to build or sign a certificate.
+    #[error("certificate: {0}")]
+    Rcgen(#[source] rcgen::Error),
+    /// Key generation failed.
+    #[error("key generation: {0}")]
+    KeyGeneration(String),
+    /// A signature failed.
+    #[error("signing: {0}")]
+    Signing(String),
+    /// Stored CA material cannot be used.
+    #[error("stored CA state is unusable: {0}")]
+    Corrupt(String),
+    /// SVIDs need a workload ID (X509-SVID §3.1).
+    #[error("{0} has no path; an X509-SVID needs a workload ID")]
+    NotAWorkloadId(SpiffeId),
+    /// The issuing CA has expired.
+    #[error("the signing CA has expired")]
+    Expired,
+    /// The bundle could not be serialized.
+    #[error("bundle: {0}")]
+    Bundle(#[from] jwks::JwksError),
+    /// Persisting failed; nothing was published.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The CA's settings (from `[ca]` and `bundle_endpoint.refresh_hint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaPolicy {
+    /// CA key algorithm for new authorities.
+    pub key_type: KeyType,
+    /// Lifetime of a new CA.
+    pub ca_ttl: Duration,
+    /// X509-SVID lifetime.
+    pub x509_svid_ttl: Duration,
+    /// JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+    /// Published `spiffe_refresh_hint`.
+    pub refresh_hint: Duration,
+}
+
+impl CaPolicy {
+    fn longest_svid_ttl(&self) -> Duration {
+        self.x509_svid_ttl.max(self.jwt_svid_ttl)
+    }
+}
+
+/// An authority and where it is in its life.
+#[derive(Debug, Clone)]
+pub struct AuthoritySlot {
+    /// Prepared, active or retired.
+    pub state: AuthorityState,
+    /// For retired authorities: when it leaves the bundle.
+    pub prune_after: Option<SystemTime>,
+    /// The material.
+    pub authority: Arc<Authority>,
+}
+
+impl AuthoritySlot {
+    fn view(&self) -> SlotView {
+        SlotView {
+            generation: self.authority.generation,
+            state: self.state,
+            issued_at: self.authority.issued_at,
+            not_after: self.authority.not_after,
+            prune_after: self.prune_after,
+        }
+    }
+}
+
+/// What readers see: the authorities, the bundle and its pre-serialized document.
+#[derive(Debug)]
+pub struct CaSnapshot {
+    /// Our trust domain.
+    pub trust_domain: TrustDomain,
+    /// Authorities in bundle order (oldest generation first).
+    pub slots: Vec<AuthoritySlot>,
+    /// The published bundle, with sequence and refresh hint.
+    pub bundle: Arc<TrustBundle>,
+    /// The bundle document exactly as served on the bundle endpoint.
+    pub bundle_json: Bytes,
+    /// X509-SVID lifetime.
+    pub x509_svid_ttl: Duration,
+    /// JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+}
+
+impl CaSnapshot {
+    /// The signing authority. A snapshot is only published with one.
+    pub fn active(&self) -> Option<&Arc<Authority>> {
+        self.slot(AuthorityState::Active)
+    }
+
+    /// The prepared authority, if one is waiting.
+    pub fn prepared(&self) -> Option<&Arc<Authority>> {
+        self.slot(AuthorityState::Prepared)
+    }
+
+    fn slot(&self, state: AuthorityState) -> Option<&Arc<Authority>> {
+        self.slots
+            .iter()
+            .find(|s| s.state == state)
+            .map(|s| &s.authority)
+    }
+
+    /// Issues an X509-SVID for `id` with the active authority.
+    ///
+    /// # Errors
+    /// [`CaError`] for a root-path ID, no active CA or a signing failure.
+    pub fn issue_x509_svid(&self, id: &SpiffeId, now: SystemTime) -> Result<X509Svid, CaError> {
+        let active = self.active().ok_or(CaError::Expired)?;
+        active.issue_x509_svid(id, self.x509_svid_ttl, now)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    slots: Vec<AuthoritySlot>,
+    sequence: u64,
+    digest: Vec<u8>,
+}
+
+/// The CA: sole writer of the authorities and the own bundle.
+#[derive(Debug)]
+pub struct Ca {
+    trust_domain: TrustDomain,
+    policy: CaPolicy,
+    clock: Arc<dyn Clock>,
+    storage: Arc<dyn Storage>,
+    inner: Mutex<Inner>,
+    tx: watch::Sender<Arc<CaSnapshot>>,
+}
+
+impl Ca {
+    /// Loads the CA from `storage`, creating the first authority if there is none, and brings
+    /// it up to date (rotation steps due while the daemon was down, a changed refresh hint).
+    ///
+    /// # Errors
+    /// [`CaError`] if the state cannot be read, generated or persisted.
+    pub fn open(
+        trust_domain: TrustDomain,
+        policy: CaPolicy,
+        clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Self, CaError> {
+        let record = match storage.load_ca()? {
+            Some(r) => r,
+            None => {
+                let now = clock.now();
+                let first = Authority::generate(&trust_domain, policy.key_type, 1, now, policy.ca_ttl)?;
+                let slots = vec![AuthoritySlot {
+                    state: AuthorityState::Active,
+                    prune_after: None,
+                    authority: Arc::new(first),
+                }];
+                let (bundle, digest) = bundle_content(&trust_domain, &slots, &policy)?;
+                let json = jwks::to_json(&with_sequence(&bundle, 1))?;
+                // Another process may have initialised the state meanwhile: its state wins.
+                storage.init_ca(&to_record(&slots, 1, digest, json))?
+            }
+        };
+        let slots = record
+            .authorities
+            .iter()
+            .map(|s| {
+                Ok(AuthoritySlot {
+                    state: s.state,
+                    prune_after: s.prune_after,
+                    authority: Arc::new(Authority::from_stored(s)?),
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let inner = Inner {
+            slots,
+            sequence: record.bundle_sequence,
+            digest: record.bundle_digest,
+        };
+        let snapshot = build_snapshot(&trust_domain, &policy, &inner)?;
+        let (tx, _) = watch::channel(Arc::new(snapshot));
+        let ca = Self {
+            trust_domain,
+            policy,
+            clock,
+            storage,
+            inner: Mutex::new(inner),
+            tx,
+        };
+        ca.tick_inner(true)?;
+        Ok(ca)
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<CaSnapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver of every published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CaSnapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &CaPolicy {
+        &self.policy
+    }
+
+    /// Applies every rotation step due now. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// [`CaError`] if generation or persistence fails; the previous state then stays in force.
+    pub fn tick(&self) -> Result<bool, CaError> {
+        self.tick_inner(false)
+    }
+
+    fn tick_inner(&self, recheck_content: bool) -> Result<bool, CaError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now();
+        let mut slots = inner.slots.clone();
+        let mut changed = false;
+        // Each step changes the state, so the loop ends; the bound is a guard.
+        for _ in 0..16 {
+            let views: Vec<SlotView> = slots.iter().map(AuthoritySlot::view).collect();
+            let Some(step) = rotation::next_step(now, &views, self.policy.longest_svid_ttl()) else {
+                break;
+            };
+            tracing::info!(trust_domain = %self.trust_domain, ?step, "ca rotation step");
+            self.apply(&mut slots, step, now)?;
+            changed = true;
+        }
+        if !changed && !recheck_content {
+            return Ok(false);
+        }
+        let (bundle, digest) = bundle_content(&self.trust_domain, &slots, &self.policy)?;
+        let sequence = if digest == inner.digest {
+            inner.sequence
+        } else {
+            inner.sequence + 1
+        };
+        if !changed && sequence == inner.sequence {
+            return Ok(false);
+        }
+        let json = jwks::to_json(&with_sequence(&bundle, sequence))?;
+        self.storage
+            .save_ca(&to_record(&slots, sequence, digest.clone(), json))?;
+        if sequence != inner.sequence {
+            tracing::info!(trust_domain = %self.trust_domain, sequence, "own bundle changed");
+        }
+        *inner = Inner {
+            slots,
+            sequence,
+            digest,
+        };
+        let snapshot = build_snapshot(&self.trust_domain, &self.policy, &inner)?;
+        self.tx.send_replace(Arc::new(snapshot));
+        Ok(true)
+    }
+
+    fn apply(&self, slots: &mut Vec<AuthoritySlot>, step: Step, now: SystemTime) -> Result<(), CaError> {
+        match step {
+            Step::Prune(generation) => slots.retain(|s| s.authority.generation != generation),
+            Step::Activate(generation) | Step::Retire { generation, .. } => {
+                if let Some(s) = slots.iter_mut().find(|s| s.authority.generation == generation) {
+                    if let Step::Retire { prune_after, .. } = step {
+                        s.state = AuthorityState::Retired;
+                        s.prune_after = Some(prune_after);
+                    } else {
+                        s.state = AuthorityState::Active;
+                    }
+                }
+            }
+            Step::Generate(state) => {
+                let generation = slots.iter().map(|s| s.authority.generation).max().unwrap_or(0) + 1;
+                let authority = Authority::generate(
+                    &self.trust_domain,
+                    self.policy.key_type,
+                    generation,
+                    now,
+                    self.policy.ca_ttl,
+                )?;
+                slots.push(AuthoritySlot {
+                    state,
+                    prune_after: None,
+                    authority: Arc::new(authority),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// When the rotation plan next needs attention.
+    pub fn next_event(&self) -> Option<SystemTime> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let views: Vec<SlotView> = inner.slots.iter().map(AuthoritySlot::view).collect();
+        rotation::next_event(&views)
+    }
+
+    /// The rotation task: ticks whenever the plan is due, until cancelled. Never sleeps longer
+    /// than `max_sleep`, so a wall-clock jump is noticed.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        const MAX_SLEEP: Duration = Duration::from_secs(30);
+        loop {
+            if let Err(e) = self.tick() {
+                tracing::error!(error = %e, "ca rotation failed; retrying");
+            }
+            let now = self.clock.now();
+            let wait = self
+                .next_event()
+                .and_then(|t| t.duration_since(now).ok())
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(20), MAX_SLEEP);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn with_sequence(bundle: &TrustBundle, sequence: u64) -> TrustBundle {
+    TrustBundle {
+        sequence: Some(sequence),
+        ..bundle.clone()
+    }
+}
+
+/// The bundle without its sequence, and the digest of its document.
+fn bundle_content(
+    td: &TrustDomain,
+    slots: &[AuthoritySlot],
+    policy: &CaPolicy,
+) -> Result<(TrustBundle, Vec<u8>), CaError> {
+    let mut ordered: Vec<&AuthoritySlot> = slots.iter().collect();
+    ordered.sort_by_key(|s| s.authority.generation);
+    let bundle = TrustBundle {
+        trust_domain: td.clone(),
+        x509_authorities: ordered.iter().map(|s| s.authority.cert.clone()).collect(),
+        jwt_authorities: ordered
+            .iter()
+            .map(|s| JwtAuthority {
+                kid: s.authority.jwt.kid.clone(),
+                key: s.authority.jwt.public_key(),
+            })
+            .collect(),
+        sequence: None,
+        refresh_hint: Some(policy.refresh_hint),
+    };
+    let content = jwks::to_json(&bundle)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &content).as_ref().to_vec();
+    Ok((bundle, digest))
+}
+
+fn to_record(slots: &[AuthoritySlot], sequence: u64, digest: Vec<u8>, json: Vec<u8>) -> CaRecord {
+    CaRecord {
+        authorities: slots
+            .iter()
+            .map(|s| s.authority.to_stored(s.state, s.prune_after))
+            .collect(),
+        bundle_sequence: sequence,
+        bundle_digest: digest,
+        bundle_json: json,
+    }
+}
+
+fn build_snapshot(td: &TrustDomain, policy: &CaPolicy, inner: &Inner) -> Result<CaSnapshot, CaError> {
+    let (bundle, _) = bundle_content(td, &inner.slots, policy)?;
+    let bundle = with_sequence(&bundle, inner.sequence);
+    let json = jwks::to_json(&bundle)?;
+    let mut slots = inner.slots.clone();
+    slots.sort_by_key(|s| s.authority.generation);
+    Ok(CaSnapshot {
+        trust_domain: td.clone(),
+        slots,
+        bundle: Arc::new(bundle),
+        bundle_json: Bytes::from(json),
+        x509_svid_ttl: policy.x509_svid_ttl,
+        jwt_svid_ttl: policy.jwt_svid_ttl,
+    })
+}

@@ -1,0 +1,102 @@
+//! The command line of CONTRACT.md ("Commands").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// meshtrust: a SPIFFE trust-bundle federation daemon (mini CA, bundle endpoint, peer bundle
+/// pinning, Workload API).
+#[derive(Debug, Parser)]
+#[command(name = "meshtrust", version, about)]
+pub struct Cli {
+    /// Log format on stderr. Filtering follows RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon for one trust domain until SIGINT/SIGTERM.
+    Serve(ConfigArg),
+    /// Validate a config file without binding anything.
+    CheckConfig(ConfigArg),
+    /// The trust bundle of this trust domain.
+    Bundle {
+        /// What to do with the bundle.
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// CA, own bundle and every federation relationship's state, from a running daemon.
+    Status {
+        /// The daemon's admin socket.
+        #[arg(long)]
+        admin_socket: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Federation relationships of a running daemon.
+    Federation {
+        /// What to do.
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
+}
+
+/// `--config FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The TOML config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+/// `bundle` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Print the current bundle from the data dir (initialising the CA if the data dir is new,
+    /// so that operators can exchange bootstrap bundles before the first start).
+    Show {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// SPIFFE bundle JSON, or PEM CA certificates.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Spiffe)]
+        format: BundleFormat,
+    },
+}
+
+/// Bundle output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BundleFormat {
+    /// SPIFFE bundle JSON (JWK Set with spiffe_sequence and spiffe_refresh_hint).
+    Spiffe,
+    /// The X.509 CA certificates as PEM.
+    Pem,
+}
+
+/// `federation` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Fetch a peer's bundle now and print the outcome.
+    Refresh {
+        /// The peer trust domain.
+        trust_domain: String,
+        /// The daemon's admin socket.
+        #[arg(long)]
+        admin_socket: PathBuf,
+    },
+}

@@ -1,0 +1,100 @@
+//! The subcommands' bodies, mapping failures to exit codes: 64 (EX_USAGE) for a bad config or
+//! command line, 1 for a runtime failure.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::app;
+use crate::bundle::pem;
+use crate::ca::Ca;
+use crate::cli::{BundleCommand, BundleFormat, Command};
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::store::Storage;
+use crate::store::sqlite::SqliteStorage;
+
+/// sysexits EX_USAGE: a bad config or command line.
+pub const EX_USAGE: u8 = 64;
+
+/// Runs one subcommand to completion.
+pub fn run(command: Command) -> ExitCode {
+    let result = match command {
+        Command::CheckConfig(arg) => load_config(&arg.config).map(|c| {
+            println!("{}: ok (trust domain {})", c.source.display(), c.trust_domain);
+        }),
+        Command::Serve(arg) => load_config(&arg.config).and_then(|c| runtime_failure(serve(c))),
+        Command::Bundle {
+            command: BundleCommand::Show { config, format },
+        } => load_config(&config).and_then(|c| runtime_failure(bundle_show(&c, format))),
+        Command::Status { admin_socket, json } => {
+            runtime_failure(crate::admin_client::status(&admin_socket, json))
+        }
+        Command::Federation { command } => runtime_failure(crate::admin_client::federation(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => ExitCode::from(code),
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("meshtrust: bad config: {e}");
+        EX_USAGE
+    })
+}
+
+fn runtime_failure(result: anyhow::Result<()>) -> Result<(), u8> {
+    result.map_err(|e| {
+        eprintln!("meshtrust: {e:#}");
+        1
+    })
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            if let Err(e) = crate::signal::shutdown_signal().await {
+                tracing::error!(error = %e, "cannot listen for signals");
+                std::future::pending::<()>().await;
+            }
+        };
+        app::run(config, Arc::new(SystemClock), shutdown).await
+    })?;
+    Ok(())
+}
+
+fn bundle_show(config: &Config, format: BundleFormat) -> anyhow::Result<()> {
+    let storage: Arc<dyn Storage> = Arc::new(
+        SqliteStorage::open(&config.data_dir)
+            .with_context(|| format!("opening state in {}", config.data_dir.display()))?,
+    );
+    let record = match storage.load_ca()? {
+        Some(r) => r,
+        None => {
+            let ca = Ca::open(
+                config.trust_domain.clone(),
+                app::ca_policy(config),
+                Arc::new(SystemClock),
+                storage.clone(),
+            )?;
+            drop(ca);
+            storage.load_ca()?.context("CA state missing after initialisation")?
+        }
+    };
+    match format {
+        BundleFormat::Spiffe => println!("{}", String::from_utf8_lossy(&record.bundle_json)),
+        BundleFormat::Pem => {
+            let parsed = crate::bundle::jwks::parse(&config.trust_domain, &record.bundle_json)?;
+            print!("{}", pem::certs_to_pem(&parsed.bundle.x509_authorities));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Durable state behind one small interface, [`Storage`]: the CA authorities with the own bundle's
+//! sequence, and the pinned peer bundles.
+//!
+//! Every write is one transaction, so `kill -9` at any moment leaves either the old or the new
+//! state. The interface is synchronous and coarse (whole records, no queries) so that another
+//! backend (PostgreSQL, for several daemons of one mesh) can implement it later; [`sqlite`] is
+//! the embedded one.
+
+pub mod sqlite;
+
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::spiffe_id::TrustDomain;
+use crate::svid::PrivateKey;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// Creating or securing the data directory or database file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data that cannot be read back.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+}
+
+/// Where an authority is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorityState {
+    /// Published in the bundle, not signing yet.
+    Prepared,
+    /// Published and signing.
+    Active,
+    /// Published, no longer signing; leaves the bundle at `prune_after`.
+    Retired,
+}
+
+impl AuthorityState {
+    /// Storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Active => "active",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// Parses the storage spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "prepared" => Some(Self::Prepared),
+            "active" => Some(Self::Active),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// One CA generation as stored: X.509 CA and JWT signing key, rotated together.
+#[derive(Clone)]
+pub struct StoredAuthority {
+    /// Increases by one per new authority; orders the bundle.
+    pub generation: u64,
+    /// Life-cycle state.
+    pub state: AuthorityState,
+    /// When it was generated (and so first published).
+    pub issued_at: SystemTime,
+    /// The CA certificate's NotAfter.
+    pub not_after: SystemTime,
+    /// For retired authorities: when the last SVID it signed has expired.
+    pub prune_after: Option<SystemTime>,
+    /// CA certificate, DER.
+    pub ca_cert: Vec<u8>,
+    /// CA private key, PKCS#8 DER.
+    pub ca_key: PrivateKey,
+    /// JWT key ID.
+    pub jwt_kid: String,
+    /// JWT signing key, PKCS#8 DER.
+    pub jwt_key: PrivateKey,
+}
+
+impl fmt::Debug for StoredAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredAuthority")
+            .field("generation", &self.generation)
+            .field("state", &self.state)
+            .field("not_after", &self.not_after)
+            .field("prune_after", &self.prune_after)
+            .field("ca_key", &self.ca_key)
+            .field("jwt_kid", &self.jwt_kid)
+            .field("jwt_key", &self.jwt_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The CA's whole durable state, written at once.
+#[derive(Debug, Clone)]
+pub struct CaRecord {
+    /// All authorities still in the bundle.
+    pub authorities: Vec<StoredAuthority>,
+    /// The own bundle's `spiffe_sequence`.
+    pub bundle_sequence: u64,
+    /// SHA-256 of the bundle content without its sequence: a change bumps the sequence.
+    pub bundle_digest: Vec<u8>,
+    /// The published bundle document, as served.
+    pub bundle_json: Vec<u8>,
+}
+
+/// A peer's pinned bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedBundle {
+    /// The configured trust domain it is pinned under.
+    pub trust_domain: TrustDomain,
+    /// Our canonical SPIFFE bundle JSON of the usable keys.
+    pub bundle_json: Vec<u8>,
+    /// The peer's `spiffe_sequence`, if it sent one.
+    pub sequence: Option<u64>,
+    /// When it was fetched.
+    pub fetched_at: SystemTime,
+}
+
+/// Durable state. Implementations make every call atomic.
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// The CA state, if any.
+    ///
+    /// # Errors
+    /// On database failure or unreadable rows.
+    fn load_ca(&self) -> Result<Option<CaRecord>, StoreError>;
+    /// Stores `record` only if no CA state exists yet, and returns the state that is stored
+    /// afterwards (ours, or the one another process wrote first).
+    ///
+    /// # Errors
+    /// On database failure.
+    fn init_ca(&self, record: &CaRecord) -> Result<CaRecord, StoreError>;
+    /// Replaces the CA state.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_ca(&self, record: &CaRecord) -> Result<(), StoreError>;
+    /// Every pinned peer bundle.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn load_pinned(&self) -> Result<Vec<PinnedBundle>, StoreError>;
+    /// Pins (inserts or replaces) a peer bundle.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_pinned(&self, bundle: &PinnedBundle) -> Result<(), StoreError>;
+    /// Forgets a peer's pinned bundle (relationship removed or reset).
+    ///
+    /// # Errors
+    /// On database failure.
+    fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError>;
+}

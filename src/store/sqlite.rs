@@ -1,0 +1,264 @@
+//! The embedded backend: one SQLite file in `data_dir`, WAL mode, synchronous=FULL.
+//!
+//! The folder is made 0700 and the database 0600 (SQLite gives its `-wal`/`-shm` files the
+//! database file's mode). Writes are single transactions.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority};
+use crate::clock::{from_unix_millis, to_unix_millis};
+use crate::spiffe_id::TrustDomain;
+use crate::svid::PrivateKey;
+
+/// The database file's name inside `data_dir`.
+pub const DB_FILE: &str = "meshtrust.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS authority (
+    generation  INTEGER PRIMARY KEY,
+    state       TEXT    NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    prune_after INTEGER,
+    ca_cert     BLOB    NOT NULL,
+    ca_key      BLOB    NOT NULL,
+    jwt_kid     TEXT    NOT NULL,
+    jwt_key     BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS own_bundle (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    sequence INTEGER NOT NULL,
+    digest   BLOB    NOT NULL,
+    json     BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pinned_bundle (
+    trust_domain TEXT PRIMARY KEY,
+    json         BLOB    NOT NULL,
+    sequence     INTEGER,
+    fetched_at   INTEGER NOT NULL
+);
+";
+
+/// SQLite-backed [`Storage`].
+#[derive(Debug)]
+pub struct SqliteStorage {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the state in `data_dir`.
+    ///
+    /// # Errors
+    /// When the folder or file cannot be created or secured, or the database cannot be opened.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(io_err(data_dir))?;
+        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(data_dir))?;
+        let path = data_dir.join(DB_FILE);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err(&path))?;
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn read_ca(conn: &Connection) -> Result<Option<CaRecord>, StoreError> {
+    let own: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT sequence, digest, json FROM own_bundle WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((sequence, digest, json)) = own else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT generation, state, issued_at, not_after, prune_after, ca_cert, ca_key, jwt_kid, jwt_key
+         FROM authority ORDER BY generation",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
+            r.get::<_, String>(7)?,
+            r.get::<_, Vec<u8>>(8)?,
+        ))
+    })?;
+    let mut authorities = Vec::new();
+    for row in rows {
+        let (generation, state, issued_at, not_after, prune_after, ca_cert, ca_key, jwt_kid, jwt_key) =
+            row?;
+        authorities.push(StoredAuthority {
+            generation: u64::try_from(generation)
+                .map_err(|_| StoreError::Corrupt("negative generation".into()))?,
+            state: AuthorityState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("authority state {state:?}")))?,
+            issued_at: from_unix_millis(issued_at),
+            not_after: from_unix_millis(not_after),
+            prune_after: prune_after.map(from_unix_millis),
+            ca_cert,
+            ca_key: PrivateKey::from_pkcs8_der(ca_key),
+            jwt_kid,
+            jwt_key: PrivateKey::from_pkcs8_der(jwt_key),
+        });
+    }
+    Ok(Some(CaRecord {
+        authorities,
+        bundle_sequence: u64::try_from(sequence)
+            .map_err(|_| StoreError::Corrupt("negative sequence".into()))?,
+        bundle_digest: digest,
+        bundle_json: json,
+    }))
+}
+
+fn write_ca(conn: &Connection, record: &CaRecord) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM authority", [])?;
+    let mut insert = conn.prepare(
+        "INSERT INTO authority
+         (generation, state, issued_at, not_after, prune_after, ca_cert, ca_key, jwt_kid, jwt_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for a in &record.authorities {
+        insert.execute(params![
+            i64::try_from(a.generation).map_err(|_| StoreError::Corrupt("generation".into()))?,
+            a.state.as_str(),
+            to_unix_millis(a.issued_at),
+            to_unix_millis(a.not_after),
+            a.prune_after.map(to_unix_millis),
+            a.ca_cert,
+            a.ca_key.pkcs8_der(),
+            a.jwt_kid,
+            a.jwt_key.pkcs8_der(),
+        ])?;
+    }
+    conn.execute(
+        "INSERT INTO own_bundle (id, sequence, digest, json) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET sequence = ?1, digest = ?2, json = ?3",
+        params![
+            i64::try_from(record.bundle_sequence)
+                .map_err(|_| StoreError::Corrupt("sequence".into()))?,
+            record.bundle_digest,
+            record.bundle_json
+        ],
+    )?;
+    Ok(())
+}
+
+impl Storage for SqliteStorage {
+    fn load_ca(&self) -> Result<Option<CaRecord>, StoreError> {
+        read_ca(&self.conn())
+    }
+
+    fn init_ca(&self, record: &CaRecord) -> Result<CaRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(existing) = read_ca(&tx)? {
+            return Ok(existing);
+        }
+        write_ca(&tx, record)?;
+        tx.commit()?;
+        Ok(record.clone())
+    }
+
+    fn save_ca(&self, record: &CaRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        write_ca(&tx, record)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_pinned(&self) -> Result<Vec<PinnedBundle>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT trust_domain, json, sequence, fetched_at FROM pinned_bundle ORDER BY trust_domain",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (td, bundle_json, sequence, fetched_at) = row?;
+            out.push(PinnedBundle {
+                trust_domain: TrustDomain::new(&td)
+                    .map_err(|e| StoreError::Corrupt(format!("pinned trust domain {td:?}: {e}")))?,
+                bundle_json,
+                sequence: sequence.and_then(|s| u64::try_from(s).ok()),
+                fetched_at: from_unix_millis(fetched_at),
+            });
+        }
+        Ok(out)
+    }
+
+    fn save_pinned(&self, b: &PinnedBundle) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO pinned_bundle (trust_domain, json, sequence, fetched_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(trust_domain) DO UPDATE SET json = ?2, sequence = ?3, fetched_at = ?4",
+            params![
+                b.trust_domain.as_str(),
+                b.bundle_json,
+                b.sequence.and_then(|s| i64::try_from(s).ok()),
+                to_unix_millis(b.fetched_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM pinned_bundle WHERE trust_domain = ?1",
+            params![trust_domain.as_str()],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! X509-SVIDs as issued to workloads: the certificate chain and its private key.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+use crate::spiffe_id::SpiffeId;
+
+/// An X509-SVID with its private key.
+///
+/// The key is PKCS#8 DER, zeroized on drop and never printed by `Debug`.
+#[derive(Clone)]
+pub struct X509Svid {
+    /// The identity in the leaf's URI SAN.
+    pub spiffe_id: SpiffeId,
+    /// Leaf first; our CAs are roots, so this is the leaf alone.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// PKCS#8 DER private key of the leaf.
+    pub private_key: PrivateKey,
+    /// The leaf's NotAfter.
+    pub not_after: SystemTime,
+    /// The leaf's NotBefore.
+    pub not_before: SystemTime,
+}
+
+impl fmt::Debug for X509Svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X509Svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("certs", &self.cert_chain.len())
+            .field("private_key", &self.private_key)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// A PKCS#8 DER private key: zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct PrivateKey(Zeroizing<Vec<u8>>);
+
+impl PrivateKey {
+    /// Takes ownership of PKCS#8 DER bytes.
+    pub fn from_pkcs8_der(der: Vec<u8>) -> Self {
+        Self(Zeroizing::new(der))
+    }
+
+    /// The PKCS#8 DER bytes. Every caller keeps the copy it makes zeroized too.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// PEM (`BEGIN PRIVATE KEY`), zeroized on drop.
+    pub fn to_pem(&self) -> Zeroizing<String> {
+        use base64::Engine as _;
+        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.0));
+        let mut pem = Zeroizing::new(String::with_capacity(b64.len() + 80));
+        pem.push_str("-----BEGIN PRIVATE KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrivateKey(<redacted {} bytes>)", self.0.len())
+    }
+}
