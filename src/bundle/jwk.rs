@@ -286,3 +286,68 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[start..]
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::bundle::jwks::parse;
+    use crate::bundle::test_support::*;
+
+    #[test]
+    fn with_several_x5c_certs_the_first_is_used_and_a_note_recorded() {
+        // X509-SVID 1.2.16: all but the first MUST be ignored (go-spiffe/SPIRE would fail the doc).
+        let (first, second) = (ca_cert(p384()), ca_cert(p256()));
+        let mut key = published_keys(&bundle(vec![first.clone()], vec![]))[0].clone();
+        key["x5c"] = json!([key["x5c"][0], STANDARD.encode(&second), "not even base64"]);
+        key["kid"] = json!("tolerated");
+        let parsed = parse(&td(), json!({ "keys": [key] }).to_string().as_bytes()).expect("valid");
+        assert_eq!(parsed.bundle.x509_authorities, [first]);
+        assert_eq!(parsed.skipped, []);
+        let notes: Vec<&str> = parsed.notes.iter().map(|n| n.note.as_str()).collect();
+        assert_eq!(
+            notes,
+            [
+                "x5c holds 3 certificates; only the first is used",
+                "kid on an x509-svid key is ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn identical_x509_authorities_are_kept_once() {
+        let keys = published_keys(&bundle(vec![ca_cert(p256())], vec![]));
+        let doc = json!({ "keys": [keys[0], keys[0]] }).to_string();
+        let parsed = parse(&td(), doc.as_bytes()).expect("valid");
+        assert_eq!(parsed.bundle.x509_authorities.len(), 1);
+        assert_eq!(parsed.notes.len(), 1);
+        assert_eq!(parsed.notes[0].index, 1);
+    }
+
+    #[test]
+    fn a_repeated_kid_keeps_the_last_key_and_records_a_note() {
+        // go-spiffe keeps JWT keys in a map by kid: the last wins (SPIFFE.md §6.2).
+        let (first, last) = (
+            ec_jwt_authority(p256(), "same"),
+            ec_jwt_authority(p384(), "same"),
+        );
+        let keys = published_keys(&bundle(vec![], vec![first]));
+        let last_key = published_keys(&bundle(vec![], vec![last.clone()]))[0].clone();
+        let doc = json!({ "keys": [keys[0], last_key] }).to_string();
+        let parsed = parse(&td(), doc.as_bytes()).expect("valid");
+        assert_eq!(parsed.bundle.jwt_authorities, [last]);
+        assert_eq!(parsed.notes.len(), 1);
+    }
+
+    #[test]
+    fn rsa_params_with_leading_zero_bytes_still_match_the_certificate() {
+        let mut key = published_keys(&bundle(vec![rsa_ca_cert()], vec![]))[0].clone();
+        let n = URL_SAFE_NO_PAD
+            .decode(key["n"].as_str().expect("n"))
+            .expect("base64url");
+        key["n"] = json!(URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat()));
+        let parsed = parse(&td(), json!({ "keys": [key] }).to_string().as_bytes()).expect("valid");
+        assert_eq!(parsed.bundle.x509_authorities, [rsa_ca_cert()]);
+    }
+}

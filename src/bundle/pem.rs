@@ -71,7 +71,7 @@ pub fn parse_certs_pem(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Pem
         }
         let index = certs.len();
         match X509Certificate::from_der(&der) {
-            Ok((rest, _)) if rest.is_empty() => certs.push(CertificateDer::from(der)),
+            Ok(([], _)) => certs.push(CertificateDer::from(der)),
             Ok(_) => {
                 let reason = "trailing bytes after the certificate".to_owned();
                 return Err(PemError::BadCertificate { index, reason });
@@ -124,4 +124,101 @@ pub fn parse_bootstrap(td: &TrustDomain, bytes: &[u8]) -> Result<TrustBundle, Pe
         return Err(PemError::NoX509Authorities);
     }
     Ok(parsed.bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::test_support::*;
+
+    #[test]
+    fn pem_round_trips_p256_p384_and_rsa_certificates() {
+        let certs = vec![ca_cert(p256()), ca_cert(p384()), rsa_ca_cert()];
+        let pem = certs_to_pem(&certs);
+        assert!(pem.lines().all(|line| line.len() <= 64), "64-column base64");
+        assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----\n").count(), 3);
+        assert_eq!(parse_certs_pem(pem.as_bytes()).expect("parse"), certs);
+    }
+
+    #[test]
+    fn the_openssl_fixture_parses_to_one_certificate() {
+        assert_eq!(parse_certs_pem(RSA_CA_PEM).expect("parse"), [rsa_ca_cert()]);
+    }
+
+    #[test]
+    fn non_certificate_sections_and_surrounding_text_are_skipped() {
+        let cert = ca_cert(p256());
+        let input = format!(
+            "subject=CN=ca\r\n{}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\ntrailer\n",
+            certs_to_pem(std::slice::from_ref(&cert))
+        );
+        assert_eq!(parse_certs_pem(input.as_bytes()).expect("parse"), [cert]);
+    }
+
+    #[test]
+    fn pem_without_a_certificate_or_with_a_broken_one_is_an_error() {
+        assert_eq!(parse_certs_pem(b""), Err(PemError::NoCertificates));
+        assert_eq!(parse_certs_pem(b"hello"), Err(PemError::NoCertificates));
+        let key_only = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        assert_eq!(parse_certs_pem(key_only), Err(PemError::NoCertificates));
+        let unterminated = b"-----BEGIN CERTIFICATE-----\nAAAA\n";
+        assert!(matches!(
+            parse_certs_pem(unterminated),
+            Err(PemError::Malformed(_))
+        ));
+        let not_der = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = parse_certs_pem(not_der);
+        assert!(
+            matches!(err, Err(PemError::BadCertificate { index: 0, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn der_concatenation_is_the_certificates_back_to_back() {
+        let certs = vec![ca_cert(p256()), rsa_ca_cert()];
+        let concat = certs_to_der_concat(&certs);
+        assert_eq!(concat, [certs[0].as_ref(), certs[1].as_ref()].concat());
+        assert_eq!(certs_to_der_concat(&[]), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_bootstrap_bundle_may_be_pem_certificates() {
+        // SPIFFE.md §2: a bootstrap bundle MAY be PEM.
+        let certs = vec![ca_cert(p256()), rsa_ca_cert()];
+        let bundle = parse_bootstrap(&td(), certs_to_pem(&certs).as_bytes()).expect("PEM");
+        assert_eq!(bundle, crate::bundle::test_support::bundle(certs, vec![]));
+    }
+
+    #[test]
+    fn a_bootstrap_bundle_may_be_spiffe_bundle_json_with_leading_whitespace() {
+        // SPIFFE.md §2: a bootstrap bundle MUST be accepted as SPIFFE bundle JSON.
+        let mut original = bundle(vec![ca_cert(p384())], vec![ec_jwt_authority(p256(), "k")]);
+        original.sequence = Some(4);
+        let json = jwks::to_json(&original).expect("publish");
+        for prefix in [&b""[..], b" \n\t", b"\xEF\xBB\xBF\n"] {
+            let input = [prefix, &json].concat();
+            assert_eq!(parse_bootstrap(&td(), &input).expect("JSON"), original);
+        }
+    }
+
+    #[test]
+    fn a_bootstrap_bundle_without_usable_x509_authorities_is_an_error() {
+        let jwt_only = jwks::to_json(&bundle(vec![], vec![ec_jwt_authority(p256(), "k")]));
+        let jwt_only = jwt_only.expect("publish");
+        assert_eq!(
+            parse_bootstrap(&td(), &jwt_only),
+            Err(PemError::NoX509Authorities)
+        );
+        assert_eq!(
+            parse_bootstrap(&td(), br#"{"keys":[]}"#),
+            Err(PemError::NoX509Authorities)
+        );
+        let err = parse_bootstrap(&td(), b"{}");
+        assert_eq!(err, Err(PemError::Jwks(jwks::JwksError::MissingKeys)));
+        assert_eq!(
+            parse_bootstrap(&td(), b"   "),
+            Err(PemError::NoCertificates)
+        );
+    }
 }

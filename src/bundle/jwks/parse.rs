@@ -123,8 +123,125 @@ fn non_negative_int(value: Option<&Value>) -> Result<Option<u64>, ()> {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use serde_json::{Map, json};
+
     use super::*;
     use crate::bundle::test_support::*;
+
+    type Mutation = fn(&mut Map<String, Value>);
+
+    fn set(obj: &mut Map<String, Value>, name: &str, value: Value) {
+        obj.insert(name.to_owned(), value);
+    }
+
+    #[test]
+    fn each_bad_key_is_skipped_while_the_good_keys_next_to_it_are_kept() {
+        // Decisions already taken; X509-SVID 1.2.16; JWT-SVID 1.3.11-12; TD&B 1.4.6, 1.4.8-9.
+        let cert = ca_cert(p256());
+        let authority = ec_jwt_authority(p256(), "good");
+        let good = published_keys(&bundle(vec![cert.clone()], vec![authority.clone()]));
+        let other_p256 = published_keys(&bundle(vec![ca_cert(p256())], vec![]))[0].clone();
+        let rsa = published_keys(&bundle(vec![rsa_ca_cert()], vec![]))[0].clone();
+        let x509_cases: Vec<(&str, Mutation)> = vec![
+            ("missing use", |k| drop(k.remove("use"))),
+            ("unknown use", |k| set(k, "use", json!("wit-svid"))),
+            ("use is case-sensitive", |k| {
+                set(k, "use", json!("X509-SVID"))
+            }),
+            ("use not a string", |k| set(k, "use", json!(1))),
+            ("missing kty", |k| drop(k.remove("kty"))),
+            ("unknown kty", |k| set(k, "kty", json!("OKP"))),
+            ("oct kty", |k| set(k, "kty", json!("oct"))),
+            ("missing x5c", |k| drop(k.remove("x5c"))),
+            ("empty x5c", |k| set(k, "x5c", json!([]))),
+            ("x5c not an array", |k| set(k, "x5c", k["x5c"][0].clone())),
+            ("x5c[0] not a string", |k| set(k, "x5c", json!([7]))),
+            ("x5c[0] base64url", |k| {
+                let std = k["x5c"][0].as_str().unwrap_or_default().to_owned();
+                let url = std.replace('+', "-").replace('/', "_").replace('=', "");
+                assert_ne!(std, url);
+                set(k, "x5c", json!([url]));
+            }),
+            ("x5c[0] bad DER", |k| {
+                set(k, "x5c", json!([STANDARD.encode(b"not a cert")]))
+            }),
+            ("x5c[0] trailing bytes", |k| {
+                let mut der = STANDARD
+                    .decode(k["x5c"][0].as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                der.push(0);
+                set(k, "x5c", json!([STANDARD.encode(der)]));
+            }),
+            ("missing x", |k| drop(k.remove("x"))),
+            ("P-384 crv on a P-256 cert", |k| {
+                set(k, "crv", json!("P-384"))
+            }),
+            ("swapped coordinates", |k| {
+                let x = k["x"].clone();
+                set(k, "x", k["y"].clone());
+                set(k, "y", x);
+            }),
+        ];
+        let jwt_cases: Vec<(&str, Mutation)> = vec![
+            ("jwt without kid", |k| drop(k.remove("kid"))),
+            ("jwt with empty kid", |k| set(k, "kid", json!(""))),
+            ("jwt kid not a string", |k| set(k, "kid", json!(7))),
+            ("jwt short x", |k| {
+                set(k, "x", json!(URL_SAFE_NO_PAD.encode([1u8; 31])))
+            }),
+            ("jwt long y", |k| {
+                set(k, "y", json!(URL_SAFE_NO_PAD.encode([1u8; 33])))
+            }),
+            ("jwt padded x", |k| {
+                set(
+                    k,
+                    "x",
+                    json!(format!("{}=", k["x"].as_str().unwrap_or_default())),
+                )
+            }),
+            ("jwt bad curve", |k| set(k, "crv", json!("P-521"))),
+            ("jwt secp256k1", |k| set(k, "crv", json!("secp256k1"))),
+            ("jwt missing crv", |k| drop(k.remove("crv"))),
+            ("jwt RSA without n", |k| {
+                set(k, "kty", json!("RSA"));
+                set(k, "e", json!("AQAB"));
+            }),
+        ];
+        let mut cases: Vec<(&str, Value)> = Vec::new();
+        for (base, list) in [(&good[0], x509_cases), (&good[1], jwt_cases)] {
+            for (name, mutate) in list {
+                let mut key = base.as_object().expect("object").clone();
+                mutate(&mut key);
+                cases.push((name, Value::Object(key)));
+            }
+        }
+        let mut mismatch = other_p256.as_object().expect("object").clone();
+        mismatch.insert("x5c".to_owned(), good[0]["x5c"].clone());
+        cases.push(("params of another P-256 key", Value::Object(mismatch)));
+        let mut wrong_kty = rsa.as_object().expect("object").clone();
+        wrong_kty.insert("x5c".to_owned(), good[0]["x5c"].clone());
+        cases.push(("RSA kty on an EC cert", Value::Object(wrong_kty)));
+        cases.push(("not an object", json!("key")));
+
+        for (name, bad) in cases {
+            let doc = json!({ "keys": [bad, good[0], good[1]] }).to_string();
+            let parsed = parse(&td(), doc.as_bytes()).expect("valid document");
+            assert_eq!(parsed.skipped.len(), 1, "{name}: {:?}", parsed.skipped);
+            assert_eq!(parsed.skipped[0].index, 0, "{name}");
+            assert_eq!(
+                parsed.bundle.x509_authorities,
+                std::slice::from_ref(&cert),
+                "{name}"
+            );
+            assert_eq!(
+                parsed.bundle.jwt_authorities,
+                std::slice::from_ref(&authority),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn an_empty_keys_array_is_an_empty_bundle_not_an_error() {
