@@ -10,6 +10,12 @@ use rustls_pki_types::CertificateDer;
 
 use crate::spiffe_id::TrustDomain;
 
+mod jwk;
+pub mod jwks;
+pub mod pem;
+#[cfg(test)]
+mod test_support;
+
 /// The authorities of one trust domain, as published or as pinned from a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustBundle {
@@ -80,6 +86,16 @@ pub enum JwtPublicKey {
     },
 }
 
+impl JwtPublicKey {
+    /// The JWK `kty` name: `EC` or `RSA`.
+    pub fn kty(&self) -> &'static str {
+        match self {
+            Self::Ec { .. } => "EC",
+            Self::Rsa { .. } => "RSA",
+        }
+    }
+}
+
 /// The EC curves we read and write in JWKs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EcCurve {
@@ -95,6 +111,15 @@ impl EcCurve {
         match self {
             Self::P256 => "P-256",
             Self::P384 => "P-384",
+        }
+    }
+
+    /// The curve with this JWK `crv` name (case-sensitive), if we support it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "P-256" => Some(Self::P256),
+            "P-384" => Some(Self::P384),
+            _ => None,
         }
     }
 
