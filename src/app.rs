@@ -69,11 +69,12 @@ impl Daemon {
     /// # Errors
     /// [`AppError`] when the state, the CA or a listener cannot be set up.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
-        let storage: Arc<dyn Storage> =
-            Arc::new(SqliteStorage::open(&config.data_dir).map_err(|source| AppError::Store {
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&config.data_dir).map_err(
+            |source| AppError::Store {
                 dir: config.data_dir.display().to_string(),
                 source,
-            })?);
+            },
+        )?);
         let ca = Arc::new(Ca::open(
             config.trust_domain.clone(),
             ca_policy(&config),

@@ -23,7 +23,11 @@ pub const EX_USAGE: u8 = 64;
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::CheckConfig(arg) => load_config(&arg.config).map(|c| {
-            println!("{}: ok (trust domain {})", c.source.display(), c.trust_domain);
+            println!(
+                "{}: ok (trust domain {})",
+                c.source.display(),
+                c.trust_domain
+            );
         }),
         Command::Serve(arg) => load_config(&arg.config).and_then(|c| runtime_failure(serve(c))),
         Command::Bundle {
@@ -32,7 +36,9 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status { admin_socket, json } => {
             runtime_failure(crate::admin_client::status(&admin_socket, json))
         }
-        Command::Federation { command } => runtime_failure(crate::admin_client::federation(command)),
+        Command::Federation { command } => {
+            runtime_failure(crate::admin_client::federation(command))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,7 +92,9 @@ fn bundle_show(config: &Config, format: BundleFormat) -> anyhow::Result<()> {
                 storage.clone(),
             )?;
             drop(ca);
-            storage.load_ca()?.context("CA state missing after initialisation")?
+            storage
+                .load_ca()?
+                .context("CA state missing after initialisation")?
         }
     };
     match format {

@@ -181,7 +181,8 @@ impl Ca {
             Some(r) => r,
             None => {
                 let now = clock.now();
-                let first = Authority::generate(&trust_domain, policy.key_type, 1, now, policy.ca_ttl)?;
+                let first =
+                    Authority::generate(&trust_domain, policy.key_type, 1, now, policy.ca_ttl)?;
                 let slots = vec![AuthoritySlot {
                     state: AuthorityState::Active,
                     prune_after: None,
@@ -254,7 +255,8 @@ impl Ca {
         // Each step changes the state, so the loop ends; the bound is a guard.
         for _ in 0..16 {
             let views: Vec<SlotView> = slots.iter().map(AuthoritySlot::view).collect();
-            let Some(step) = rotation::next_step(now, &views, self.policy.longest_svid_ttl()) else {
+            let Some(step) = rotation::next_step(now, &views, self.policy.longest_svid_ttl())
+            else {
                 break;
             };
             tracing::info!(trust_domain = %self.trust_domain, ?step, "ca rotation step");
@@ -289,11 +291,19 @@ impl Ca {
         Ok(true)
     }
 
-    fn apply(&self, slots: &mut Vec<AuthoritySlot>, step: Step, now: SystemTime) -> Result<(), CaError> {
+    fn apply(
+        &self,
+        slots: &mut Vec<AuthoritySlot>,
+        step: Step,
+        now: SystemTime,
+    ) -> Result<(), CaError> {
         match step {
             Step::Prune(generation) => slots.retain(|s| s.authority.generation != generation),
             Step::Activate(generation) | Step::Retire { generation, .. } => {
-                if let Some(s) = slots.iter_mut().find(|s| s.authority.generation == generation) {
+                if let Some(s) = slots
+                    .iter_mut()
+                    .find(|s| s.authority.generation == generation)
+                {
                     if let Step::Retire { prune_after, .. } = step {
                         s.state = AuthorityState::Retired;
                         s.prune_after = Some(prune_after);
@@ -303,7 +313,12 @@ impl Ca {
                 }
             }
             Step::Generate(state) => {
-                let generation = slots.iter().map(|s| s.authority.generation).max().unwrap_or(0) + 1;
+                let generation = slots
+                    .iter()
+                    .map(|s| s.authority.generation)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
                 let authority = Authority::generate(
                     &self.trust_domain,
                     self.policy.key_type,
@@ -379,7 +394,9 @@ fn bundle_content(
         refresh_hint: Some(policy.refresh_hint),
     };
     let content = jwks::to_json(&bundle)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &content).as_ref().to_vec();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &content)
+        .as_ref()
+        .to_vec();
     Ok((bundle, digest))
 }
 
@@ -395,7 +412,11 @@ fn to_record(slots: &[AuthoritySlot], sequence: u64, digest: Vec<u8>, json: Vec<
     }
 }
 
-fn build_snapshot(td: &TrustDomain, policy: &CaPolicy, inner: &Inner) -> Result<CaSnapshot, CaError> {
+fn build_snapshot(
+    td: &TrustDomain,
+    policy: &CaPolicy,
+    inner: &Inner,
+) -> Result<CaSnapshot, CaError> {
     let (bundle, _) = bundle_content(td, &inner.slots, policy)?;
     let bundle = with_sequence(&bundle, inner.sequence);
     let json = jwks::to_json(&bundle)?;

@@ -53,7 +53,10 @@ pub(crate) enum Step {
     /// Make this prepared authority the signer.
     Activate(u64),
     /// Stop signing with the active one; keep it published until `prune_after`.
-    Retire { generation: u64, prune_after: SystemTime },
+    Retire {
+        generation: u64,
+        prune_after: SystemTime,
+    },
     /// Generate a new authority in this state.
     Generate(AuthorityState),
 }
@@ -82,7 +85,9 @@ pub(crate) fn next_step(now: SystemTime, slots: &[SlotView], svid_ttl: Duration)
                 None
             }
         }
-        (Some(a), None) => (now >= a.prepare_at()).then_some(Step::Generate(AuthorityState::Prepared)),
+        (Some(a), None) => {
+            (now >= a.prepare_at()).then_some(Step::Generate(AuthorityState::Prepared))
+        }
     }
 }
 
@@ -111,7 +116,7 @@ mod tests {
     const H: Duration = Duration::from_secs(3600);
 
     fn t(h: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + H * 1000 + H * h
+        SystemTime::UNIX_EPOCH + H * 1000 + H * u32::try_from(h).unwrap_or(0)
     }
     fn slot(generation: u64, state: AuthorityState, issued: u64, ttl_h: u64) -> SlotView {
         SlotView {
@@ -143,7 +148,10 @@ mod tests {
         assert_eq!(next_event(&slots), Some(t(20)));
         assert_eq!(
             next_step(t(20), &slots, H),
-            Some(Step::Retire { generation: 1, prune_after: t(21) + RETIRE_GRACE })
+            Some(Step::Retire {
+                generation: 1,
+                prune_after: t(21) + RETIRE_GRACE
+            })
         );
     }
 

@@ -131,8 +131,17 @@ fn read_ca(conn: &Connection) -> Result<Option<CaRecord>, StoreError> {
     })?;
     let mut authorities = Vec::new();
     for row in rows {
-        let (generation, state, issued_at, not_after, prune_after, ca_cert, ca_key, jwt_kid, jwt_key) =
-            row?;
+        let (
+            generation,
+            state,
+            issued_at,
+            not_after,
+            prune_after,
+            ca_cert,
+            ca_key,
+            jwt_kid,
+            jwt_key,
+        ) = row?;
         authorities.push(StoredAuthority {
             generation: u64::try_from(generation)
                 .map_err(|_| StoreError::Corrupt("negative generation".into()))?,
