@@ -21,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod federation;
 pub mod signal;
 pub mod spiffe_id;
 pub mod store;
