@@ -9,3 +9,4 @@
 
 pub mod bundle;
 pub mod spiffe_id;
+pub mod workload_api;
