@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`spiffe_id`]: `TrustDomain`, `SpiffeId` (validated).
 //! - [`bundle`]: `TrustBundle` and its JSON (JWKS) and PEM forms.
+//! - [`workload_api`]: the SPIFFE Workload API: generated gRPC bindings ([`workload_api::proto`])
+//!   and caller attestation ([`workload_api::attest`]).
 
 pub mod bundle;
 pub mod spiffe_id;
