@@ -12,5 +12,10 @@
 //! [`ValidateJwtsvidRequest`], and so on. The server trait is
 //! [`spiffe_workload_api_server::SpiffeWorkloadApi`], the client
 //! [`spiffe_workload_api_client::SpiffeWorkloadApiClient`].
+//!
+//! No lint allowance is needed here: with the crate's lints, `cargo clippy --all-targets -- -D
+//! warnings` is clean on the generated code (every type derives `Debug`, nothing unwraps), and the
+//! client/server modules carry tonic's own narrow `#![allow]`s. Add a targeted `#[expect]` on the
+//! `include!` only if a future generator version trips a lint.
 
 include!("gen/workload.rs");
