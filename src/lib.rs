@@ -11,6 +11,8 @@
 //! - [`store`]: the durable state interface and its SQLite backend.
 //! - [`config`]: the TOML config, validated into typed values.
 //! - [`clock`]: the injectable clock.
+//! - [`federation`]: pinned peer bundles, fetch status, bundle endpoint, fetchers.
+//! - [`workload_api`]: the SPIFFE Workload API and its JSON view on a Unix socket.
 //! - [`app`]: wiring of the daemon's tasks; [`cli`], [`commands`]: the command line.
 
 pub mod admin_client;
@@ -26,3 +28,4 @@ pub mod signal;
 pub mod spiffe_id;
 pub mod store;
 pub mod svid;
+pub mod workload_api;
