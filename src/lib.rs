@@ -15,6 +15,7 @@
 //! - [`workload_api`]: the SPIFFE Workload API and its JSON view on a Unix socket.
 //! - [`app`]: wiring of the daemon's tasks; [`cli`], [`commands`]: the command line.
 
+pub mod admin_api;
 pub mod admin_client;
 pub mod app;
 pub mod bundle;

@@ -13,6 +13,7 @@ use crate::spiffe_id::TrustDomain;
 mod jwk;
 pub mod jwks;
 pub mod pem;
+pub mod summary;
 #[cfg(test)]
 mod test_support;
 

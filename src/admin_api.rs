@@ -1,0 +1,204 @@
+//! The admin API: HTTP/1.1 JSON on a Unix socket (mode 0600), for `meshtrust status` and
+//! `meshtrust federation refresh` (CONTRACT.md "Admin API"). It only reads the state, except
+//! that a refresh asks the peer's fetcher to fetch now.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bundle::summary::{self, AuthoritySummary};
+use crate::ca::{Authority, Ca};
+use crate::clock::rfc3339;
+use crate::federation::pinned::PeerStore;
+use crate::federation::status::StatusBoard;
+use crate::federation::{FetchReport, RefreshHandles};
+use crate::spiffe_id::TrustDomain;
+
+/// What the admin API reads.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The CA.
+    pub ca: Arc<Ca>,
+    /// Pinned peer bundles.
+    pub peers: Arc<PeerStore>,
+    /// Fetch status.
+    pub status: Arc<StatusBoard>,
+    /// The fetchers' refresh queues.
+    pub refresh: RefreshHandles,
+}
+
+/// Binds the admin socket: a stale file from a crash is replaced; the socket is 0600.
+///
+/// # Errors
+/// When the socket cannot be bound or secured.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    bind_unix(path, 0o600)
+}
+
+/// Binds a Unix socket at `path` with `mode`, creating the parent folder and replacing a stale
+/// socket file (never a regular file).
+///
+/// # Errors
+/// When the path holds something else than a socket, or binding fails.
+pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// The routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/federation/{trust_domain}/refresh", post(refresh))
+        .with_state(state)
+}
+
+/// Serves until `cancel`.
+pub async fn serve(listener: UnixListener, state: AdminState, cancel: CancellationToken) {
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AuthorityView {
+    generation: u64,
+    issued_at: String,
+    not_after: String,
+    sha256: String,
+}
+
+fn authority_view(a: &Authority) -> AuthorityView {
+    AuthorityView {
+        generation: a.generation,
+        issued_at: rfc3339(a.issued_at),
+        not_after: rfc3339(a.not_after),
+        sha256: summary::sha256_hex(&a.cert),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CaView {
+    active: Option<AuthorityView>,
+    prepared: Option<AuthorityView>,
+}
+
+#[derive(Debug, Serialize)]
+struct BundleView {
+    sequence: Option<u64>,
+    refresh_hint: Option<u64>,
+    authorities: Vec<AuthoritySummary>,
+    jwt_authorities: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PeerView {
+    trust_domain: String,
+    url: String,
+    profile: &'static str,
+    state: &'static str,
+    sequence: Option<u64>,
+    authorities: Option<Vec<AuthoritySummary>>,
+    last_success: Option<String>,
+    last_attempt: Option<String>,
+    last_error: Option<String>,
+    next_refresh: Option<String>,
+    earliest_expiry: Option<String>,
+}
+
+/// The body of `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    trust_domain: String,
+    ca: CaView,
+    bundle: BundleView,
+    federation: Vec<PeerView>,
+}
+
+/// Builds the status document from the state.
+pub fn status_view(state: &AdminState) -> StatusView {
+    let snap = state.ca.snapshot();
+    let pinned = state.peers.current();
+    let federation = state
+        .status
+        .all()
+        .into_iter()
+        .map(|s| {
+            let bundle = pinned.get(&s.trust_domain);
+            PeerView {
+                trust_domain: s.trust_domain.to_string(),
+                url: s.url,
+                profile: s.profile,
+                state: s.state.as_str(),
+                sequence: bundle.as_ref().and_then(|b| b.sequence),
+                authorities: bundle.as_ref().map(|b| summary::summarize(&b.x509_authorities)),
+                last_success: s.last_success.map(rfc3339),
+                last_attempt: s.last_attempt.map(rfc3339),
+                last_error: s.last_error,
+                next_refresh: s.next_refresh.map(rfc3339),
+                earliest_expiry: bundle
+                    .as_ref()
+                    .and_then(|b| summary::earliest_expiry(&b.x509_authorities))
+                    .map(rfc3339),
+            }
+        })
+        .collect();
+    StatusView {
+        trust_domain: snap.trust_domain.to_string(),
+        ca: CaView {
+            active: snap.active().map(|a| authority_view(a)),
+            prepared: snap.prepared().map(|a| authority_view(a)),
+        },
+        bundle: BundleView {
+            sequence: snap.bundle.sequence,
+            refresh_hint: snap.bundle.refresh_hint.map(|d| d.as_secs()),
+            authorities: summary::summarize(&snap.bundle.x509_authorities),
+            jwt_authorities: snap.bundle.jwt_authorities.iter().map(|j| j.kid.clone()).collect(),
+        },
+        federation,
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<StatusView> {
+    Json(status_view(&state))
+}
+
+async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
+    let error = |code: StatusCode, msg: String| (code, Json(serde_json::json!({ "error": msg }))).into_response();
+    let td = match TrustDomain::new(&td) {
+        Ok(td) => td,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid trust domain {td:?}: {e}")),
+    };
+    match state.refresh.refresh(&td).await {
+        Some(report @ FetchReport { ok: true, .. }) => (StatusCode::OK, Json(report)).into_response(),
+        Some(report) => (StatusCode::BAD_GATEWAY, Json(report)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("{td} is not a federation peer")),
+    }
+}
