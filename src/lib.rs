@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`spiffe_id`]: `TrustDomain`, `SpiffeId` (validated).
 //! - [`bundle`]: `TrustBundle` and its JSON (JWKS) and PEM forms.
+//! - [`config`]: the TOML config file, validated into a typed `Config`.
 
 pub mod bundle;
+pub mod config;
 pub mod spiffe_id;

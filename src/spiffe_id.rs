@@ -29,10 +29,14 @@ pub enum SpiffeIdError {
     #[error("trust domain is missing")]
     MissingTrustDomain,
     /// A character outside `[a-z0-9._-]` in the trust domain (uppercase, port, userinfo, `%`...).
-    #[error("trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores (found {0:?})")]
+    #[error(
+        "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores (found {0:?})"
+    )]
     BadTrustDomainChar(char),
     /// A character outside `[a-zA-Z0-9._-]` in a path segment (query, fragment, `%`...).
-    #[error("path segment characters are limited to letters, numbers, dots, dashes, and underscores (found {0:?})")]
+    #[error(
+        "path segment characters are limited to letters, numbers, dots, dashes, and underscores (found {0:?})"
+    )]
     BadPathChar(char),
     /// `//` in the path.
     #[error("path cannot contain empty segments")]
@@ -281,9 +285,17 @@ mod tests {
         let long_path = format!("/{}", "a".repeat(MAX_SPIFFE_ID_LEN - "spiffe://td/".len()));
         let cases: &[(&str, &str, &str)] = &[
             ("spiffe://mesh-a.test", "mesh-a.test", ""),
-            ("spiffe://mesh-a.test/ns/default/sa/web", "mesh-a.test", "/ns/default/sa/web"),
+            (
+                "spiffe://mesh-a.test/ns/default/sa/web",
+                "mesh-a.test",
+                "/ns/default/sa/web",
+            ),
             ("spiffe://192.168.1.1/x", "192.168.1.1", "/x"), // 1.1.3: IPv4 is just a name
-            ("spiffe://td/.a/..a/.../A_b-C.9", "td", "/.a/..a/.../A_b-C.9"), // 1.1.4: legal dot-prefixed
+            (
+                "spiffe://td/.a/..a/.../A_b-C.9",
+                "td",
+                "/.a/..a/.../A_b-C.9",
+            ), // 1.1.4: legal dot-prefixed
             ("spiffe://under_score.td/x", "under_score.td", "/x"),
         ];
         for (input, td, path) in cases {
@@ -295,7 +307,10 @@ mod tests {
         }
         let at_limit = format!("spiffe://td{long_path}");
         assert_eq!(at_limit.len(), MAX_SPIFFE_ID_LEN);
-        assert!(SpiffeId::new(&at_limit).is_ok(), "SPIFFE-ID 1.1.5: 2048 bytes must be accepted");
+        assert!(
+            SpiffeId::new(&at_limit).is_ok(),
+            "SPIFFE-ID 1.1.5: 2048 bytes must be accepted"
+        );
     }
 
     /// SPIFFE-ID 1.1.1, 1.1.2, 1.1.4, 1.1.5, 1.1.6: each broken rule is named.
@@ -311,11 +326,11 @@ mod tests {
             ("spiffe://", E::MissingTrustDomain),
             ("spiffe:///x", E::MissingTrustDomain),
             ("spiffe://Mesh-A.test/x", E::BadTrustDomainChar('M')), // 1.1.2 lowercase
-            ("spiffe://td:8443/x", E::BadTrustDomainChar(':')),    // no port
-            ("spiffe://user@td/x", E::BadTrustDomainChar('@')),    // no userinfo
-            ("spiffe://t%64/x", E::BadTrustDomainChar('%')),       // no percent-encoding
-            ("spiffe://[::1]/x", E::BadTrustDomainChar('[')),      // 1.1.3 no IPv6
-            ("spiffe://td?q=1", E::BadTrustDomainChar('?')),       // 1.1.1 no query
+            ("spiffe://td:8443/x", E::BadTrustDomainChar(':')),     // no port
+            ("spiffe://user@td/x", E::BadTrustDomainChar('@')),     // no userinfo
+            ("spiffe://t%64/x", E::BadTrustDomainChar('%')),        // no percent-encoding
+            ("spiffe://[::1]/x", E::BadTrustDomainChar('[')),       // 1.1.3 no IPv6
+            ("spiffe://td?q=1", E::BadTrustDomainChar('?')),        // 1.1.1 no query
             ("spiffe://td/x?q=1", E::BadPathChar('?')),
             ("spiffe://td/x#frag", E::BadPathChar('#')), // 1.1.1 no fragment
             ("spiffe://td/a%20b", E::BadPathChar('%')),  // 1.1.4 no percent-encoding
@@ -328,10 +343,17 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(SpiffeId::new(input), Err(expected), "{input:?}");
         }
-        assert_eq!(SpiffeId::new(&too_long), Err(E::TooLong { max: MAX_SPIFFE_ID_LEN }));
+        assert_eq!(
+            SpiffeId::new(&too_long),
+            Err(E::TooLong {
+                max: MAX_SPIFFE_ID_LEN
+            })
+        );
         assert_eq!(
             SpiffeId::new(&long_td),
-            Err(E::TrustDomainTooLong { max: MAX_TRUST_DOMAIN_LEN })
+            Err(E::TrustDomainTooLong {
+                max: MAX_TRUST_DOMAIN_LEN
+            })
         );
     }
 
@@ -344,12 +366,18 @@ mod tests {
 
     #[test]
     fn trust_domains_accept_bare_names_or_ids() {
-        assert_eq!(TrustDomain::new("mesh-b.test").unwrap().as_str(), "mesh-b.test");
+        assert_eq!(
+            TrustDomain::new("mesh-b.test").unwrap().as_str(),
+            "mesh-b.test"
+        );
         assert_eq!(
             TrustDomain::new("spiffe://mesh-b.test/x").unwrap().as_str(),
             "mesh-b.test"
         );
-        assert_eq!(TrustDomain::new("mesh-b.test").unwrap().id_string(), "spiffe://mesh-b.test");
+        assert_eq!(
+            TrustDomain::new("mesh-b.test").unwrap().id_string(),
+            "spiffe://mesh-b.test"
+        );
         assert_eq!(TrustDomain::new(""), Err(E::MissingTrustDomain));
         assert_eq!(TrustDomain::new("MESH"), Err(E::BadTrustDomainChar('M')));
         assert_eq!(TrustDomain::new("a b"), Err(E::BadTrustDomainChar(' ')));
