@@ -158,7 +158,9 @@ pub fn status_view(state: &AdminState) -> StatusView {
                 profile: s.profile,
                 state: s.state.as_str(),
                 sequence: bundle.as_ref().and_then(|b| b.sequence),
-                authorities: bundle.as_ref().map(|b| summary::summarize(&b.x509_authorities)),
+                authorities: bundle
+                    .as_ref()
+                    .map(|b| summary::summarize(&b.x509_authorities)),
                 last_success: s.last_success.map(rfc3339),
                 last_attempt: s.last_attempt.map(rfc3339),
                 last_error: s.last_error,
@@ -180,7 +182,12 @@ pub fn status_view(state: &AdminState) -> StatusView {
             sequence: snap.bundle.sequence,
             refresh_hint: snap.bundle.refresh_hint.map(|d| d.as_secs()),
             authorities: summary::summarize(&snap.bundle.x509_authorities),
-            jwt_authorities: snap.bundle.jwt_authorities.iter().map(|j| j.kid.clone()).collect(),
+            jwt_authorities: snap
+                .bundle
+                .jwt_authorities
+                .iter()
+                .map(|j| j.kid.clone())
+                .collect(),
         },
         federation,
     }
@@ -191,14 +198,26 @@ async fn status(State(state): State<AdminState>) -> Json<StatusView> {
 }
 
 async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
-    let error = |code: StatusCode, msg: String| (code, Json(serde_json::json!({ "error": msg }))).into_response();
+    let error = |code: StatusCode, msg: String| {
+        (code, Json(serde_json::json!({ "error": msg }))).into_response()
+    };
     let td = match TrustDomain::new(&td) {
         Ok(td) => td,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid trust domain {td:?}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid trust domain {td:?}: {e}"),
+            );
+        }
     };
     match state.refresh.refresh(&td).await {
-        Some(report @ FetchReport { ok: true, .. }) => (StatusCode::OK, Json(report)).into_response(),
+        Some(report @ FetchReport { ok: true, .. }) => {
+            (StatusCode::OK, Json(report)).into_response()
+        }
         Some(report) => (StatusCode::BAD_GATEWAY, Json(report)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("{td} is not a federation peer")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("{td} is not a federation peer"),
+        ),
     }
 }

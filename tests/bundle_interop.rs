@@ -5,6 +5,8 @@
 //! (`X509Bundle::parse_from_der`). We check both, and that a JWT-SVID signed with our key verifies
 //! against our JWKS.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;

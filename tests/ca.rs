@@ -2,6 +2,8 @@
 //! (SPIFFE.md §1.2) checked field by field, by openssl and by the `spiffe` crate, and a full
 //! rotation cycle driven by a manual clock.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::sync::Arc;

@@ -12,6 +12,8 @@
 //! MESHTRUST_REGEN_PROTO=1 cargo test --test proto_bootstrap
 //! ```
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 /// The command that rewrites the checked-in file; printed when the check fails.

@@ -6,6 +6,8 @@
 //! the service name, the method path `/SpiffeWorkloadAPI/FetchX509SVID` and the message types of
 //! our proto match the standard. The real service lives elsewhere; this one only proves the wire.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;

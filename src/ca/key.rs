@@ -11,7 +11,7 @@ use crate::bundle::{EcCurve, JwtPublicKey};
 use crate::svid::PrivateKey;
 
 /// The CA key algorithm (`[ca] key_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KeyType {
     /// ECDSA P-256 with SHA-256 (default).
     #[default]

@@ -73,7 +73,7 @@ pub struct Config {
 /// `[ca]`: invariant `x509_svid_ttl <= ca_ttl / 2` and `jwt_svid_ttl <= ca_ttl / 2`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaConfig {
-    /// The key algorithm of CA and SVID keys.
+    /// The CA key algorithm (workload SVID keys are always ECDSA P-256).
     pub key_type: KeyType,
     /// Lifetime of each CA certificate; rotation prepares the next at 1/2 and activates it at 5/6.
     pub ca_ttl: Duration,
@@ -83,30 +83,8 @@ pub struct CaConfig {
     pub jwt_svid_ttl: Duration,
 }
 
-/// The key algorithm for CA and SVID keys.
-///
-/// Same shape and spelling as the CA's own `KeyType`; parsed by name in `validate.rs`, so one
-/// can become a re-export of the other without touching the parser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyType {
-    /// ECDSA P-256 with SHA-256 (`"ec-p256"`, the default).
-    EcP256,
-    /// ECDSA P-384 with SHA-384 (`"ec-p384"`).
-    EcP384,
-    /// RSA 2048 with SHA-256 (`"rsa-2048"`).
-    Rsa2048,
-}
-
-impl KeyType {
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EcP256 => "ec-p256",
-            Self::EcP384 => "ec-p384",
-            Self::Rsa2048 => "rsa-2048",
-        }
-    }
-}
+/// The CA key algorithm: the CA's own type (`ec-p256`, `ec-p384`, `rsa-2048`).
+pub use crate::ca::KeyType;
 
 /// `[bundle_endpoint]`: where and how we publish our bundle.
 #[derive(Debug, Clone, PartialEq)]

@@ -75,7 +75,9 @@ impl PeerStore {
                 Ok(parsed) => {
                     bundles.insert(pinned.trust_domain.clone(), Arc::new(parsed.bundle));
                 }
-                Err(e) => tracing::warn!(trust_domain = %pinned.trust_domain, error = %e, "stored peer bundle unreadable; dropped"),
+                Err(e) => {
+                    tracing::warn!(trust_domain = %pinned.trust_domain, error = %e, "stored peer bundle unreadable; dropped")
+                }
             }
         }
         let (tx, _) = watch::channel(Arc::new(bundles));
@@ -119,13 +121,13 @@ impl PeerStore {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.get(&td);
         if let Some(pinned) = &current {
-            if let (Some(p), Some(r)) = (pinned.sequence, bundle.sequence) {
-                if r < p {
-                    return Err(PinError::SequenceRollback {
-                        pinned: p,
-                        received: r,
-                    });
-                }
+            if let (Some(p), Some(r)) = (pinned.sequence, bundle.sequence)
+                && r < p
+            {
+                return Err(PinError::SequenceRollback {
+                    pinned: p,
+                    received: r,
+                });
             }
             if pinned.same_authorities(&bundle)
                 && pinned.sequence == bundle.sequence

@@ -78,24 +78,43 @@ impl StatusBoard {
     /// A board with these relationships, none fetched.
     pub fn new(peers: impl IntoIterator<Item = PeerStatus>) -> Self {
         Self {
-            peers: Mutex::new(peers.into_iter().map(|p| (p.trust_domain.clone(), p)).collect()),
+            peers: Mutex::new(
+                peers
+                    .into_iter()
+                    .map(|p| (p.trust_domain.clone(), p))
+                    .collect(),
+            ),
         }
     }
 
     /// Changes one peer's status.
     pub fn update(&self, td: &TrustDomain, f: impl FnOnce(&mut PeerStatus)) {
-        if let Some(s) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(td) {
+        if let Some(s) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(td)
+        {
             f(s);
         }
     }
 
     /// A copy of one peer's status.
     pub fn get(&self, td: &TrustDomain) -> Option<PeerStatus> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(td).cloned()
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(td)
+            .cloned()
     }
 
     /// A copy of every status, by trust domain.
     pub fn all(&self) -> Vec<PeerStatus> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
