@@ -1,0 +1,249 @@
+//! The `meshtrust` binary as users run it: `check-config` over every shipped and every broken
+//! config, `bundle show`, and `serve` surviving `kill -9` with its CA, bundle and sequence, plus
+//! a real CA rotation with `ca_ttl = "20s"`.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn meshtrust(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_shipped_config_passes_check_config() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, out, err) = meshtrust(&["check-config", "--config", path.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {out}{err}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "config/ holds mesh-a, mesh-b and reference");
+}
+
+#[test]
+fn every_broken_config_exits_64_naming_the_file_and_the_key() {
+    let dir = repo().join("tests/fixtures/config/invalid");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let key = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect-key: "))
+            .unwrap_or_else(|| panic!("{} lacks '# expect-key:'", path.display()))
+            .trim()
+            .to_owned();
+        let (code, _, err) = meshtrust(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 64, "{}: {err}", path.display());
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(name), "{name}: the file is named: {err}");
+        assert!(err.contains(&key), "{name}: the key {key} is named: {err}");
+        seen += 1;
+    }
+    assert!(seen >= 20);
+}
+
+#[test]
+fn a_missing_config_file_or_bad_arguments_exit_64() {
+    let (code, _, err) = meshtrust(&["check-config", "--config", "/nonexistent/meshtrust.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/meshtrust.toml"), "{err}");
+    assert_eq!(meshtrust(&["serve"]).0, 64, "no --config");
+    assert_eq!(meshtrust(&["no-such-command"]).0, 64);
+    assert_eq!(meshtrust(&["--help"]).0, 0);
+}
+
+/// A minimal config in `dir` with the given `[ca]` TTLs.
+fn write_config(dir: &Path, ca_ttl: &str, svid_ttl: &str) -> PathBuf {
+    let path = dir.join("meshtrust.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"trust_domain = "mesh-a.test"
+data_dir = "data"
+[ca]
+ca_ttl = "{ca_ttl}"
+x509_svid_ttl = "{svid_ttl}"
+jwt_svid_ttl = "{svid_ttl}"
+[workload_api]
+socket = "workload.sock"
+[admin_api]
+socket = "admin.sock"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn bundle_json(config: &Path) -> serde_json::Value {
+    let (code, out, err) = meshtrust(&["bundle", "show", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn x5c(bundle: &serde_json::Value) -> Vec<String> {
+    bundle["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "x509-svid")
+        .map(|k| k["x5c"][0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bundle_show_prints_spiffe_json_and_pem_of_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "24h", "1h");
+    let json = bundle_json(&config);
+    // TD&B 1.4.4, 1.4.5: sequence and refresh hint set; X509-SVID 1.2.15: one cert per x5c, no kid.
+    assert_eq!(json["spiffe_sequence"], 1);
+    assert_eq!(json["spiffe_refresh_hint"], 300);
+    let keys = json["keys"].as_array().unwrap();
+    let x509: Vec<_> = keys.iter().filter(|k| k["use"] == "x509-svid").collect();
+    assert_eq!(x509.len(), 1);
+    assert_eq!(x509[0]["x5c"].as_array().unwrap().len(), 1);
+    assert!(x509[0].get("kid").is_none());
+    // JWT-SVID 1.3.11: the JWT key has a kid.
+    assert!(
+        keys.iter()
+            .any(|k| k["use"] == "jwt-svid" && k["kid"].is_string())
+    );
+    // Again: the same state, not a new CA.
+    assert_eq!(bundle_json(&config), json);
+
+    let (code, pem, _) = meshtrust(&[
+        "bundle",
+        "show",
+        "--format",
+        "pem",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&x5c(&json)[0])
+        .unwrap();
+    assert_eq!(pem, common::pem(&[der.into()]));
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(config: &Path) -> Self {
+        let child = Command::new(common::bin())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon(child);
+        d.wait_for_log("meshtrust ready");
+        d
+    }
+
+    fn wait_for_log(&mut self, needle: &str) {
+        use std::io::{BufRead, BufReader};
+        let stderr = self.0.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains(needle) => break,
+                Some(Ok(_)) => {}
+                _ => panic!("daemon exited before logging {needle:?}"),
+            }
+        }
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm_and_a_restart_after_kill_9_keeps_ca_bundle_and_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "24h", "1h");
+    let mut daemon = Daemon::start(&config);
+    let before = bundle_json(&config);
+    // SIGTERM: graceful, exit 0.
+    Command::new("kill")
+        .arg(daemon.0.id().to_string())
+        .status()
+        .unwrap();
+    let status = daemon.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(bundle_json(&config), before);
+    // kill -9 at an arbitrary moment, then start again on the same data dir.
+    Command::new("kill")
+        .args(["-9", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    daemon.0.wait().unwrap();
+    let _daemon = Daemon::start(&config);
+    let after = bundle_json(&config);
+    assert_eq!(after, before, "same CA, same bundle, same sequence");
+}
+
+/// The real clock, with `ca_ttl = "20s"`: the prepared CA appears at ~10s (sequence 2), signs
+/// from ~16.7s, and the old CA leaves once its SVIDs expired and the CA itself at 20s
+/// (sequence 3), all without an operator.
+#[test]
+fn a_daemon_rotates_its_ca_for_real_with_a_20s_ca_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "20s", "2s");
+    let _daemon = Daemon::start(&config);
+    let first = bundle_json(&config);
+    assert_eq!(first["spiffe_sequence"], 1);
+    let old_ca = x5c(&first);
+    assert_eq!(old_ca.len(), 1);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut saw_two = None;
+    let settled = loop {
+        assert!(Instant::now() < deadline, "rotation did not complete");
+        std::thread::sleep(Duration::from_millis(250));
+        let b = bundle_json(&config);
+        let cas = x5c(&b);
+        if cas.len() == 2 && saw_two.is_none() {
+            // The new CA joins next to the old one, with a higher sequence.
+            assert_eq!(cas[0], old_ca[0]);
+            assert_eq!(b["spiffe_sequence"], 2);
+            saw_two = Some(cas[1].clone());
+        }
+        if cas.len() == 1 && cas != old_ca {
+            break b;
+        }
+    };
+    let new_ca =
+        saw_two.expect("the new CA was published next to the old one before it replaced it");
+    assert_eq!(x5c(&settled), vec![new_ca]);
+    assert_eq!(settled["spiffe_sequence"], 3, "one bump per content change");
+}
