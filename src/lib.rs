@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`spiffe_id`]: `TrustDomain`, `SpiffeId` (validated).
 //! - [`bundle`]: `TrustBundle` and its JSON (JWKS) and PEM forms.
+//! - [`workload_api`]: the Workload API socket, incl. the HTTP/2 `:authority` filter for C-core clients.
 
 pub mod bundle;
 pub mod spiffe_id;
+pub mod workload_api;
