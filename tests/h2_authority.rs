@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::StreamBody;
+use hyper::body::Frame as BodyFrame;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -610,9 +611,22 @@ async fn serve<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) {
             .authority()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // A complete unary gRPC answer: one message, then `grpc-status: 0` trailers.
+        let message = format!("authority={authority}");
+        let mut data = vec![0];
+        data.extend_from_slice(&u32::try_from(message.len()).expect("short").to_be_bytes());
+        data.extend_from_slice(message.as_bytes());
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = [
+            BodyFrame::data(Bytes::from(data)),
+            BodyFrame::trailers(trailers),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames.map(Ok::<_, Infallible>)));
         let response = Response::builder()
+            .header("content-type", "application/grpc")
             .header("x-authority", authority)
-            .body(Empty::<Bytes>::new())
+            .body(body)
             .expect("response");
         Ok::<_, Infallible>(response)
     });
@@ -659,7 +673,11 @@ async fn call(path: &PathBuf, streams: &[u32]) -> Vec<Outcome> {
                 }
                 HEADERS => {
                     let decoded = decoder.decode(&payload).expect("response headers");
-                    outcomes.push(Outcome::Response(to_strings(decoded)));
+                    let fields = to_strings(decoded);
+                    // Response headers, not the trailers that follow them.
+                    if fields.iter().any(|(name, _)| name == ":status") {
+                        outcomes.push(Outcome::Response(fields));
+                    }
                 }
                 RST_STREAM => outcomes.push(Outcome::Reset(code())),
                 GOAWAY => {
@@ -722,4 +740,45 @@ async fn hyper_answers_indexed_requests_on_one_filtered_connection() {
 fn the_wrapper_keeps_tonic_connect_info() {
     fn assert_connected<T: tonic::transport::server::Connected>() {}
     assert_connected::<AuthorityRewrite<UnixStream>>();
+}
+
+/// The unmodified Python gRPC client (C-core), three calls on one channel so the later ones
+/// send `:authority` as a dynamic-table reference. Without the filter hyper resets the stream.
+#[tokio::test]
+#[ignore = "needs python3 with grpcio (pip install grpcio); MESHTRUST_TEST_PYTHON picks the interpreter"]
+async fn python_grpcio_client_is_served_through_the_filter() {
+    const SCRIPT: &str = "import grpc, sys
+channel = grpc.insecure_channel('unix:' + sys.argv[1])
+call = channel.unary_unary('/SpiffeWorkloadAPI/FetchJWTBundles')
+for _ in range(3):
+    try:
+        print('ok', call(b'', timeout=5).decode())
+    except grpc.RpcError as err:
+        print('error', err.code(), err.details())
+";
+    let python = std::env::var("MESHTRUST_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    for (filter, expected) in [
+        (true, "ok authority=localhost\n".repeat(3)),
+        (false, String::new()),
+    ] {
+        let (_dir, path) = start_server(filter).await;
+        let output = tokio::process::Command::new(&python)
+            .args(["-c", SCRIPT])
+            .arg(&path)
+            .output()
+            .await
+            .expect("run python");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if filter {
+            assert_eq!(
+                stdout,
+                expected,
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        } else {
+            assert!(stdout.starts_with("error StatusCode.INTERNAL"), "{stdout}");
+            assert!(stdout.contains("RST_STREAM"), "{stdout}");
+        }
+    }
 }
