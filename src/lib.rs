@@ -25,6 +25,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod federation;
+pub mod metrics;
 pub mod signal;
 pub mod spiffe_id;
 pub mod store;
