@@ -1,19 +1,30 @@
-//! Wiring: one place where the daemon's tasks are built, connected and stopped.
+//! Wiring: the one place where the daemon's tasks are built, connected and stopped.
 //!
-//! Writers: the CA (own authorities and bundle). Readers subscribe to its `watch` channel.
-//! Every task runs on one [`TaskTracker`] under one [`CancellationToken`]; shutdown cancels the
-//! token and waits up to [`SHUTDOWN_GRACE`] for the tasks to finish.
+//! Writers: the CA (own authorities and bundle) and the peer fetchers (pinned peer bundles,
+//! through [`PeerStore`]); both persist to the [`Storage`] first and then publish `Arc`
+//! snapshots on `watch` channels. Readers: the bundle endpoint, the Workload API, the admin API
+//! and the metrics. Every task runs on one [`TaskTracker`] under one [`CancellationToken`];
+//! shutdown cancels the token and waits up to [`SHUTDOWN_GRACE`].
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin_api::{self, AdminState};
 use crate::ca::{Ca, CaError, CaPolicy};
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::federation::RefreshHandles;
+use crate::federation::pinned::PeerStore;
+use crate::federation::status::{PeerStatus, StatusBoard};
+use crate::metrics::{self, MetricsState};
 use crate::store::sqlite::SqliteStorage;
 use crate::store::{Storage, StoreError};
 
@@ -38,6 +49,20 @@ pub enum AppError {
     /// The CA could not be loaded or initialised.
     #[error("ca: {0}")]
     Ca(#[from] CaError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what} {at}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address or path.
+        at: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A federation relationship could not be set up (e.g. a bad bootstrap bundle).
+    #[error("federation: {0}")]
+    Federation(String),
 }
 
 /// The CA settings of a config.
@@ -54,13 +79,84 @@ pub fn ca_policy(config: &Config) -> CaPolicy {
     }
 }
 
-/// A running daemon.
+fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
+    let storage = SqliteStorage::open(&config.data_dir).map_err(|source| AppError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    Ok(Arc::new(storage))
+}
+
+/// Opens (creating if new) the CA state of `config` and returns the bundle document, as
+/// `meshtrust bundle show` prints it: what operators hand their peers as bootstrap bundle.
+///
+/// # Errors
+/// [`AppError`] when the state cannot be opened or created.
+pub fn init_state(config: &Config) -> Result<Vec<u8>, AppError> {
+    let storage = open_storage(config)?;
+    if let Some(record) = storage.load_ca().map_err(|source| AppError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })? {
+        return Ok(record.bundle_json);
+    }
+    let ca = Ca::open(
+        config.trust_domain.clone(),
+        ca_policy(config),
+        Arc::new(SystemClock),
+        storage,
+    )?;
+    Ok(ca.snapshot().bundle_json.to_vec())
+}
+
+/// Listeners handed in by the caller instead of binding the configured addresses (tests and
+/// the demo bind `127.0.0.1:0` first, so that two daemons can name each other's ports).
+#[derive(Debug, Default)]
+pub struct DaemonOptions {
+    /// For `[bundle_endpoint] listen`.
+    pub bundle_listener: Option<TcpListener>,
+    /// For `[metrics] listen`.
+    pub metrics_listener: Option<TcpListener>,
+}
+
+/// A running daemon and the handles tests and the demo look at.
 #[derive(Debug)]
 pub struct Daemon {
     /// The CA (sole writer of the own bundle).
     pub ca: Arc<Ca>,
+    /// Pinned peer bundles (sole writer of peer bundles).
+    pub peers: Arc<PeerStore>,
+    /// Per-peer fetch status.
+    pub status: Arc<StatusBoard>,
+    /// Ask a fetcher to fetch now.
+    pub refresh: RefreshHandles,
+    /// The bundle endpoint's bound address.
+    pub bundle_endpoint_addr: Option<SocketAddr>,
+    /// The metrics listener's bound address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The Workload API socket.
+    pub workload_socket: PathBuf,
+    /// The admin API socket.
+    pub admin_socket: PathBuf,
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+async fn bind_tcp(
+    what: &'static str,
+    given: Option<TcpListener>,
+    addr: SocketAddr,
+) -> Result<TcpListener, AppError> {
+    match given {
+        Some(l) => Ok(l),
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                what,
+                at: addr.to_string(),
+                source,
+            }),
+    }
 }
 
 impl Daemon {
@@ -69,30 +165,124 @@ impl Daemon {
     /// # Errors
     /// [`AppError`] when the state, the CA or a listener cannot be set up.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
-        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&config.data_dir).map_err(
-            |source| AppError::Store {
-                dir: config.data_dir.display().to_string(),
-                source,
-            },
-        )?);
+        Self::start_with(config, clock, DaemonOptions::default()).await
+    }
+
+    /// [`Daemon::start`] with pre-bound listeners.
+    ///
+    /// # Errors
+    /// [`AppError`] when the state, the CA or a listener cannot be set up.
+    pub async fn start_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        opts: DaemonOptions,
+    ) -> Result<Self, AppError> {
+        let storage = open_storage(&config)?;
         let ca = Arc::new(Ca::open(
             config.trust_domain.clone(),
             ca_policy(&config),
             clock.clone(),
             storage.clone(),
         )?);
+        let peer_tds = config
+            .federation
+            .iter()
+            .map(|f| f.trust_domain.clone())
+            .collect();
+        let peers = Arc::new(
+            PeerStore::open(storage.clone(), peer_tds).map_err(|source| AppError::Store {
+                dir: config.data_dir.display().to_string(),
+                source,
+            })?,
+        );
+        let status = Arc::new(StatusBoard::new(config.federation.iter().map(|f| {
+            PeerStatus::new(
+                f.trust_domain.clone(),
+                f.url.to_string(),
+                match f.profile {
+                    crate::config::PeerProfile::HttpsSpiffe { .. } => "https_spiffe",
+                    crate::config::PeerProfile::HttpsWeb { .. } => "https_web",
+                },
+            )
+        })));
+
+        // Bind everything before starting anything: a busy port fails the start cleanly.
+        let bundle_listener = match &config.bundle_endpoint {
+            Some(be) => {
+                Some(bind_tcp("the bundle endpoint", opts.bundle_listener, be.listen).await?)
+            }
+            None => None,
+        };
+        let metrics_listener = match &config.metrics {
+            Some(m) => Some(bind_tcp("metrics", opts.metrics_listener, m.listen).await?),
+            None => None,
+        };
+        let admin_socket = config.admin_api.socket.clone();
+        let admin_listener = admin_api::bind(&admin_socket).map_err(|source| AppError::Bind {
+            what: "the admin socket",
+            at: admin_socket.display().to_string(),
+            source,
+        })?;
+        let workload_socket = config.workload_api.socket.clone();
+
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(ca.clone().run(cancel.child_token()));
+
+        // WIRE(fetcher): spawn the peer fetchers; they return the refresh handles.
+        let refresh = RefreshHandles::default();
+
+        // WIRE(endpoint): serve the bundle endpoint on `bundle_listener`.
+        let bundle_endpoint_addr = bundle_listener.as_ref().and_then(|l| l.local_addr().ok());
+        drop(bundle_listener);
+
+        // WIRE(wlapi): serve the Workload API on `workload_socket`.
+
+        let admin_state = AdminState {
+            ca: ca.clone(),
+            peers: peers.clone(),
+            status: status.clone(),
+            refresh: refresh.clone(),
+        };
+        tracker.spawn(admin_api::serve(
+            admin_listener,
+            admin_state,
+            cancel.child_token(),
+        ));
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = metrics_listener {
+            let state = MetricsState {
+                ca: ca.clone(),
+                peers: peers.clone(),
+                status: status.clone(),
+                ready: ready.clone(),
+                clock: clock.clone(),
+            };
+            tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
+        }
+        ready.store(true, Ordering::Release);
         let snapshot = ca.snapshot();
         tracing::info!(
             trust_domain = %config.trust_domain,
             sequence = snapshot.bundle.sequence.unwrap_or(0),
             authorities = snapshot.slots.len(),
+            pinned_peers = peers.current().len(),
+            bundle_endpoint = ?bundle_endpoint_addr,
+            workload_socket = %workload_socket.display(),
+            admin_socket = %admin_socket.display(),
             "meshtrust ready"
         );
         Ok(Self {
             ca,
+            peers,
+            status,
+            refresh,
+            bundle_endpoint_addr,
+            metrics_addr,
+            workload_socket,
+            admin_socket,
             cancel,
             tracker,
         })
@@ -108,6 +298,7 @@ impl Daemon {
         {
             tracing::warn!("tasks did not stop within the grace period");
         }
+        let _ = std::fs::remove_file(&self.admin_socket);
         tracing::info!("stopped");
     }
 }

@@ -9,12 +9,9 @@ use anyhow::Context as _;
 
 use crate::app;
 use crate::bundle::pem;
-use crate::ca::Ca;
 use crate::cli::{BundleCommand, BundleFormat, Command};
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::store::Storage;
-use crate::store::sqlite::SqliteStorage;
 
 /// sysexits EX_USAGE: a bad config or command line.
 pub const EX_USAGE: u8 = 64;
@@ -78,29 +75,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn bundle_show(config: &Config, format: BundleFormat) -> anyhow::Result<()> {
-    let storage: Arc<dyn Storage> = Arc::new(
-        SqliteStorage::open(&config.data_dir)
-            .with_context(|| format!("opening state in {}", config.data_dir.display()))?,
-    );
-    let record = match storage.load_ca()? {
-        Some(r) => r,
-        None => {
-            let ca = Ca::open(
-                config.trust_domain.clone(),
-                app::ca_policy(config),
-                Arc::new(SystemClock),
-                storage.clone(),
-            )?;
-            drop(ca);
-            storage
-                .load_ca()?
-                .context("CA state missing after initialisation")?
-        }
-    };
+    let json = app::init_state(config)
+        .with_context(|| format!("reading the state in {}", config.data_dir.display()))?;
     match format {
-        BundleFormat::Spiffe => println!("{}", String::from_utf8_lossy(&record.bundle_json)),
+        BundleFormat::Spiffe => println!("{}", String::from_utf8_lossy(&json)),
         BundleFormat::Pem => {
-            let parsed = crate::bundle::jwks::parse(&config.trust_domain, &record.bundle_json)?;
+            let parsed = crate::bundle::jwks::parse(&config.trust_domain, &json)?;
             print!("{}", pem::certs_to_pem(&parsed.bundle.x509_authorities));
         }
     }

@@ -1,6 +1,8 @@
 //! Shared test helpers: temp dirs, the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod mesh;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,0 +1,117 @@
+//! Two-mesh fixtures: configs on 127.0.0.1:0 listeners bound up front (so two daemons can point
+//! at each other), bootstrap bundles exchanged the way operators do, daemons run in-process.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshtrust::app::{Daemon, DaemonOptions};
+use meshtrust::clock::SystemClock;
+use meshtrust::config::Config;
+use tokio::net::TcpListener;
+
+/// One mesh's folder, config and pre-bound bundle endpoint listener.
+pub struct Mesh {
+    pub name: String,
+    pub dir: PathBuf,
+    pub listener: Option<TcpListener>,
+    pub port: u16,
+}
+
+impl Mesh {
+    pub async fn new(root: &Path, name: &str) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("peers")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Self {
+            name: name.to_owned(),
+            dir,
+            listener: Some(listener),
+            port,
+        }
+    }
+
+    pub fn td(&self) -> String {
+        format!("{}.test", self.name)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("meshtrust.toml")
+    }
+
+    /// Writes the config: `ca` holds `[ca]` lines, `peer` the peer mesh (https_spiffe), `extra`
+    /// more TOML appended.
+    pub fn write_config(&self, ca: &str, refresh_hint: &str, peer: Option<&Mesh>, extra: &str) {
+        let td = self.td();
+        let mut text = format!(
+            r#"trust_domain = "{td}"
+data_dir = "data"
+[ca]
+{ca}
+[bundle_endpoint]
+listen = "127.0.0.1:{port}"
+refresh_hint = "{refresh_hint}"
+[workload_api]
+socket = "workload.sock"
+[admin_api]
+socket = "admin.sock"
+"#,
+            port = self.port
+        );
+        if let Some(p) = peer {
+            let ptd = p.td();
+            text.push_str(&format!(
+                r#"[[federation]]
+trust_domain = "{ptd}"
+bundle_endpoint_url = "https://127.0.0.1:{port}/"
+profile = "https_spiffe"
+endpoint_spiffe_id = "spiffe://{ptd}/meshtrust/server"
+bootstrap_bundle = "peers/{ptd}.json"
+"#,
+                port = p.port
+            ));
+        }
+        text.push_str(extra);
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path()).unwrap()
+    }
+
+    /// The bundle an operator hands to the peer (`meshtrust bundle show`), written into the
+    /// peer's `peers/` folder.
+    pub fn give_bootstrap_to(&self, peer: &Mesh) {
+        let json = meshtrust::app::init_state(&self.config()).unwrap();
+        std::fs::write(
+            peer.dir.join("peers").join(format!("{}.json", self.td())),
+            json,
+        )
+        .unwrap();
+    }
+
+    pub async fn start(&mut self) -> Daemon {
+        let opts = DaemonOptions {
+            bundle_listener: self.listener.take(),
+            ..Default::default()
+        };
+        Daemon::start_with(self.config(), Arc::new(SystemClock), opts)
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `f` every 100 ms until it is true; panics after `limit` (a hang guard, not a timing
+/// assertion).
+pub async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
