@@ -9,6 +9,7 @@ mod authority;
 mod issue;
 pub mod key;
 mod rotation;
+mod snapshot;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -21,12 +22,12 @@ pub use authority::Authority;
 pub use issue::BACKDATE;
 pub use key::KeyType;
 pub use rotation::RETIRE_GRACE;
+pub use snapshot::{AuthoritySlot, CaPolicy, CaSnapshot};
 
 use crate::bundle::{JwtAuthority, TrustBundle, jwks};
 use crate::clock::Clock;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::store::{AuthorityState, CaRecord, Storage, StoreError};
-use crate::svid::X509Svid;
 use rotation::{SlotView, Step};
 
 /// A CA failure.
@@ -56,95 +57,6 @@ pub enum CaError {
     /// Persisting failed; nothing was published.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The CA's settings (from `[ca]` and `bundle_endpoint.refresh_hint`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaPolicy {
-    /// CA key algorithm for new authorities.
-    pub key_type: KeyType,
-    /// Lifetime of a new CA.
-    pub ca_ttl: Duration,
-    /// X509-SVID lifetime.
-    pub x509_svid_ttl: Duration,
-    /// JWT-SVID lifetime.
-    pub jwt_svid_ttl: Duration,
-    /// Published `spiffe_refresh_hint`.
-    pub refresh_hint: Duration,
-}
-
-impl CaPolicy {
-    fn longest_svid_ttl(&self) -> Duration {
-        self.x509_svid_ttl.max(self.jwt_svid_ttl)
-    }
-}
-
-/// An authority and where it is in its life.
-#[derive(Debug, Clone)]
-pub struct AuthoritySlot {
-    /// Prepared, active or retired.
-    pub state: AuthorityState,
-    /// For retired authorities: when it leaves the bundle.
-    pub prune_after: Option<SystemTime>,
-    /// The material.
-    pub authority: Arc<Authority>,
-}
-
-impl AuthoritySlot {
-    fn view(&self) -> SlotView {
-        SlotView {
-            generation: self.authority.generation,
-            state: self.state,
-            issued_at: self.authority.issued_at,
-            not_after: self.authority.not_after,
-            prune_after: self.prune_after,
-        }
-    }
-}
-
-/// What readers see: the authorities, the bundle and its pre-serialized document.
-#[derive(Debug)]
-pub struct CaSnapshot {
-    /// Our trust domain.
-    pub trust_domain: TrustDomain,
-    /// Authorities in bundle order (oldest generation first).
-    pub slots: Vec<AuthoritySlot>,
-    /// The published bundle, with sequence and refresh hint.
-    pub bundle: Arc<TrustBundle>,
-    /// The bundle document exactly as served on the bundle endpoint.
-    pub bundle_json: Bytes,
-    /// X509-SVID lifetime.
-    pub x509_svid_ttl: Duration,
-    /// JWT-SVID lifetime.
-    pub jwt_svid_ttl: Duration,
-}
-
-impl CaSnapshot {
-    /// The signing authority. A snapshot is only published with one.
-    pub fn active(&self) -> Option<&Arc<Authority>> {
-        self.slot(AuthorityState::Active)
-    }
-
-    /// The prepared authority, if one is waiting.
-    pub fn prepared(&self) -> Option<&Arc<Authority>> {
-        self.slot(AuthorityState::Prepared)
-    }
-
-    fn slot(&self, state: AuthorityState) -> Option<&Arc<Authority>> {
-        self.slots
-            .iter()
-            .find(|s| s.state == state)
-            .map(|s| &s.authority)
-    }
-
-    /// Issues an X509-SVID for `id` with the active authority.
-    ///
-    /// # Errors
-    /// [`CaError`] for a root-path ID, no active CA or a signing failure.
-    pub fn issue_x509_svid(&self, id: &SpiffeId, now: SystemTime) -> Result<X509Svid, CaError> {
-        let active = self.active().ok_or(CaError::Expired)?;
-        active.issue_x509_svid(id, self.x509_svid_ttl, now)
-    }
 }
 
 #[derive(Debug)]
@@ -210,7 +122,7 @@ impl Ca {
             sequence: record.bundle_sequence,
             digest: record.bundle_digest,
         };
-        let snapshot = build_snapshot(&trust_domain, &policy, &inner)?;
+        let snapshot = build_snapshot(&trust_domain, &policy, &inner, None)?;
         let (tx, _) = watch::channel(Arc::new(snapshot));
         let ca = Self {
             trust_domain,
@@ -275,9 +187,10 @@ impl Ca {
         if !changed && sequence == inner.sequence {
             return Ok(false);
         }
-        let json = jwks::to_json(&with_sequence(&bundle, sequence))?;
+        let bundle = with_sequence(&bundle, sequence);
+        let json = jwks::to_json(&bundle)?;
         self.storage
-            .save_ca(&to_record(&slots, sequence, digest.clone(), json))?;
+            .save_ca(&to_record(&slots, sequence, digest.clone(), json.clone()))?;
         if sequence != inner.sequence {
             tracing::info!(trust_domain = %self.trust_domain, sequence, "own bundle changed");
         }
@@ -286,7 +199,12 @@ impl Ca {
             sequence,
             digest,
         };
-        let snapshot = build_snapshot(&self.trust_domain, &self.policy, &inner)?;
+        let snapshot = build_snapshot(
+            &self.trust_domain,
+            &self.policy,
+            &inner,
+            Some((bundle, json)),
+        )?;
         self.tx.send_replace(Arc::new(snapshot));
         Ok(true)
     }
@@ -412,14 +330,22 @@ fn to_record(slots: &[AuthoritySlot], sequence: u64, digest: Vec<u8>, json: Vec<
     }
 }
 
+/// The snapshot of `inner`; `published` is the bundle and document when the caller has them.
 fn build_snapshot(
     td: &TrustDomain,
     policy: &CaPolicy,
     inner: &Inner,
+    published: Option<(TrustBundle, Vec<u8>)>,
 ) -> Result<CaSnapshot, CaError> {
-    let (bundle, _) = bundle_content(td, &inner.slots, policy)?;
-    let bundle = with_sequence(&bundle, inner.sequence);
-    let json = jwks::to_json(&bundle)?;
+    let (bundle, json) = match published {
+        Some(p) => p,
+        None => {
+            let bundle =
+                with_sequence(&bundle_content(td, &inner.slots, policy)?.0, inner.sequence);
+            let json = jwks::to_json(&bundle)?;
+            (bundle, json)
+        }
+    };
     let mut slots = inner.slots.clone();
     slots.sort_by_key(|s| s.authority.generation);
     Ok(CaSnapshot {
