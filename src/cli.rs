@@ -48,6 +48,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The two-mesh demo on one machine (no containers): two daemons federate and two
+    /// workloads in different meshes talk mTLS through sidecars. Ends with `demo: OK`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Demo {
+        /// Stay up after the demo and print the sockets and URLs to poke at.
+        #[arg(long)]
+        keep_running: bool,
+        /// The demo's workloads, for containers.
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
+    },
     /// Federation relationships of a running daemon.
     Federation {
         /// What to do.
@@ -98,5 +109,25 @@ pub enum FederationCommand {
         /// The daemon's admin socket.
         #[arg(long)]
         admin_socket: PathBuf,
+    },
+}
+
+/// The demo workloads, runnable on their own (docker compose runs them).
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// A line echo service (answers `echo: <line>`).
+    Echo {
+        /// Where to listen (plain TCP; put an inbound sidecar in front).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// Send one line and print the answer.
+    Call {
+        /// `host:port` to connect to (an outbound sidecar's listener).
+        #[arg(long)]
+        connect: String,
+        /// The line to send.
+        #[arg(long, default_value = "hello")]
+        message: String,
     },
 }

@@ -33,6 +33,10 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status { admin_socket, json } => {
             runtime_failure(crate::admin_client::status(&admin_socket, json))
         }
+        Command::Demo {
+            keep_running,
+            command,
+        } => runtime_failure(crate::demo::run(keep_running, command)),
         Command::Federation { command } => {
             runtime_failure(crate::admin_client::federation(command))
         }

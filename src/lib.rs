@@ -24,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod federation;
 pub mod metrics;
 pub mod signal;
