@@ -79,7 +79,7 @@ pub enum FetchError {
     #[error("response body larger than {0} bytes")]
     TooLarge(usize),
     /// Not a SPIFFE bundle document.
-    #[error("bundle: {0}")]
+    #[error(transparent)]
     Parse(#[from] JwksError),
     /// A redirect we do not follow.
     #[error("redirect refused: {0}")]
@@ -189,6 +189,9 @@ impl PeerClient {
         limits: FetchLimits,
     ) -> Result<Self, FetchError> {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A resumed session skips certificate verification: every fetch must check the endpoint
+        // against the authorities in force now (a rotation, a revocation by `keys: []`).
+        config.resumption = rustls::client::Resumption::disabled();
         let max_redirects = limits.max_redirects;
         let td = trust_domain.clone();
         let redirects = Policy::custom(move |attempt| {
@@ -344,21 +347,21 @@ fn find<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'
     None
 }
 
-/// The rustls error, which tokio-rustls wraps in an `io::Error` (whose `source()` skips it).
+/// The rustls error. tokio-rustls wraps it in an `io::Error`, which the connector wraps in another
+/// `io::Error`, and `io::Error::source()` skips the wrapped error: descend with `get_ref()`.
 fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return Some(t);
         }
-        let inner = err
+        cur = match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<rustls::Error>());
-        if inner.is_some() {
-            return inner;
-        }
-        cur = err.source();
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
     }
     None
 }

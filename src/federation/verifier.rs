@@ -307,3 +307,6 @@ impl ServerCertVerifier for SpiffeEndpointVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;
