@@ -111,7 +111,7 @@ async fn a_10_mib_body_without_a_length_is_cut_off() {
 
 #[tokio::test]
 async fn a_slow_drip_runs_into_the_total_timeout() {
-    // SPIFFE.md "Decisions": time out every fetch (1.5 s here instead of 15 s).
+    // SPIFFE.md "Decisions": time out every fetch (2 s here instead of 15 s).
     let drip = route(Behaviour::Drip);
     a_hostile_answer_keeps_the_pin(short_limits(), drip, "timeout", "timed out").await;
 }

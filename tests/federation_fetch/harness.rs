@@ -211,7 +211,7 @@ pub fn no_own_roots() -> OwnRoots {
 pub fn short_limits() -> FetchLimits {
     FetchLimits {
         connect_timeout: Duration::from_secs(1),
-        total_timeout: Duration::from_millis(1500),
+        total_timeout: Duration::from_secs(2),
         ..FetchLimits::default()
     }
 }
