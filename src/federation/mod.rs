@@ -5,7 +5,9 @@
 //! - [`status`]: per-peer fetch status for the admin API and metrics.
 //! - [`RefreshHandles`]: how the admin API asks a peer's fetcher to fetch now.
 
+pub mod endpoint;
 pub mod pinned;
+pub mod server_tls;
 pub mod status;
 
 use std::collections::BTreeMap;
