@@ -38,10 +38,11 @@ use crate::svid::X509Svid;
 
 /// How often [`ServerCerts::start`] polls `https_web` files for changes.
 pub const WEB_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often [`ServerCerts::start`]'s renewal task re-reads the clock at most, so a
+/// wall-clock jump is noticed (like `Ca::run`).
+pub const SVID_RECHECK: Duration = Duration::from_secs(30);
 /// How long a failed SVID issuance waits before the next try.
 const RETRY: Duration = Duration::from_secs(5);
-/// The longest sleep of the renewal task, so a wall-clock jump is noticed (like `Ca::run`).
-const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// The ALPN protocols we offer, preferred first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -101,6 +102,7 @@ impl ServerCerts {
                 certs.clone(),
                 ca,
                 endpoint_spiffe_id.clone(),
+                SVID_RECHECK,
                 cancel,
             )),
             EndpointProfile::HttpsWeb {
@@ -208,11 +210,13 @@ impl fmt::Debug for ServerCerts {
 
 /// Keeps an X509-SVID for `id` in `certs` (https_spiffe, SPIFFE.md §2 "Serving": the server
 /// certificate MUST be a valid X509-SVID). Issues at once, then again at half the SVID's
-/// lifetime and whenever the CA's active generation changes, until `cancel`.
+/// lifetime and whenever the CA's active generation changes, until `cancel`. The clock is
+/// re-read at least every `recheck` (sleeps are in real time, the lifetime is by the clock).
 pub async fn renew_svid(
     certs: Arc<ServerCerts>,
     mut ca: watch::Receiver<Arc<CaSnapshot>>,
     id: SpiffeId,
+    recheck: Duration,
     cancel: CancellationToken,
 ) {
     // (generation that signed it, when to renew)
@@ -223,7 +227,7 @@ pub async fn renew_svid(
         let now = certs.clock.now();
         let generation = snapshot.active().map(|a| a.generation);
         let due = issued.is_none_or(|(g, renew_at)| Some(g) != generation || now >= renew_at);
-        let mut wait = MAX_SLEEP;
+        let mut wait = recheck;
         if due {
             let result = snapshot
                 .issue_x509_svid(&id, now)
@@ -248,7 +252,7 @@ pub async fn renew_svid(
                 Err(e) => {
                     certs.failed();
                     tracing::error!(spiffe_id = %id, error = %e, "bundle endpoint svid issuance failed; retrying");
-                    wait = RETRY;
+                    wait = RETRY.min(recheck);
                 }
             }
         }
