@@ -1,157 +1,23 @@
 //! The bundle endpoint over real TLS on 127.0.0.1, https_spiffe profile: what it serves
 //! (Federation 1.5.1, 1.5.10), which certificate it presents and how that follows CA rotation
-//! (SPIFFE.md §2 "Serving"), the TLS versions it speaks (Federation 1.5.6), no client auth
-//! (Federation 1.5.9), and how it treats slow clients and shutdown.
+//! (SPIFFE.md §2 "Serving"), the TLS versions it speaks (Federation 1.5.6) and no client auth
+//! (Federation 1.5.9). Limits and shutdown: tests/bundle_endpoint_limits.rs; https_web:
+//! tests/bundle_endpoint_web.rs.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-mod common;
 mod endpoint_client;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use endpoint_client::fixture::{Certs, H1, H2_H1, HOUR, ID, sequence, start};
 use endpoint_client::{GUARD, connect, eventually, get, spiffe_client, uri_sans};
 use http::{Method, StatusCode, Version};
-use meshtrust::ca::{Ca, CaPolicy, KeyType};
-use meshtrust::clock::{Clock, ManualClock};
-use meshtrust::config::EndpointProfile;
-use meshtrust::federation::endpoint::{self, EndpointError, ServeOptions};
-use meshtrust::federation::server_tls::{ServerCerts, renew_svid};
-use meshtrust::spiffe_id::{SpiffeId, TrustDomain};
-use meshtrust::store::Storage;
-use meshtrust::store::sqlite::SqliteStorage;
+use meshtrust::clock::Clock;
+use meshtrust::federation::endpoint::ServeOptions;
 use rustls::ProtocolVersion;
-use rustls_pki_types::CertificateDer;
-use tokio::io::AsyncReadExt as _;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-const HOUR: Duration = Duration::from_secs(3600);
-const ID: &str = "spiffe://mesh-a.test/meshtrust/server";
-const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
-const H1: &[&[u8]] = &[b"http/1.1"];
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    clock: Arc<ManualClock>,
-    ca: Arc<Ca>,
-    addr: SocketAddr,
-    certs: Arc<ServerCerts>,
-    cancel: CancellationToken,
-    server: JoinHandle<Result<(), EndpointError>>,
-}
-
-impl Fixture {
-    /// A client that accepts exactly our endpoint ID under `roots`.
-    fn client(
-        &self,
-        roots: &[CertificateDer<'static>],
-        alpn: &[&[u8]],
-        tls12_only: bool,
-    ) -> Arc<rustls::ClientConfig> {
-        spiffe_client(roots, ID, self.clock.clone(), alpn, tls12_only)
-    }
-
-    /// A client trusting the whole published bundle.
-    fn bundle_client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        self.client(&self.ca.snapshot().bundle.x509_authorities, alpn, false)
-    }
-}
-
-/// How the endpoint gets its certificate.
-#[derive(Clone, Copy, PartialEq)]
-enum Certs {
-    /// `ServerCerts::start`, as the daemon does.
-    Start,
-    /// `renew_svid` re-reading the manual clock every 50 ms.
-    Renew,
-    /// None at all.
-    Nothing,
-}
-
-/// A CA on SQLite state in a temp dir, with a manual clock at the real time (so openssl, which
-/// checks validity against the real clock, accepts the first SVID), and a running endpoint.
-async fn start(options: ServeOptions, how: Certs) -> Fixture {
-    common::init();
-    let dir = tempfile::tempdir().unwrap();
-    let now = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        );
-    let clock = Arc::new(ManualClock::new(now));
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(dir.path()).unwrap());
-    let policy = CaPolicy {
-        key_type: KeyType::EcP256,
-        ca_ttl: 24 * HOUR,
-        x509_svid_ttl: HOUR,
-        jwt_svid_ttl: Duration::from_secs(300),
-        refresh_hint: Duration::from_secs(300),
-    };
-    let ca = Arc::new(
-        Ca::open(
-            TrustDomain::new("mesh-a.test").unwrap(),
-            policy,
-            clock.clone(),
-            storage,
-        )
-        .unwrap(),
-    );
-    let cancel = CancellationToken::new();
-    let id = SpiffeId::new(ID).unwrap();
-    let certs = match how {
-        Certs::Start => {
-            let profile = EndpointProfile::HttpsSpiffe {
-                endpoint_spiffe_id: id,
-            };
-            let (certs, task) =
-                ServerCerts::start(&profile, ca.subscribe(), clock.clone(), cancel.clone())
-                    .unwrap();
-            tokio::spawn(task);
-            certs
-        }
-        Certs::Renew => {
-            let certs = Arc::new(ServerCerts::new(clock.clone()));
-            let recheck = Duration::from_millis(50);
-            let task = renew_svid(certs.clone(), ca.subscribe(), id, recheck, cancel.clone());
-            tokio::spawn(task);
-            certs
-        }
-        Certs::Nothing => Arc::new(ServerCerts::new(clock.clone())),
-    };
-    let listener = endpoint::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(endpoint::serve_with(
-        listener,
-        ca.subscribe(),
-        certs.clone(),
-        options,
-        cancel.clone(),
-    ));
-    Fixture {
-        _dir: dir,
-        clock,
-        ca,
-        addr,
-        certs,
-        cancel,
-        server,
-    }
-}
-
-fn sequence(body: &[u8]) -> u64 {
-    let td = TrustDomain::new("mesh-a.test").unwrap();
-    let parsed = meshtrust::bundle::jwks::parse(&td, body).unwrap();
-    assert_eq!(parsed.bundle.refresh_hint, Some(Duration::from_secs(300)));
-    parsed.bundle.sequence.unwrap()
-}
 
 /// Federation 1.5.1, 1.5.10: `GET /` is the current bundle as UTF-8 JSON with
 /// `Content-Type: application/json`; https_spiffe (SPIFFE.md §2): the leaf is an X509-SVID for
@@ -256,7 +122,7 @@ async fn the_svid_renews_at_half_life_and_follows_a_ca_rotation_on_the_same_list
     let t0 = f.clock.now();
     let first = f.ca.snapshot();
     let old_ca = first.active().unwrap().cert.clone();
-    let old_client = f.client(&[old_ca.clone()], H1, false);
+    let old_client = f.client(std::slice::from_ref(&old_ca), H1, false);
     let (conn, answer) = get(f.addr, old_client.clone(), "localhost").await.unwrap();
     let leaf0 = conn.leaf.clone();
     let seq0 = sequence(&answer.body);
@@ -371,102 +237,4 @@ async fn openssl_sees_tls_1_2_and_1_3_only_and_the_svid_uri_san() {
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains(&format!("URI:{ID}")), "{text}");
-}
-
-/// Never an invented or expired certificate: with none installed, handshakes fail closed.
-#[tokio::test]
-async fn without_a_certificate_handshakes_fail_closed() {
-    let f = start(ServeOptions::default(), Certs::Nothing).await;
-    assert!(f.certs.current().is_none());
-    assert!(
-        connect(f.addr, f.bundle_client(H1), "localhost")
-            .await
-            .is_err()
-    );
-    // An SVID past its NotAfter (by the CA's clock) is not presented either.
-    let svid =
-        f.ca.snapshot()
-            .issue_x509_svid(&SpiffeId::new(ID).unwrap(), f.clock.now())
-            .unwrap();
-    f.certs
-        .install(f.certs.svid_key(&svid).unwrap(), Some(svid.not_after));
-    assert!(get(f.addr, f.bundle_client(H1), "localhost").await.is_ok());
-    f.clock.set(svid.not_after);
-    assert!(f.certs.current().is_none());
-    assert!(
-        connect(f.addr, f.bundle_client(H1), "localhost")
-            .await
-            .is_err()
-    );
-}
-
-/// Cancellation stops accepting and `serve` returns once connections are closed.
-#[tokio::test]
-async fn cancel_stops_the_listener_and_serve_returns() {
-    let mut f = start(ServeOptions::default(), Certs::Start).await;
-    let (_idle_keep_alive, _) = get(f.addr, f.bundle_client(H1), "localhost").await.unwrap();
-    f.cancel.cancel();
-    let result = tokio::time::timeout(GUARD, &mut f.server)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(result.is_ok());
-    assert!(tokio::net::TcpStream::connect(f.addr).await.is_err());
-}
-
-/// Slow clients hold no slot forever: a silent TCP client is dropped after the handshake
-/// timeout, a silent TLS client after the header read timeout.
-#[tokio::test]
-async fn silent_clients_are_dropped() {
-    let options = ServeOptions {
-        handshake_timeout: Duration::from_millis(200),
-        header_read_timeout: Duration::from_millis(200),
-        ..ServeOptions::default()
-    };
-    let f = start(options, Certs::Start).await;
-
-    let mut tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(GUARD, tcp.read(&mut buf))
-        .await
-        .unwrap();
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-
-    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(f.bundle_client(H1))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let n = tokio::time::timeout(GUARD, tls.read(&mut buf))
-        .await
-        .unwrap();
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-}
-
-/// At the connection cap, the next client waits for a slot instead of being served.
-#[tokio::test]
-async fn at_the_connection_cap_new_clients_wait_for_a_slot() {
-    let options = ServeOptions {
-        max_connections: 1,
-        ..ServeOptions::default()
-    };
-    let f = start(options, Certs::Start).await;
-    let holder = get(f.addr, f.bundle_client(H1), "localhost").await.unwrap();
-    let client = f.bundle_client(H1);
-    let addr = f.addr;
-    let mut second = tokio::spawn(async move { get(addr, client, "localhost").await });
-    // Not a timing check: the second client cannot be served while the slot is held.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut second)
-            .await
-            .is_err()
-    );
-    drop(holder);
-    let (_, answer) = tokio::time::timeout(GUARD, second)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer.body, f.ca.snapshot().bundle_json);
 }

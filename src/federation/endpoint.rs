@@ -196,7 +196,9 @@ pub async fn serve_with(
             }
         };
         let shared = shared.clone();
-        let cancel = cancel.clone();
+        // A child token per connection: waiting on it locks only this connection's node,
+        // where clones of one token would share a lock that every request's poll takes.
+        let cancel = cancel.child_token();
         tracker.spawn(async move {
             shared.connection(tcp, peer, cancel).await;
             drop(permit);

@@ -2,6 +2,8 @@
 //! expose what the server presented (leaf certificate, TLS version, ALPN).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod fixture;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
