@@ -85,8 +85,8 @@ impl ServerCerts {
     /// Sets up the certificates for `profile` and returns the task that keeps them current.
     ///
     /// `https_web` files are loaded now, so a broken file stops the daemon at start rather than
-    /// serving nothing. The first `https_spiffe` SVID is issued now too; if that fails the error
-    /// is logged and the task keeps trying.
+    /// serving nothing. The first `https_spiffe` SVID is issued as soon as the task first runs
+    /// (handshakes fail closed until then); a failed issuance is logged and retried.
     ///
     /// # Errors
     /// [`EndpointError`] when the `https_web` files cannot be loaded.
@@ -227,7 +227,7 @@ pub async fn renew_svid(
         let now = certs.clock.now();
         let generation = snapshot.active().map(|a| a.generation);
         let due = issued.is_none_or(|(g, renew_at)| Some(g) != generation || now >= renew_at);
-        let mut wait = recheck;
+        let mut retry = false;
         if due {
             let result = snapshot
                 .issue_x509_svid(&id, now)
@@ -252,14 +252,20 @@ pub async fn renew_svid(
                 Err(e) => {
                     certs.failed();
                     tracing::error!(spiffe_id = %id, error = %e, "bundle endpoint svid issuance failed; retrying");
-                    wait = RETRY.min(recheck);
+                    retry = true;
                 }
             }
         }
-        if let Some((_, renew_at)) = issued {
-            let until = renew_at.duration_since(now).unwrap_or_default();
-            wait = wait.min(until).max(Duration::from_millis(20));
-        }
+        // After a failure, RETRY; otherwise until the renewal is due, re-reading the clock at
+        // least every `recheck`.
+        let wait = match issued {
+            _ if retry => RETRY.min(recheck),
+            Some((_, renew_at)) => renew_at.duration_since(now).unwrap_or_default().clamp(
+                Duration::from_millis(20),
+                recheck.max(Duration::from_millis(20)),
+            ),
+            None => recheck,
+        };
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = ca.changed(), if ca_open => ca_open = changed.is_ok(),
