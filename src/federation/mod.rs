@@ -6,8 +6,10 @@
 //! - [`RefreshHandles`]: how the admin API asks a peer's fetcher to fetch now.
 
 pub mod client;
+pub mod endpoint;
 pub mod fetcher;
 pub mod pinned;
+pub mod server_tls;
 pub mod status;
 pub mod verifier;
 
