@@ -135,12 +135,6 @@ impl SvidCache {
         );
         Ok(cached)
     }
-
-    /// Drops SVIDs of IDs not in `keep` (entries removed from the config).
-    pub fn retain(&self, keep: &[&SpiffeId]) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|id, _| keep.contains(&id));
-    }
 }
 
 /// Half-way between issuance and NotAfter (go-spiffe/SPIRE renew at half life). Measured from

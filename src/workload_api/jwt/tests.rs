@@ -25,7 +25,7 @@ fn b64(v: &Value) -> String {
 
 /// A signer for crafted tokens, with the matching bundle entry.
 enum Signer {
-    Ec(EcdsaKeyPair),
+    Ec(Box<EcdsaKeyPair>),
     Rsa(Arc<RsaKeyPair>, &'static dyn sig::RsaEncoding),
 }
 
@@ -59,7 +59,7 @@ fn ec_signer(
         y: point[1 + len..].to_vec(),
     };
     let kid = kid.to_owned();
-    (Signer::Ec(pair), JwtAuthority { kid, key })
+    (Signer::Ec(Box::new(pair)), JwtAuthority { kid, key })
 }
 
 /// One RSA-2048 key per test binary: generation is the slow part.
