@@ -57,3 +57,4 @@ pub fn openssl_verify(
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meshtrust"))
 }
+pub mod workload;
