@@ -77,9 +77,19 @@ async fn the_x509_context_keys_federated_bundles_per_trust_domain_and_filters_th
     assert_eq!(context.svids().len(), 2);
 
     let bundles = guard(client.fetch_x509_bundles()).await.unwrap();
-    assert_eq!(bundle_ders(&bundles, "mesh-a.test"), Some(mesh.own_ca_certs()));
-    assert_eq!(bundle_ders(&bundles, "mesh-b.test"), Some(mesh.peer_b_certs()));
-    assert_eq!(bundles.len(), 2, "Workload API 1.7.8: own plus entitled peers");
+    assert_eq!(
+        bundle_ders(&bundles, "mesh-a.test"),
+        Some(mesh.own_ca_certs())
+    );
+    assert_eq!(
+        bundle_ders(&bundles, "mesh-b.test"),
+        Some(mesh.peer_b_certs())
+    );
+    assert_eq!(
+        bundles.len(),
+        2,
+        "Workload API 1.7.8: own plus entitled peers"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +141,10 @@ async fn an_x509_source_follows_a_ca_rotation() {
     }))
     .await
     .unwrap();
-    assert!(signed_by(source.svid().unwrap().leaf().as_bytes(), &gen1[0]));
+    assert!(signed_by(
+        source.svid().unwrap().leaf().as_bytes(),
+        &gen1[0]
+    ));
     let gen2 = cas.iter().find(|c| **c != gen1[0]).unwrap().clone();
 
     clock.advance(Duration::from_secs(8 * 3600));
@@ -145,9 +158,11 @@ async fn an_x509_source_follows_a_ca_rotation() {
     .unwrap();
     let svid = source.svid().unwrap();
     assert_ne!(svid.leaf().as_bytes(), first.leaf().as_bytes());
-    assert_eq!(svid.spiffe_id().to_string(), "spiffe://mesh-a.test/workload/first");
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://mesh-a.test/workload/first"
+    );
     let bundles = source.bundle_set().unwrap();
     assert_eq!(bundle_ders(&bundles, "mesh-a.test"), Some(cas));
     source.shutdown().await;
 }
-

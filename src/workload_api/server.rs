@@ -138,12 +138,12 @@ async fn serve_grpc<I>(
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let service = api
-        .into_server()
-        .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(attestation.clone());
-            request
-        });
+    let service =
+        api.into_server()
+            .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(attestation.clone());
+                request
+            });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::attest::CallerInfo;
+use super::identity;
 use super::jwt;
 use super::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use super::proto::{
@@ -26,7 +27,6 @@ use super::proto::{
 use super::state::{Inputs, SECURITY_HEADER, Shared, Watchers, WorkloadApiDeps, WorkloadApiError};
 use super::stream::{self, JwtBundles, ResponseStream, X509Bundles};
 use super::views::{BundlesView, X509SvidView};
-use super::identity;
 use crate::ca::CaError;
 use crate::spiffe_id::SpiffeId;
 

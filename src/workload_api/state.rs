@@ -144,9 +144,7 @@ impl Shared {
     /// The caller of a request, from the server's [`Attestation`] extension.
     pub(crate) fn caller(ext: &http::Extensions) -> Result<Arc<CallerInfo>, WorkloadApiError> {
         ext.get::<Attestation>()
-            .ok_or_else(|| {
-                WorkloadApiError::Attestation("connection was not attested".to_owned())
-            })?
+            .ok_or_else(|| WorkloadApiError::Attestation("connection was not attested".to_owned()))?
             .caller()
     }
 }

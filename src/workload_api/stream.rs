@@ -26,8 +26,11 @@ pub(crate) trait View: Sized + Send + 'static {
     /// The message sent.
     type Message: Send + 'static;
     /// The caller's view now.
-    fn build(shared: &Shared, caller: &CallerInfo, inputs: &Inputs)
-    -> Result<Self, WorkloadApiError>;
+    fn build(
+        shared: &Shared,
+        caller: &CallerInfo,
+        inputs: &Inputs,
+    ) -> Result<Self, WorkloadApiError>;
     /// Whether a message built from `self` would equal one built from `other`.
     fn same_as(&self, other: &Self) -> bool;
     /// The message.
@@ -41,7 +44,11 @@ pub(crate) trait View: Sized + Send + 'static {
 /// FetchX509SVID.
 impl View for X509SvidView {
     type Message = super::proto::X509svidResponse;
-    fn build(shared: &Shared, caller: &CallerInfo, inputs: &Inputs) -> Result<Self, WorkloadApiError> {
+    fn build(
+        shared: &Shared,
+        caller: &CallerInfo,
+        inputs: &Inputs,
+    ) -> Result<Self, WorkloadApiError> {
         let ids = inputs.identities(caller)?;
         X509SvidView::build(inputs, &ids, &shared.svids, shared.now())
     }
@@ -63,7 +70,10 @@ pub(crate) struct X509Bundles(pub(crate) BundlesView);
 impl View for X509Bundles {
     type Message = super::proto::X509BundlesResponse;
     fn build(_: &Shared, caller: &CallerInfo, inputs: &Inputs) -> Result<Self, WorkloadApiError> {
-        Ok(Self(BundlesView::build(inputs, &inputs.identities(caller)?)))
+        Ok(Self(BundlesView::build(
+            inputs,
+            &inputs.identities(caller)?,
+        )))
     }
     fn same_as(&self, other: &Self) -> bool {
         self.0.same_x509(&other.0)
@@ -80,7 +90,10 @@ pub(crate) struct JwtBundles(pub(crate) BundlesView);
 impl View for JwtBundles {
     type Message = super::proto::JwtBundlesResponse;
     fn build(_: &Shared, caller: &CallerInfo, inputs: &Inputs) -> Result<Self, WorkloadApiError> {
-        Ok(Self(BundlesView::build(inputs, &inputs.identities(caller)?)))
+        Ok(Self(BundlesView::build(
+            inputs,
+            &inputs.identities(caller)?,
+        )))
     }
     fn same_as(&self, other: &Self) -> bool {
         self.0.same_jwt(&other.0)
@@ -123,9 +136,7 @@ pub(crate) fn start<V: View>(
     Ok(Box::pin(futures_util::stream::unfold(state, next)))
 }
 
-async fn next<V: View>(
-    mut st: State<V>,
-) -> Option<(Result<V::Message, tonic::Status>, State<V>)> {
+async fn next<V: View>(mut st: State<V>) -> Option<(Result<V::Message, tonic::Status>, State<V>)> {
     if st.done {
         return None;
     }

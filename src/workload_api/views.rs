@@ -70,7 +70,10 @@ impl BundlesView {
     pub fn to_x509_proto(&self) -> X509BundlesResponse {
         X509BundlesResponse {
             crl: Vec::new(),
-            bundles: self.all().map(|b| (b.trust_domain.id_string(), x509_der(b))).collect(),
+            bundles: self
+                .all()
+                .map(|b| (b.trust_domain.id_string(), x509_der(b)))
+                .collect(),
         }
     }
 
@@ -153,9 +156,11 @@ impl X509SvidView {
     /// Same SVIDs (the same cached certificates) with the same hints and the same X.509 bundles.
     pub fn same_content(&self, other: &Self) -> bool {
         self.svids.len() == other.svids.len()
-            && self.svids.iter().zip(&other.svids).all(|(a, b)| {
-                Arc::ptr_eq(&a.cached.svid, &b.cached.svid) && a.hint == b.hint
-            })
+            && self
+                .svids
+                .iter()
+                .zip(&other.svids)
+                .all(|(a, b)| Arc::ptr_eq(&a.cached.svid, &b.cached.svid) && a.hint == b.hint)
             && self.bundles.same_x509(&other.bundles)
     }
 

@@ -1,6 +1,8 @@
 //! Shared test helpers: temp dirs, the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod workload;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,4 +59,3 @@ pub fn openssl_verify(
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meshtrust"))
 }
-pub mod workload;

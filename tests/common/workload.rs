@@ -110,6 +110,7 @@ pub struct Mesh {
     pub peer_b: Ca,
     pub peer_b_clock: Arc<ManualClock>,
     pub peer_c: Ca,
+    pub peer_c_clock: Arc<ManualClock>,
     pub entries: watch::Sender<Arc<Vec<EntryConfig>>>,
     pub cancel: CancellationToken,
     pub server: tokio::task::JoinHandle<()>,
@@ -133,16 +134,32 @@ impl Mesh {
         // Other uids (setpriv tests) must reach the socket inside.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let own = storage(&dir.path().join("a"));
-        let ca = Arc::new(open_ca(own.clone(), "mesh-a.test", clock.clone(), x509_svid_ttl));
+        let ca = Arc::new(open_ca(
+            own.clone(),
+            "mesh-a.test",
+            clock.clone(),
+            x509_svid_ttl,
+        ));
         let peer_b_clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let peer_b = open_ca(storage(&dir.path().join("b")), "mesh-b.test", peer_b_clock.clone(), HOUR);
-        let peer_c_clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let peer_c = open_ca(storage(&dir.path().join("c")), "mesh-c.test", peer_c_clock, HOUR);
-        let peers = Arc::new(
-            PeerStore::open(own, vec![td("mesh-b.test"), td("mesh-c.test")]).unwrap(),
+        let peer_b = open_ca(
+            storage(&dir.path().join("b")),
+            "mesh-b.test",
+            peer_b_clock.clone(),
+            HOUR,
         );
+        let peer_c_clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let peer_c = open_ca(
+            storage(&dir.path().join("c")),
+            "mesh-c.test",
+            peer_c_clock.clone(),
+            HOUR,
+        );
+        let peers =
+            Arc::new(PeerStore::open(own, vec![td("mesh-b.test"), td("mesh-c.test")]).unwrap());
         for peer in [&peer_b, &peer_c] {
-            peers.pin((*peer.snapshot().bundle).clone(), SystemTime::now()).unwrap();
+            peers
+                .pin((*peer.snapshot().bundle).clone(), SystemTime::now())
+                .unwrap();
         }
         let (entries_tx, entries_rx) = watch::channel(Arc::new(entries));
         let deps = WorkloadApiDeps {
@@ -164,6 +181,7 @@ impl Mesh {
             peer_b,
             peer_b_clock,
             peer_c,
+            peer_c_clock,
             entries: entries_tx,
             cancel,
             server,
@@ -175,7 +193,9 @@ impl Mesh {
     }
 
     pub async fn spiffe_client(&self) -> spiffe::WorkloadApiClient {
-        spiffe::WorkloadApiClient::connect_to(self.endpoint()).await.unwrap()
+        spiffe::WorkloadApiClient::connect_to(self.endpoint())
+            .await
+            .unwrap()
     }
 
     /// Our generated client; add the header per request with [`with_header`].
@@ -194,9 +214,18 @@ impl Mesh {
     /// Rotates peer mesh-b's CA one step (a prepared authority joins its bundle) and pins the
     /// new bundle, as the federation fetcher would.
     pub fn rotate_peer_b(&self) {
-        self.peer_b_clock.advance(12 * HOUR + Duration::from_secs(1));
-        assert!(self.peer_b.tick().unwrap());
-        let bundle = (*self.peer_b.snapshot().bundle).clone();
+        self.rotate(&self.peer_b, &self.peer_b_clock);
+    }
+
+    /// The same for peer mesh-c.
+    pub fn rotate_peer_c(&self) {
+        self.rotate(&self.peer_c, &self.peer_c_clock);
+    }
+
+    fn rotate(&self, peer: &Ca, clock: &ManualClock) {
+        clock.advance(12 * HOUR + Duration::from_secs(1));
+        assert!(peer.tick().unwrap());
+        let bundle = (*peer.snapshot().bundle).clone();
         self.peers.pin(bundle, SystemTime::now()).unwrap();
     }
 
