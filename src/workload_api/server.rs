@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use super::attest;
+use super::grpc::WorkloadApiService;
 use super::json;
 use super::service::WorkloadApi;
 use super::state::{Attestation, WorkloadApiDeps};
@@ -138,12 +139,12 @@ async fn serve_grpc<I>(
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let service =
-        api.into_server()
-            .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(attestation.clone());
-                request
-            });
+    let service = WorkloadApiService::new(api).map_request(
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(attestation.clone());
+            request
+        },
+    );
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
