@@ -224,4 +224,50 @@ mod tests {
         );
         assert_eq!(renewal_time(t, t - Duration::from_secs(1)), t);
     }
+
+    #[test]
+    fn the_cache_reuses_an_svid_until_half_life_or_a_new_active_authority() {
+        use crate::ca::{Ca, CaPolicy, KeyType};
+        use crate::clock::{Clock as _, ManualClock};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::store::sqlite::SqliteStorage::open(dir.path()).unwrap());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let hour = Duration::from_secs(3600);
+        let policy = CaPolicy {
+            key_type: KeyType::EcP256,
+            ca_ttl: 24 * hour,
+            x509_svid_ttl: hour,
+            jwt_svid_ttl: Duration::from_secs(300),
+            refresh_hint: Duration::from_secs(300),
+        };
+        let td = TrustDomain::new("mesh-a.test").unwrap();
+        let ca = Ca::open(td, policy, clock.clone(), storage).unwrap();
+        let cache = SvidCache::new();
+        let id = SpiffeId::new("spiffe://mesh-a.test/w").unwrap();
+        let first = cache.get(&id, &ca.snapshot(), clock.now()).unwrap();
+        clock.advance(Duration::from_secs(29 * 60));
+        let again = cache.get(&id, &ca.snapshot(), clock.now()).unwrap();
+        assert!(Arc::ptr_eq(&first.svid, &again.svid), "before half life");
+        clock.advance(Duration::from_secs(60));
+        let renewed = cache.get(&id, &ca.snapshot(), clock.now()).unwrap();
+        assert!(!Arc::ptr_eq(&first.svid, &renewed.svid), "past half life");
+        // Prepared at 12 h 30 m; it may sign from max(20 h, 12 h 30 m + 8 h) = 20 h 30 m.
+        clock.advance(12 * hour);
+        assert!(ca.tick().unwrap());
+        clock.advance(7 * hour + Duration::from_secs(50 * 60));
+        assert!(!ca.tick().unwrap(), "not active yet");
+        let same = cache.get(&id, &ca.snapshot(), clock.now()).unwrap();
+        clock.advance(Duration::from_secs(11 * 60));
+        let still = cache.get(&id, &ca.snapshot(), clock.now()).unwrap();
+        assert!(
+            Arc::ptr_eq(&same.svid, &still.svid),
+            "11 min old, same authority"
+        );
+        assert!(ca.tick().unwrap(), "the prepared authority activates");
+        let rotated = cache.get(&id, &ca.snapshot(), clock.now()).unwrap();
+        assert!(
+            !Arc::ptr_eq(&same.svid, &rotated.svid),
+            "new active authority"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! server that serves both.
 //!
 //! - [`server`]: `bind` + `serve` (the entry points), per-connection attestation and dispatch.
-//! - [`service`]: the gRPC service; [`grpc`]: its tower service (small stream buffers); `stream`: its server streams; [`json`]: the JSON view.
+//! - [`service`]: the gRPC service; [`grpc`]: its tower service (small stream buffers);
+//!   `stream`: its server streams; [`json`]: the JSON view.
 //! - [`state`]: inputs ([`WorkloadApiDeps`]), errors, change watching; `views`: what a caller
 //!   is served; [`identity`]: entry matching and the SVID cache; [`jwt`]: JWT-SVIDs.
 
