@@ -3,7 +3,7 @@
 //!
 //! Every call first checks the security header (InvalidArgument, before anything else), then the
 //! request's fields, then the caller's attestation (Unavailable) and identities
-//! (PermissionDenied). The caller comes from the [`Attestation`] the server attached to the
+//! (PermissionDenied). The caller comes from the [`Attestation`](super::Attestation) the server attached to the
 //! request; a service used without that server answers Unavailable.
 //!
 //! ValidateJWTSVID validates with the bundles the caller could fetch itself: ours and the peers
