@@ -2,7 +2,7 @@
 //! plaintext HTTP/2 (Workload Endpoint §3, §3.1) and the HTTP/1.1 JSON view.
 //!
 //! Per connection: attest the peer from the kernel (`SO_PEERCRED` + procfs, Workload Endpoint §5;
-//! the result rides on every request of the connection as an [`Attestation`](super::Attestation) extension), read
+//! the result rides on every request of the connection as an [`Attestation`] extension), read
 //! the first bytes, and dispatch: the HTTP/2 client preface means gRPC (hyper's HTTP/2 server
 //! with the tonic service as a tower service), anything else is HTTP/1.1 for the JSON view.
 //!
