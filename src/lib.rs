@@ -26,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod federation;
 pub mod metrics;
+pub mod sidecar;
 pub mod signal;
 pub mod spiffe_id;
 pub mod store;
