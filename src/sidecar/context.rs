@@ -258,3 +258,6 @@ fn certified_key(
         .map_err(|e| ContextError::Key(format!("does not match the leaf: {e}")))?;
     Ok(Arc::new(certified))
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,8 @@ pub mod files;
 pub mod files_mode;
 pub mod leaf;
 pub mod proxy;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 
 use std::fmt;

@@ -370,3 +370,6 @@ pub fn ready(ctx: &ContextRx) -> Result<(), TlsError> {
 pub fn peer_id(certs: Option<&[CertificateDer<'static>]>) -> Option<SpiffeId> {
     leaf::inspect(certs?.first()?).ok().map(|l| l.spiffe_id)
 }
+
+#[cfg(test)]
+mod tests;
