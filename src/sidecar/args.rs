@@ -14,6 +14,10 @@ pub struct SidecarArgs {
     /// $SPIFFE_ENDPOINT_SOCKET, which must be a `unix:///absolute/path` URI.
     #[arg(long, global = true, value_name = "ADDR")]
     pub workload_socket: Option<String>,
+    /// Which of this caller's identities to use, when the daemon registers several for it
+    /// (default: the first, the Workload API's default SVID).
+    #[arg(long, global = true, value_name = "SPIFFE_ID", value_parser = workload_id)]
+    pub spiffe_id: Option<SpiffeId>,
     /// What to do with the SVID.
     #[command(subcommand)]
     pub mode: SidecarMode,

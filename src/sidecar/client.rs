@@ -25,6 +25,7 @@ use tonic::{Code, Request, Status};
 
 use super::Reporter;
 use super::context::X509Context;
+use crate::spiffe_id::SpiffeId;
 use crate::workload_api::proto::X509svidRequest;
 use crate::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
@@ -112,8 +113,18 @@ pub struct X509Watcher {
 impl X509Watcher {
     /// Starts watching the Workload API at `socket` until `cancel` fires.
     pub fn spawn(socket: PathBuf, report: Reporter, cancel: CancellationToken) -> Self {
+        Self::spawn_for(socket, None, report, cancel)
+    }
+
+    /// [`X509Watcher::spawn`] following the SVID for `want` (the default SVID when `None`).
+    pub fn spawn_for(
+        socket: PathBuf,
+        want: Option<SpiffeId>,
+        report: Reporter,
+        cancel: CancellationToken,
+    ) -> Self {
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(watch_loop(socket, tx, report, cancel));
+        let task = tokio::spawn(watch_loop(socket, want, tx, report, cancel));
         Self { rx, task }
     }
 
@@ -179,6 +190,7 @@ fn classify(status: &Status) -> StreamEnd {
 
 async fn watch_loop(
     socket: PathBuf,
+    want: Option<SpiffeId>,
     tx: watch::Sender<Option<Arc<X509Context>>>,
     report: Reporter,
     cancel: CancellationToken,
@@ -187,7 +199,7 @@ async fn watch_loop(
     loop {
         let end = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            end = one_stream(&socket, &tx, &report, &mut backoff) => end,
+            end = one_stream(&socket, want.as_ref(), &tx, &report, &mut backoff) => end,
         };
         let reason = match end {
             StreamEnd::Stop(e) => {
@@ -211,6 +223,7 @@ async fn watch_loop(
 
 async fn one_stream(
     socket: &Path,
+    want: Option<&SpiffeId>,
     tx: &watch::Sender<Option<Arc<X509Context>>>,
     report: &Reporter,
     backoff: &mut Backoff,
@@ -225,7 +238,7 @@ async fn one_stream(
     };
     loop {
         match stream.message().await {
-            Ok(Some(msg)) => match X509Context::from_response(msg, SystemTime::now()) {
+            Ok(Some(msg)) => match X509Context::from_response_for(msg, SystemTime::now(), want) {
                 Ok(ctx) => {
                     backoff.reset();
                     report.line(format!("svid update: {}", ctx.describe()));

@@ -56,6 +56,9 @@ pub enum ContextError {
     /// The SVID's NotAfter is past: presenting it would fail every handshake.
     #[error("the svid for {0} has already expired")]
     Expired(SpiffeId),
+    /// The identity asked for with `--spiffe-id` is not among the caller's SVIDs.
+    #[error("the workload api offers no svid for {0} to this caller")]
+    NotOffered(SpiffeId),
     /// A `federated_bundles` key is not a trust domain.
     #[error("federated bundle key {0:?} is not a trust domain")]
     BadFederatedKey(String),
@@ -158,6 +161,28 @@ impl X509Context {
             bundles,
             certified_key,
         })
+    }
+
+    /// [`X509Context::from_response`] on the SVID for `want` instead of the default one (a
+    /// caller with several registered identities picks one; WAPI 1.7.13 lets a client choose).
+    ///
+    /// # Errors
+    /// [`ContextError::NotOffered`] when no SVID of the message is for `want`, else as
+    /// [`X509Context::from_response`].
+    pub fn from_response_for(
+        mut msg: X509svidResponse,
+        now: SystemTime,
+        want: Option<&SpiffeId>,
+    ) -> Result<Self, ContextError> {
+        if let Some(want) = want {
+            let at = msg
+                .svids
+                .iter()
+                .position(|s| s.spiffe_id == want.as_str())
+                .ok_or_else(|| ContextError::NotOffered(want.clone()))?;
+            msg.svids.swap(0, at);
+        }
+        Self::from_response(msg, now)
     }
 
     /// Our trust domain: the SVID's.

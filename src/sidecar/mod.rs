@@ -110,6 +110,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), SidecarError> {
     let socket = endpoint::resolve(args.workload_socket.as_deref(), env_socket.as_deref())?;
+    let want = args.spiffe_id;
     let cancel = cancel.child_token();
     // Stop the other tasks when this function returns, whatever the reason.
     let _guard = cancel.clone().drop_guard();
@@ -120,7 +121,8 @@ pub async fn run(
             signal_pid,
             signal,
         } => {
-            let watcher = X509Watcher::spawn(socket, report.clone(), cancel.child_token());
+            let watcher =
+                X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
             tokio::spawn(expiry_alarm(
                 watcher.subscribe(),
                 report.clone(),
@@ -145,7 +147,8 @@ pub async fn run(
         } => {
             let authorizer = Authorizer::one_of(allow, allow_trust_domain)?;
             let listener = proxy::bind(&listen).await?;
-            let watcher = X509Watcher::spawn(socket, report.clone(), cancel.child_token());
+            let watcher =
+                X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
             tokio::spawn(expiry_alarm(
                 watcher.subscribe(),
                 report.clone(),
@@ -165,7 +168,8 @@ pub async fn run(
             expect,
         } => {
             let listener = proxy::bind(&listen).await?;
-            let watcher = X509Watcher::spawn(socket, report.clone(), cancel.child_token());
+            let watcher =
+                X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
             tokio::spawn(expiry_alarm(
                 watcher.subscribe(),
                 report.clone(),

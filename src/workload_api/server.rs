@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use super::attest;
-use super::h2_authority::AuthorityRewrite;
 use super::grpc::WorkloadApiService;
+use super::h2_authority::AuthorityRewrite;
 use super::json;
 use super::service::WorkloadApi;
 use super::state::{Attestation, WorkloadApiDeps};

@@ -135,3 +135,27 @@ fn federated_keys_must_name_trust_domains_and_never_replace_our_bundle() {
     assert_eq!(ctx.own_bundle(), a.bundle().as_slice());
     assert_eq!(ctx.federated().count(), 0);
 }
+
+#[test]
+fn a_chosen_identity_is_used_instead_of_the_default_and_an_absent_one_is_refused() {
+    // WAPI 1.7.13: the first SVID is the default; a client may pick another one it is offered.
+    let a = TestCa::new("mesh-a.test");
+    let frontend = a.issue("/frontend");
+    let batch = a.issue("/batch");
+    let mut msg = response(&frontend, &a.bundle(), &[]);
+    msg.svids
+        .push(response(&batch, &a.bundle(), &[]).svids.swap_remove(0));
+    let now = SystemTime::now();
+
+    let default = X509Context::from_response_for(msg.clone(), now, None).unwrap();
+    assert_eq!(default.svid.spiffe_id, frontend.spiffe_id);
+    let chosen = X509Context::from_response_for(msg.clone(), now, Some(&batch.spiffe_id)).unwrap();
+    assert_eq!(chosen.svid.spiffe_id, batch.spiffe_id);
+    assert!(chosen.certified_key().keys_match().is_ok());
+
+    let absent = crate::spiffe_id::SpiffeId::new("spiffe://mesh-a.test/nobody").unwrap();
+    assert_eq!(
+        X509Context::from_response_for(msg, now, Some(&absent)).unwrap_err(),
+        ContextError::NotOffered(absent)
+    );
+}
