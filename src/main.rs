@@ -18,15 +18,20 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.log_format);
+    // The demo prints its own story on stdout; the daemons' info logs would drown it.
+    let default_level = match cli.command {
+        meshtrust::cli::Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_level);
     // ring is the only provider compiled in; make it the process default for every client.
     let _ = rustls::crypto::ring::default_provider().install_default();
     commands::run(cli.command)
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

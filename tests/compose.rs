@@ -163,7 +163,11 @@ fn every_config_the_containers_use_passes_check_config_and_matches_the_topology(
             }
         }
         // Workload uids in compose match the entries' uid selectors.
-        for (svc, td) in [("client-a", "mesh-a.test"), ("echo-b", "mesh-b.test")] {
+        for (svc, td) in [
+            ("client-a", "mesh-a.test"),
+            ("batch-a", "mesh-a.test"),
+            ("echo-b", "mesh-b.test"),
+        ] {
             if config.trust_domain.as_str() == td {
                 let uid: u32 = services[svc]["user"].as_str().unwrap().parse().unwrap();
                 assert!(
@@ -179,7 +183,6 @@ fn every_config_the_containers_use_passes_check_config_and_matches_the_topology(
 }
 
 #[test]
-#[ignore = "WIP: the sidecar and demo subcommands are not merged yet"]
 fn every_meshtrust_command_in_the_containers_is_a_valid_command_line() {
     let c = compose();
     let mut seen = 0;
@@ -190,7 +193,42 @@ fn every_meshtrust_command_in_the_containers_is_a_valid_command_line() {
             seen += 1;
         }
     }
-    assert!(seen >= 7);
+    assert!(seen >= 9);
+}
+
+/// The containers run the sidecar command lines of `meshtrust demo`, with container addresses.
+#[test]
+fn the_containers_run_the_same_sidecar_commands_as_the_local_demo() {
+    use meshtrust::demo::sidecars;
+    let c = compose();
+    let sidecar_of = |svc: &str| -> String {
+        meshtrust_invocations(&command(&c["services"][svc]))
+            .into_iter()
+            .find(|inv| inv.get(1).map(String::as_str) == Some("sidecar"))
+            .unwrap_or_else(|| panic!("{svc} runs a sidecar"))[1..]
+            .join(" ")
+    };
+    assert_eq!(
+        sidecar_of("echo-b"),
+        sidecars::echo_inbound("0.0.0.0:8000", "127.0.0.1:7000")
+    );
+    assert_eq!(
+        sidecar_of("client-a"),
+        sidecars::frontend_outbound("127.0.0.1:7001", "echo-b:8000")
+    );
+    assert_eq!(
+        sidecar_of("batch-a"),
+        sidecars::batch_outbound("127.0.0.1:7001", "echo-b:8000")
+    );
+    // mesh-a registers the batch identity (so its refusal is echo's allow list, not a missing
+    // SVID), and echo's allow list does not name it.
+    let a = meshtrust::config::Config::load(&repo().join("config/mesh-a.toml")).unwrap();
+    assert!(
+        a.entries
+            .iter()
+            .any(|e| e.spiffe_id.as_str() == sidecars::BATCH)
+    );
+    assert!(!sidecar_of("echo-b").contains(sidecars::BATCH));
 }
 
 #[test]

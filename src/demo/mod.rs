@@ -2,6 +2,9 @@
 //! sidecars across them.
 
 pub mod echo;
+pub mod meshes;
+pub mod sidecars;
+pub mod story;
 
 use crate::cli::DemoCommand;
 
@@ -32,10 +35,32 @@ pub fn run(keep_running: bool, command: Option<DemoCommand>) -> anyhow::Result<(
                 println!("{answer}");
                 Ok(())
             }
-            None => {
-                let _ = keep_running;
-                anyhow::bail!("the two-mesh demo needs the sidecar (not merged yet)")
-            }
+            None => two_meshes(keep_running).await,
         }
     })
+}
+
+/// The full demo in a fresh temp folder, removed at the end.
+async fn two_meshes(keep_running: bool) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("meshtrust-demo-")
+        .tempdir()?;
+    println!(
+        "meshtrust demo: two meshes, mesh-a.test and mesh-b.test, on this machine (work folder {})",
+        work.path().display()
+    );
+    let running = match story::run(work.path()).await {
+        Ok(running) => running,
+        Err(e) => {
+            println!("demo: FAILED: {e:#}");
+            return Err(e);
+        }
+    };
+    if keep_running {
+        running.print_endpoints();
+        crate::signal::shutdown_signal().await?;
+        println!("stopping");
+    }
+    running.shutdown().await;
+    Ok(())
 }

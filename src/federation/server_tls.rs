@@ -85,8 +85,8 @@ impl ServerCerts {
     /// Sets up the certificates for `profile` and returns the task that keeps them current.
     ///
     /// `https_web` files are loaded now, so a broken file stops the daemon at start rather than
-    /// serving nothing. The first `https_spiffe` SVID is issued as soon as the task first runs
-    /// (handshakes fail closed until then); a failed issuance is logged and retried.
+    /// serving nothing. The first `https_spiffe` SVID is issued now too (handshakes fail closed
+    /// while there is none); a failed issuance is logged and retried by the task.
     ///
     /// # Errors
     /// [`EndpointError`] when the `https_web` files cannot be loaded.
@@ -98,13 +98,25 @@ impl ServerCerts {
     ) -> Result<(Arc<Self>, CertTask), EndpointError> {
         let certs = Arc::new(Self::new(clock));
         let task: CertTask = match profile {
-            EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => Box::pin(renew_svid(
-                certs.clone(),
-                ca,
-                endpoint_spiffe_id.clone(),
-                SVID_RECHECK,
-                cancel,
-            )),
+            EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+                // The first SVID now, so the listener never answers a handshake without one
+                // when the CA can sign; a failure here is retried by the task.
+                let snapshot = ca.borrow().clone();
+                let first = issue_into(&certs, &snapshot, endpoint_spiffe_id)
+                    .inspect_err(|e| {
+                        certs.failed();
+                        tracing::error!(error = %e, "bundle endpoint svid issuance failed; retrying");
+                    })
+                    .ok();
+                Box::pin(renew_svid_from(
+                    certs.clone(),
+                    ca,
+                    endpoint_spiffe_id.clone(),
+                    SVID_RECHECK,
+                    cancel,
+                    first,
+                ))
+            }
             EndpointProfile::HttpsWeb {
                 cert_file,
                 key_file,
@@ -214,13 +226,50 @@ impl fmt::Debug for ServerCerts {
 /// re-read at least every `recheck` (sleeps are in real time, the lifetime is by the clock).
 pub async fn renew_svid(
     certs: Arc<ServerCerts>,
-    mut ca: watch::Receiver<Arc<CaSnapshot>>,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
     id: SpiffeId,
     recheck: Duration,
     cancel: CancellationToken,
 ) {
-    // (generation that signed it, when to renew)
-    let mut issued: Option<(u64, SystemTime)> = None;
+    renew_svid_from(certs, ca, id, recheck, cancel, None).await;
+}
+
+/// (CA generation that signed the current SVID, when to renew it)
+type Issued = Option<(u64, SystemTime)>;
+
+/// Issues an SVID for `id` from `snapshot` and installs it in `certs`.
+fn issue_into(
+    certs: &ServerCerts,
+    snapshot: &CaSnapshot,
+    id: &SpiffeId,
+) -> Result<(u64, SystemTime), EndpointError> {
+    let now = certs.clock.now();
+    let generation = snapshot.active().map_or(0, |a| a.generation);
+    let svid = snapshot.issue_x509_svid(id, now)?;
+    let key = certs.svid_key(&svid)?;
+    certs.install(key, Some(svid.not_after));
+    let half = svid
+        .not_after
+        .duration_since(svid.not_before)
+        .unwrap_or_default()
+        / 2;
+    tracing::info!(
+        spiffe_id = %id,
+        ca_generation = generation,
+        not_after = %crate::clock::rfc3339(svid.not_after),
+        "bundle endpoint svid issued"
+    );
+    Ok((generation, svid.not_before + half))
+}
+
+async fn renew_svid_from(
+    certs: Arc<ServerCerts>,
+    mut ca: watch::Receiver<Arc<CaSnapshot>>,
+    id: SpiffeId,
+    recheck: Duration,
+    cancel: CancellationToken,
+    mut issued: Issued,
+) {
     let mut ca_open = true;
     loop {
         let snapshot = ca.borrow_and_update().clone();
@@ -229,26 +278,8 @@ pub async fn renew_svid(
         let due = issued.is_none_or(|(g, renew_at)| Some(g) != generation || now >= renew_at);
         let mut retry = false;
         if due {
-            let result = snapshot
-                .issue_x509_svid(&id, now)
-                .map_err(EndpointError::from)
-                .and_then(|svid| Ok((certs.svid_key(&svid)?, svid)));
-            match result {
-                Ok((key, svid)) => {
-                    certs.install(key, Some(svid.not_after));
-                    let half = svid
-                        .not_after
-                        .duration_since(svid.not_before)
-                        .unwrap_or_default()
-                        / 2;
-                    issued = Some((generation.unwrap_or(0), svid.not_before + half));
-                    tracing::info!(
-                        spiffe_id = %id,
-                        ca_generation = generation.unwrap_or(0),
-                        not_after = %crate::clock::rfc3339(svid.not_after),
-                        "bundle endpoint svid issued"
-                    );
-                }
+            match issue_into(&certs, &snapshot, &id) {
+                Ok(done) => issued = Some(done),
                 Err(e) => {
                     certs.failed();
                     tracing::error!(spiffe_id = %id, error = %e, "bundle endpoint svid issuance failed; retrying");

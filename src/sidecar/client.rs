@@ -241,8 +241,10 @@ async fn one_stream(
             Ok(Some(msg)) => match X509Context::from_response_for(msg, SystemTime::now(), want) {
                 Ok(ctx) => {
                     backoff.reset();
-                    report.line(format!("svid update: {}", ctx.describe()));
+                    let line = format!("svid update: {}", ctx.describe());
+                    // In force first, then reported: whoever reads the line can use it.
                     tx.send_replace(Some(Arc::new(ctx)));
+                    report.line(line);
                 }
                 Err(e) => report.line(format!("svid update dropped: {e}")),
             },

@@ -109,6 +109,21 @@ pub async fn run(
     report: Reporter,
     cancel: CancellationToken,
 ) -> Result<(), SidecarError> {
+    run_on(args, env_socket, None, report, cancel).await
+}
+
+/// [`run`] with the proxy's listener already bound (the demo binds `127.0.0.1:0` first so that
+/// it can print the command line with the real port); `None` binds `--listen`.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on(
+    args: SidecarArgs,
+    env_socket: Option<String>,
+    listener: Option<tokio::net::TcpListener>,
+    report: Reporter,
+    cancel: CancellationToken,
+) -> Result<(), SidecarError> {
     let socket = endpoint::resolve(args.workload_socket.as_deref(), env_socket.as_deref())?;
     let want = args.spiffe_id;
     let cancel = cancel.child_token();
@@ -146,7 +161,10 @@ pub async fn run(
             allow_trust_domain,
         } => {
             let authorizer = Authorizer::one_of(allow, allow_trust_domain)?;
-            let listener = proxy::bind(&listen).await?;
+            let listener = match listener {
+                Some(l) => l,
+                None => proxy::bind(&listen).await?,
+            };
             let watcher =
                 X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
             tokio::spawn(expiry_alarm(
@@ -167,7 +185,10 @@ pub async fn run(
             connect,
             expect,
         } => {
-            let listener = proxy::bind(&listen).await?;
+            let listener = match listener {
+                Some(l) => l,
+                None => proxy::bind(&listen).await?,
+            };
             let watcher =
                 X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
             tokio::spawn(expiry_alarm(

@@ -1,0 +1,285 @@
+//! `meshtrust demo`, step by step: two meshes federate, a frontend in mesh-a calls an echo
+//! service in mesh-b through sidecars, and a caller that is not on the allow list is refused.
+//!
+//! Everything is real and in this one process: two daemons (CA, bundle endpoint, fetchers,
+//! Workload API on Unix sockets), sidecars started from the very command lines the containers
+//! of `docker-compose.yml` run, TLS on loopback with ephemeral ports.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::echo;
+use super::meshes::{DemoMesh, Workload, describe_bundle};
+use super::sidecars::{self, BATCH, ECHO, FRONTEND};
+use crate::app::Daemon;
+use crate::cli::{Cli, Command};
+use crate::sidecar::{self, Reporter};
+use crate::spiffe_id::TrustDomain;
+
+/// How long any one step may take before the demo gives up (a hang guard).
+const STEP_LIMIT: Duration = Duration::from_secs(20);
+
+/// The running demo, for `--keep-running` and for shutdown.
+#[derive(Debug)]
+pub struct Running {
+    daemons: Vec<(DemoMesh, Daemon)>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    frontend_proxy: String,
+}
+
+/// Runs every step; `Ok` means the last line printed was `demo: OK`.
+///
+/// # Errors
+/// The first step that failed, in words.
+pub async fn run(work: &Path) -> anyhow::Result<Running> {
+    let mut a = DemoMesh::new(work, "mesh-a").await?;
+    let mut b = DemoMesh::new(work, "mesh-b").await?;
+    a.write_config(
+        &b,
+        &[
+            Workload {
+                path: "/ns/default/sa/frontend",
+                hint: "frontend",
+            },
+            Workload {
+                path: "/ns/default/sa/batch",
+                hint: "batch",
+            },
+        ],
+    )?;
+    b.write_config(
+        &a,
+        &[Workload {
+            path: "/ns/default/sa/echo",
+            hint: "echo",
+        }],
+    )?;
+    step(
+        "1. each operator creates a CA and hands its bundle to the other (`meshtrust bundle show`)",
+    );
+    say(&a.hand_bootstrap_to(&b)?);
+    say(&b.hand_bootstrap_to(&a)?);
+
+    step("2. both daemons start");
+    let da = a.start().await?;
+    let db = b.start().await?;
+    for (m, d) in [(&a, &da), (&b, &db)] {
+        say(&format!(
+            "{} serves its bundle at {} (https_spiffe, as {}) and workloads on {}",
+            m.trust_domain(),
+            m.url(),
+            m.endpoint_id(),
+            d.workload_socket.display()
+        ));
+    }
+
+    step("3. each pins the other's bundle, fetched over TLS authenticated by the bootstrap bundle");
+    pin(&a, &da, &b).await?;
+    pin(&b, &db, &a).await?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    step(
+        "4. mesh-b: an echo service behind an inbound sidecar that lets in only mesh-a's frontend",
+    );
+    let echo_listener = bind().await?;
+    let echo_addr = echo_listener.local_addr()?;
+    tracker.spawn(echo::serve_echo(echo_listener, cancel.child_token()));
+    let inbound = bind().await?;
+    let inbound_addr = inbound.local_addr()?;
+    let echo_ready = start_sidecar(
+        &tracker,
+        &cancel,
+        "echo-b sidecar",
+        &b,
+        &sidecars::echo_inbound(&inbound_addr.to_string(), &echo_addr.to_string()),
+        inbound,
+    )?;
+
+    step("5. mesh-a: the frontend's outbound sidecar, which accepts only mesh-b's echo as server");
+    let outbound = bind().await?;
+    let frontend_proxy = outbound.local_addr()?.to_string();
+    let frontend_ready = start_sidecar(
+        &tracker,
+        &cancel,
+        "frontend sidecar",
+        &a,
+        &sidecars::frontend_outbound(&frontend_proxy, &inbound_addr.to_string()),
+        outbound,
+    )?;
+    wait_ready(echo_ready, "the echo sidecar's SVID").await?;
+    wait_ready(frontend_ready, "the frontend sidecar's SVID").await?;
+
+    step("6. the frontend (mesh-a) calls echo (mesh-b): mTLS across the two trust domains");
+    let message = "hello from mesh-a's frontend";
+    say(&format!(
+        "frontend sends {message:?} to its sidecar at {frontend_proxy}"
+    ));
+    let answer = echo::call(&frontend_proxy, message)
+        .await
+        .context("the allowed call failed")?;
+    if answer != format!("echo: {message}") {
+        bail!("the echo service answered {answer:?}");
+    }
+    say(&format!("frontend got {answer:?} back from {ECHO}"));
+
+    step("7. batch, another mesh-a workload, is not on echo's allow list: it is refused");
+    let refused = bind().await?;
+    let refused_addr = refused.local_addr()?.to_string();
+    let batch_ready = start_sidecar(
+        &tracker,
+        &cancel,
+        "batch sidecar",
+        &a,
+        &sidecars::batch_outbound(&refused_addr, &inbound_addr.to_string()),
+        refused,
+    )?;
+    wait_ready(batch_ready, "the batch sidecar's SVID").await?;
+    match echo::call(&refused_addr, "hello from batch").await {
+        Ok(answer) => bail!("{BATCH} was let in and got {answer:?}: the allow list failed"),
+        Err(e) => say(&format!(
+            "batch's call ended without an answer ({e}), as it should"
+        )),
+    }
+
+    println!(
+        "demo: OK (mesh-a.test and mesh-b.test federated; {FRONTEND} reached {ECHO} over mTLS; {BATCH} was refused)"
+    );
+    Ok(Running {
+        daemons: vec![(a, da), (b, db)],
+        tracker,
+        cancel,
+        frontend_proxy,
+    })
+}
+
+impl Running {
+    /// What to poke at while `--keep-running` holds the demo up.
+    pub fn print_endpoints(&self) {
+        println!();
+        println!("The demo keeps running; Ctrl-C stops it. Things to try:");
+        for (m, d) in &self.daemons {
+            let sock = d.workload_socket.display();
+            println!("  {}:", m.trust_domain());
+            println!("    curl -sk {}", m.url());
+            println!(
+                "    curl -s --unix-socket {sock} -H 'workload.spiffe.io: true' http://localhost/v1/x509-bundles"
+            );
+            println!(
+                "    meshtrust status --admin-socket {}",
+                d.admin_socket.display()
+            );
+            println!("    curl -s http://127.0.0.1:{}/metrics", m.metrics_port);
+            println!(
+                "    SPIFFE_ENDPOINT_SOCKET=unix://{sock} meshtrust sidecar files --out /tmp/svid-{}",
+                m.name
+            );
+        }
+        println!(
+            "  the frontend's proxy: meshtrust demo call --connect {} --message hi",
+            self.frontend_proxy
+        );
+    }
+
+    /// Stops the sidecars, the echo service and both daemons.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        for (_, d) in self.daemons {
+            d.shutdown().await;
+        }
+    }
+}
+
+fn step(text: &str) {
+    println!("\n{text}");
+}
+
+fn say(text: &str) {
+    println!("   {text}");
+}
+
+async fn bind() -> anyhow::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding 127.0.0.1:0")
+}
+
+/// Asks `d`'s fetcher for `peer` to fetch now and waits until the bundle is pinned.
+async fn pin(m: &DemoMesh, d: &Daemon, peer: &DemoMesh) -> anyhow::Result<()> {
+    let td = TrustDomain::new(peer.trust_domain())?;
+    let deadline = tokio::time::Instant::now() + STEP_LIMIT;
+    loop {
+        // The same request as `meshtrust federation refresh`: the first fetch at start may have
+        // run before the peer was listening.
+        let report = d.refresh.refresh(&td).await;
+        if let Some(pinned) = d.peers.get(&td) {
+            say(&format!(
+                "{} pinned {}'s bundle from {} (server proved {}): {}",
+                m.trust_domain(),
+                td,
+                peer.url(),
+                peer.endpoint_id(),
+                describe_bundle(&pinned)
+            ));
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = report.and_then(|r| r.error).unwrap_or_default();
+            bail!("{} could not pin {td}: {why}", m.trust_domain());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts `meshtrust <args>` (a sidecar command line, exactly as a container would run it)
+/// against `mesh`'s Workload API; its report lines are printed indented under `label`. Returns
+/// a flag that turns true once the sidecar holds an SVID.
+fn start_sidecar(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    label: &'static str,
+    mesh: &DemoMesh,
+    args: &str,
+    listener: TcpListener,
+) -> anyhow::Result<watch::Receiver<bool>> {
+    say(&format!(
+        "{label}: SPIFFE_ENDPOINT_SOCKET=unix://{} meshtrust {args}",
+        mesh.workload_socket().display()
+    ));
+    let argv = std::iter::once("meshtrust").chain(args.split_whitespace());
+    let Command::Sidecar(parsed) = Cli::try_parse_from(argv)?.command else {
+        bail!("not a sidecar command: {args}");
+    };
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let report = Reporter::new(move |line: &str| {
+        if line.starts_with("svid update:") {
+            ready_tx.send_replace(true);
+        }
+        println!("      [{label}] {line}");
+    });
+    let env_socket = Some(format!("unix://{}", mesh.workload_socket().display()));
+    let cancel = cancel.child_token();
+    tracker.spawn(async move {
+        if let Err(e) = sidecar::run_on(parsed, env_socket, Some(listener), report, cancel).await {
+            println!("      [{label}] stopped: {e}");
+        }
+    });
+    Ok(ready_rx)
+}
+
+async fn wait_ready(mut ready: watch::Receiver<bool>, what: &str) -> anyhow::Result<()> {
+    match tokio::time::timeout(STEP_LIMIT, ready.wait_for(|r| *r)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => bail!("{what} did not arrive"),
+    }
+}
