@@ -1,6 +1,8 @@
 //! Tests of the HTTP/2 `:authority` filter: frame-level behaviour through its `AsyncRead`, then a
 //! real hyper HTTP/2 server on a Unix socket, with and without the filter.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io;
 use std::path::PathBuf;
@@ -745,7 +747,6 @@ fn the_wrapper_keeps_tonic_connect_info() {
 /// The unmodified Python gRPC client (C-core), three calls on one channel so the later ones
 /// send `:authority` as a dynamic-table reference. Without the filter hyper resets the stream.
 #[tokio::test]
-#[ignore = "needs python3 with grpcio (pip install grpcio); MESHTRUST_TEST_PYTHON picks the interpreter"]
 async fn python_grpcio_client_is_served_through_the_filter() {
     const SCRIPT: &str = "import grpc, sys
 channel = grpc.insecure_channel('unix:' + sys.argv[1])
@@ -756,7 +757,10 @@ for _ in range(3):
     except grpc.RpcError as err:
         print('error', err.code(), err.details())
 ";
-    let python = std::env::var("MESHTRUST_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    // grpcio comes with the interop venv (tests/python/setup.sh).
+    let Some(python) = common::python::interpreter() else {
+        return;
+    };
     for (filter, expected) in [
         (true, "ok authority=localhost\n".repeat(3)),
         (false, String::new()),

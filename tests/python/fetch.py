@@ -11,6 +11,12 @@ import sys
 from spiffe import WorkloadApiClient
 
 
+def trust_domains(bundles) -> list:
+    """py-spiffe 0.3 returns a set of X509Bundle; older versions a dict keyed by trust domain."""
+    items = bundles.values() if isinstance(bundles, dict) else bundles
+    return sorted(str(b.trust_domain) for b in items)
+
+
 def main() -> None:
     socket = sys.argv[1]
     with WorkloadApiClient(socket_path=socket, default_timeout=10.0) as client:
@@ -22,9 +28,7 @@ def main() -> None:
         out = {
             "spiffe_id": str(svid.spiffe_id),
             "chain_len": len(svid.cert_chain),
-            "bundle_trust_domains": sorted(str(b.trust_domain) for b in bundles.bundles.values())
-            if hasattr(bundles, "bundles")
-            else sorted(str(td) for td in bundles._bundles.keys()),
+            "bundle_trust_domains": trust_domains(bundles.bundles),
             "context_svids": [str(s.spiffe_id) for s in ctx.x509_svids],
             "jwt_subject": str(jwt.spiffe_id),
             "validated_subject": str(validated.spiffe_id),
