@@ -60,9 +60,26 @@ fn load_config(path: &Path) -> Result<Config, u8> {
 
 fn runtime_failure(result: anyhow::Result<()>) -> Result<(), u8> {
     result.map_err(|e| {
-        eprintln!("meshtrust: {e:#}");
+        eprintln!("meshtrust: {}", describe(&e));
         1
     })
+}
+
+/// The error and its causes on one line, each cause once: many of our messages already quote
+/// their source, so a cause whose text is already in the line is not repeated.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -93,4 +110,20 @@ fn bundle_show(config: &Config, format: BundleFormat) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("state in /x: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Outer(io)).context("starting");
+        assert_eq!(describe(&e), "starting: state in /x: no such file");
+    }
 }

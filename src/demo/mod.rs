@@ -52,7 +52,7 @@ async fn two_meshes(keep_running: bool) -> anyhow::Result<()> {
     let running = match story::run(work.path()).await {
         Ok(running) => running,
         Err(e) => {
-            println!("demo: FAILED: {e:#}");
+            println!("demo: FAILED: {}", crate::commands::describe(&e));
             return Err(e);
         }
     };

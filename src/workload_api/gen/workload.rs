@@ -21,6 +21,7 @@ pub struct X509svidResponse {
 }
 /// One X509-SVID with its private key and the bundle of its own trust domain.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct X509svid {
     /// The SPIFFE ID of this SVID, `spiffe://td/path`.
     #[prost(string, tag = "1")]
@@ -74,6 +75,7 @@ pub struct JwtsvidResponse {
 }
 /// One JWT-SVID.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct Jwtsvid {
     /// The SPIFFE ID (`sub`) of the token.
     #[prost(string, tag = "1")]
@@ -101,6 +103,7 @@ pub struct JwtBundlesResponse {
 }
 /// Request for ValidateJWTSVID. Both fields are mandatory.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct ValidateJwtsvidRequest {
     /// The audience the validator expects in `aud`.
     #[prost(string, tag = "1")]
