@@ -14,13 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin_api::{self, AdminState};
 use crate::ca::{Ca, CaError, CaPolicy};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, EntryConfig};
 use crate::federation::RefreshHandles;
 use crate::federation::endpoint::{self, EndpointError};
 use crate::federation::fetcher::{self, FetcherError};
@@ -29,6 +31,7 @@ use crate::federation::server_tls::ServerCerts;
 use crate::federation::status::StatusBoard;
 use crate::federation::verifier::OwnRoots;
 use crate::metrics::{self, MetricsState};
+use crate::reload::{self, ReloadOutcome};
 use crate::store::sqlite::SqliteStorage;
 use crate::store::{Storage, StoreError};
 use crate::workload_api::{self, WorkloadApiDeps};
@@ -146,6 +149,10 @@ pub struct Daemon {
     pub workload_socket: PathBuf,
     /// The admin API socket.
     pub admin_socket: PathBuf,
+    /// The Workload API's entries, replaced by [`Daemon::reload`].
+    entries: watch::Sender<Arc<Vec<EntryConfig>>>,
+    /// The running config.
+    config: Config,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -261,14 +268,15 @@ impl Daemon {
             });
         }
 
+        let (entries, entries_rx) = watch::channel(Arc::new(config.entries.clone()));
         tracker.spawn(workload_api::serve(
             workload_listener,
-            WorkloadApiDeps::new(
-                ca.subscribe(),
-                peers.subscribe(),
-                config.entries.clone(),
-                clock.clone(),
-            ),
+            WorkloadApiDeps {
+                ca: ca.subscribe(),
+                peers: peers.subscribe(),
+                entries: entries_rx,
+                clock: clock.clone(),
+            },
             cancel.child_token(),
         ));
 
@@ -317,9 +325,22 @@ impl Daemon {
             metrics_addr,
             workload_socket,
             admin_socket,
+            entries,
+            config,
             cancel,
             tracker,
         })
+    }
+
+    /// Applies a re-read config (`SIGHUP`): the entries now, the rest only after a restart
+    /// (see [`crate::reload`]). The running config is kept for the sections not applied.
+    pub fn reload(&mut self, new: Config) -> ReloadOutcome {
+        let outcome = reload::diff(&self.config, &new);
+        if outcome.entries_changed {
+            self.entries.send_replace(Arc::new(new.entries.clone()));
+            self.config.entries = new.entries;
+        }
+        outcome
     }
 
     /// Stops every task, waiting up to [`SHUTDOWN_GRACE`].
@@ -346,8 +367,46 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let daemon = Daemon::start(config, clock).await?;
-    shutdown.await;
+    let mut daemon = Daemon::start(config, clock).await?;
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off");
+            None
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = async { hangup.as_mut()?.recv().await } => {
+                reload_from_disk(&mut daemon);
+            }
+        }
+    }
     daemon.shutdown().await;
     Ok(())
+}
+
+fn reload_from_disk(daemon: &mut Daemon) {
+    let path = daemon.config.source.clone();
+    match reload::load(&path) {
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "config reload refused; nothing changed")
+        }
+        Ok(new) => {
+            let outcome = daemon.reload(new);
+            tracing::info!(
+                file = %path.display(),
+                entries_changed = outcome.entries_changed,
+                "config reloaded"
+            );
+            if !outcome.needs_restart.is_empty() {
+                tracing::warn!(
+                    sections = ?outcome.needs_restart,
+                    "these config sections changed but apply only after a restart"
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,91 @@
+//! `SIGHUP`: re-read the config file and apply what can change under a running daemon.
+//!
+//! Registration entries (`[[entry]]`, with their `federates_with`) apply at once: the Workload
+//! API streams of every connected workload push the new identities and bundle sets, and a
+//! caller whose last identity went away gets PermissionDenied. Everything else (trust domain,
+//! CA, listeners, sockets, `[[federation]]` peers) needs a restart; a reload that changes such a
+//! section keeps the running values and names the sections in a warning. A config that does not
+//! load changes nothing and is logged with the key at fault.
+
+use std::path::Path;
+
+use crate::config::Config;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Whether the entries changed (and were applied).
+    pub entries_changed: bool,
+    /// Sections that differ from the running config but need a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Compares `running` with `new`: the entries to apply and the sections left as they are.
+pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
+    let mut needs_restart = Vec::new();
+    let checks: [(&'static str, bool); 8] = [
+        ("trust_domain", running.trust_domain == new.trust_domain),
+        ("data_dir", running.data_dir == new.data_dir),
+        ("ca", running.ca == new.ca),
+        (
+            "bundle_endpoint",
+            running.bundle_endpoint == new.bundle_endpoint,
+        ),
+        ("workload_api", running.workload_api == new.workload_api),
+        ("admin_api", running.admin_api == new.admin_api),
+        ("metrics", running.metrics == new.metrics),
+        ("federation", running.federation == new.federation),
+    ];
+    for (section, same) in checks {
+        if !same {
+            needs_restart.push(section);
+        }
+    }
+    ReloadOutcome {
+        entries_changed: running.entries != new.entries,
+        needs_restart,
+    }
+}
+
+/// Loads `path` for a reload.
+///
+/// # Errors
+/// The config error, as `check-config` prints it.
+pub fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap()
+    }
+
+    const BASE: &str = "trust_domain = \"a.test\"\ndata_dir = \"/d\"\n[workload_api]\nsocket = \"/w.sock\"\n[admin_api]\nsocket = \"/a.sock\"\n";
+
+    #[test]
+    fn entries_apply_and_other_sections_are_named_for_a_restart() {
+        let running = config(BASE);
+        let same = diff(&running, &config(BASE));
+        assert!(!same.entries_changed && same.needs_restart.is_empty());
+
+        let with_entry = format!(
+            "{BASE}[[entry]]\nspiffe_id = \"spiffe://a.test/w\"\nselectors = [\"unix:uid:1\"]\n"
+        );
+        let more = diff(&running, &config(&with_entry));
+        assert!(more.entries_changed);
+        assert!(more.needs_restart.is_empty());
+
+        let moved = BASE
+            .replace("/d", "/elsewhere")
+            .replace("/w.sock", "/x.sock");
+        let restart = diff(&running, &config(&moved));
+        assert!(!restart.entries_changed);
+        assert_eq!(restart.needs_restart, ["data_dir", "workload_api"]);
+    }
+}
