@@ -262,3 +262,51 @@ fn a_daemon_rotates_its_ca_for_real_with_a_20s_ca_ttl() {
         "one bump per content change"
     );
 }
+
+/// `kill -9` at arbitrary moments of a daemon that is busy rotating (ca_ttl 3s: an authority
+/// is generated, activated or pruned every second or so, each a transaction), then a restart on
+/// the same data dir: every restart comes up, the sequence never goes back, and SIGINT ends the
+/// last one cleanly (exit 0).
+#[test]
+fn kill_9_during_rotations_always_leaves_a_state_that_starts_and_never_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "3s", "1s");
+    let mut last_sequence = 0;
+    for round in 0..6u64 {
+        let mut daemon = Daemon::start(&config);
+        // Spread the kills over a rotation period, differently each round.
+        let nanos = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        );
+        std::thread::sleep(Duration::from_millis((nanos + round * 337) % 1500));
+        Command::new("kill")
+            .args(["-9", &daemon.0.id().to_string()])
+            .status()
+            .unwrap();
+        daemon.0.wait().unwrap();
+        let bundle = bundle_json(&config);
+        let sequence = bundle["spiffe_sequence"].as_u64().unwrap();
+        assert!(
+            sequence >= last_sequence,
+            "round {round}: {sequence} < {last_sequence}"
+        );
+        assert!(
+            !x5c(&bundle).is_empty(),
+            "round {round}: a bundle with a CA"
+        );
+        last_sequence = sequence;
+    }
+    let mut daemon = Daemon::start(&config);
+    Command::new("kill")
+        .args(["-INT", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        daemon.0.wait().unwrap().code(),
+        Some(0),
+        "SIGINT is a clean stop"
+    );
+}
