@@ -258,7 +258,8 @@ impl Daemon {
                 ca.subscribe(),
                 clock.clone(),
                 cancel.child_token(),
-            )?;
+            )
+            .map_err(EndpointError::from)?;
             tracker.spawn(task);
             let serve = endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token());
             tracker.spawn(async move {

@@ -16,7 +16,8 @@ use endpoint_client::{eventually, get, web_client};
 use meshtrust::ca::{Ca, CaPolicy, KeyType};
 use meshtrust::clock::SystemClock;
 use meshtrust::config::EndpointProfile;
-use meshtrust::federation::endpoint::{self, EndpointError};
+use meshtrust::federation::endpoint;
+use meshtrust::federation::server_tls::ServerTlsError;
 use meshtrust::federation::server_tls::{ServerCerts, load_web_files, reload_web_files};
 use meshtrust::spiffe_id::TrustDomain;
 use meshtrust::store::Storage;
@@ -126,7 +127,7 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     else {
         panic!("a key file as certificate file was accepted");
     };
-    assert!(matches!(err, EndpointError::Pem { .. }), "{err}");
+    assert!(matches!(err, ServerTlsError::Pem { .. }), "{err}");
 
     tokio::spawn(reload_web_files(
         certs.clone(),

@@ -42,45 +42,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::server_tls::ServerCerts;
-use crate::bundle::pem::PemError;
-use crate::ca::{CaError, CaSnapshot};
+use super::server_tls::{ServerCerts, ServerTlsError};
+use crate::ca::CaSnapshot;
 
-/// A bundle endpoint failure: setting up TLS or loading its certificate.
+/// A bundle endpoint failure: its certificate or TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    /// A certificate or key file cannot be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A certificate file holds no usable PEM chain.
-    #[error("{path}: {source}")]
-    Pem {
-        /// The file.
-        path: String,
-        /// The cause.
-        #[source]
-        source: PemError,
-    },
-    /// A private key cannot be parsed, is of an unsupported type, or does not match the leaf.
-    #[error("{path}: private key: {reason}")]
-    Key {
-        /// The file (or the SVID's ID).
-        path: String,
-        /// The cause; never the key itself.
-        reason: String,
-    },
-    /// The CA could not issue the endpoint's X509-SVID.
-    #[error("issuing the endpoint svid: {0}")]
-    Issue(#[from] CaError),
-    /// rustls refused the configuration.
-    #[error("tls configuration: {0}")]
-    Tls(#[source] rustls::Error),
+    /// The certificate or the TLS configuration could not be set up.
+    #[error(transparent)]
+    Certs(#[from] ServerTlsError),
 }
 
 /// Limits and timeouts of the listener. The defaults suit a public endpoint.

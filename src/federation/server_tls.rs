@@ -10,6 +10,8 @@
 //! - [`reload_web_files`] (`https_web`): the operator's PEM files, reloaded when they change;
 //!   a bad new file is logged and the previous certificate kept.
 
+use crate::bundle::pem::PemError;
+use crate::ca::CaError;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,13 +30,49 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use super::endpoint::EndpointError;
 use crate::bundle::pem::parse_certs_pem;
 use crate::ca::CaSnapshot;
 use crate::clock::Clock;
 use crate::config::EndpointProfile;
 use crate::spiffe_id::SpiffeId;
 use crate::svid::X509Svid;
+
+/// A failure to load, issue or use the bundle endpoint's certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    /// A certificate or key file cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate file holds no usable PEM chain.
+    #[error("{path}: {source}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: PemError,
+    },
+    /// A private key cannot be parsed, is of an unsupported type, or does not match the leaf.
+    #[error("{path}: private key: {reason}")]
+    Key {
+        /// The file (or the SVID's ID).
+        path: String,
+        /// The cause; never the key itself.
+        reason: String,
+    },
+    /// The CA could not issue the endpoint's X509-SVID.
+    #[error("issuing the endpoint svid: {0}")]
+    Issue(#[from] CaError),
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Tls(#[source] rustls::Error),
+}
 
 /// How often [`ServerCerts::start`] polls `https_web` files for changes.
 pub const WEB_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -89,13 +127,13 @@ impl ServerCerts {
     /// while there is none); a failed issuance is logged and retried by the task.
     ///
     /// # Errors
-    /// [`EndpointError`] when the `https_web` files cannot be loaded.
+    /// [`ServerTlsError`] when the `https_web` files cannot be loaded.
     pub fn start(
         profile: &EndpointProfile,
         ca: watch::Receiver<Arc<CaSnapshot>>,
         clock: Arc<dyn Clock>,
         cancel: CancellationToken,
-    ) -> Result<(Arc<Self>, CertTask), EndpointError> {
+    ) -> Result<(Arc<Self>, CertTask), ServerTlsError> {
         let certs = Arc::new(Self::new(clock));
         let task: CertTask = match profile {
             EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
@@ -172,26 +210,26 @@ impl ServerCerts {
     /// tickets. Certificates come from `self` at every handshake.
     ///
     /// # Errors
-    /// [`EndpointError::Tls`] if rustls refuses the protocol versions or the ticketer.
-    pub fn tls_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, EndpointError> {
+    /// [`ServerTlsError::Tls`] if rustls refuses the protocol versions or the ticketer.
+    pub fn tls_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, ServerTlsError> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(EndpointError::Tls)?
+            .map_err(ServerTlsError::Tls)?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(EndpointError::Tls)?;
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(ServerTlsError::Tls)?;
         Ok(Arc::new(config))
     }
 
     /// A [`CertifiedKey`] from an issued X509-SVID (leaf alone: our CAs are roots).
     ///
     /// # Errors
-    /// [`EndpointError::Key`] if rustls cannot use the key.
-    pub fn svid_key(&self, svid: &X509Svid) -> Result<CertifiedKey, EndpointError> {
+    /// [`ServerTlsError::Key`] if rustls cannot use the key.
+    pub fn svid_key(&self, svid: &X509Svid) -> Result<CertifiedKey, ServerTlsError> {
         let der = PrivatePkcs8KeyDer::from(svid.private_key.pkcs8_der().to_vec());
         CertifiedKey::from_der(svid.cert_chain.clone(), der.into(), &self.provider).map_err(|e| {
-            EndpointError::Key {
+            ServerTlsError::Key {
                 path: svid.spiffe_id.to_string(),
                 reason: e.to_string(),
             }
@@ -242,7 +280,7 @@ fn issue_into(
     certs: &ServerCerts,
     snapshot: &CaSnapshot,
     id: &SpiffeId,
-) -> Result<(u64, SystemTime), EndpointError> {
+) -> Result<(u64, SystemTime), ServerTlsError> {
     let now = certs.clock.now();
     let generation = snapshot.active().map_or(0, |a| a.generation);
     let svid = snapshot.issue_x509_svid(id, now)?;
@@ -355,21 +393,21 @@ fn signature(cert_file: &Path, key_file: &Path) -> (FileSig, FileSig) {
 /// private key (PKCS#8, or SEC1 / PKCS#1) that must match the leaf.
 ///
 /// # Errors
-/// [`EndpointError`] naming the file that cannot be read, parsed or used.
-pub fn load_web_files(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, EndpointError> {
+/// [`ServerTlsError`] naming the file that cannot be read, parsed or used.
+pub fn load_web_files(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, ServerTlsError> {
     let read = |p: &Path| {
         std::fs::read(p)
             .map(Zeroizing::new)
-            .map_err(|source| EndpointError::Read {
+            .map_err(|source| ServerTlsError::Read {
                 path: p.display().to_string(),
                 source,
             })
     };
-    let chain = parse_certs_pem(&read(cert_file)?).map_err(|source| EndpointError::Pem {
+    let chain = parse_certs_pem(&read(cert_file)?).map_err(|source| ServerTlsError::Pem {
         path: cert_file.display().to_string(),
         source,
     })?;
-    let key_error = |reason: String| EndpointError::Key {
+    let key_error = |reason: String| ServerTlsError::Key {
         path: key_file.display().to_string(),
         reason,
     };
