@@ -144,7 +144,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .zip(hints)
             .map(|(entry, hint)| {
                 let svid = jwt::mint(&active.jwt, &entry.spiffe_id, &req.audience, exp, now)
-                    .map_err(|e| WorkloadApiError::Ca(CaError::Signing(e.to_string())))?;
+                    .map_err(|e| WorkloadApiError::Internal(format!("minting a jwt-svid: {e}")))?;
                 Ok(Jwtsvid {
                     spiffe_id: entry.spiffe_id.to_string(),
                     svid,
