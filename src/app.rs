@@ -333,6 +333,11 @@ impl Daemon {
         })
     }
 
+    /// The config file the daemon was started from.
+    pub fn config_file(&self) -> &std::path::Path {
+        &self.config.source
+    }
+
     /// Applies a re-read config (`SIGHUP`): the entries now, the rest only after a restart
     /// (see [`crate::reload`]). The running config is kept for the sections not applied.
     pub fn reload(&mut self, new: Config) -> ReloadOutcome {
@@ -381,33 +386,10 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(()) = async { hangup.as_mut()?.recv().await } => {
-                reload_from_disk(&mut daemon);
+                reload::from_disk(&mut daemon);
             }
         }
     }
     daemon.shutdown().await;
     Ok(())
-}
-
-fn reload_from_disk(daemon: &mut Daemon) {
-    let path = daemon.config.source.clone();
-    match reload::load(&path) {
-        Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "config reload refused; nothing changed")
-        }
-        Ok(new) => {
-            let outcome = daemon.reload(new);
-            tracing::info!(
-                file = %path.display(),
-                entries_changed = outcome.entries_changed,
-                "config reloaded"
-            );
-            if !outcome.needs_restart.is_empty() {
-                tracing::warn!(
-                    sections = ?outcome.needs_restart,
-                    "these config sections changed but apply only after a restart"
-                );
-            }
-        }
-    }
 }

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use crate::app::Daemon;
 use crate::config::Config;
 
 /// What a reload did.
@@ -53,6 +54,30 @@ pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
 /// The config error, as `check-config` prints it.
 pub fn load(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
+}
+
+/// Re-reads the daemon's config file and applies it, logging what happened.
+pub fn from_disk(daemon: &mut Daemon) {
+    let path = daemon.config_file().to_path_buf();
+    match load(&path) {
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "config reload refused; nothing changed")
+        }
+        Ok(new) => {
+            let outcome = daemon.reload(new);
+            tracing::info!(
+                file = %path.display(),
+                entries_changed = outcome.entries_changed,
+                "config reloaded"
+            );
+            if !outcome.needs_restart.is_empty() {
+                tracing::warn!(
+                    sections = ?outcome.needs_restart,
+                    "these config sections changed but apply only after a restart"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
