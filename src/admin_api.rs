@@ -64,8 +64,25 @@ pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // Bind in a private (0700) staging folder, set the mode, then rename into place: the socket
+    // is never reachable at `path` with the umask's looser mode, not even for an instant.
+    let parent = path.parent().unwrap_or_else(|| Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix(".meshtrust-")
+        .tempdir_in(parent)?;
+    let staged = staging.path().join("s");
+    let listener = match UnixListener::bind(&staged) {
+        Ok(l) => l,
+        // The staging path may pass the 108-byte sun_path limit where `path` does not: bind in
+        // place then (the mode is set right after).
+        Err(_) => {
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            return Ok(listener);
+        }
+    };
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&staged, path)?;
     Ok(listener)
 }
 
