@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::mesh::{Mesh, eventually};
+use meshtrust::app::Daemon;
 use meshtrust::spiffe_id::TrustDomain;
+use rustls_pki_types::CertificateDer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
@@ -18,9 +20,11 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
     let mut a = Mesh::new(root.path(), "mesh-a").await;
     let mut b = Mesh::new(root.path(), "mesh-b").await;
     a.write_config("", "1s", Some(&b), "");
-    // mesh-b rotates fast: prepared at 4s, signing at ~6.7s, old CA gone at 8s.
+    // mesh-b rotates fast: prepared at 6s, signing at 10s, old CA gone at 12s (counted from its
+    // creation by `give_bootstrap_to`). mesh-a polls every second, so it has 4 s to see the
+    // prepared CA before it signs, even on a loaded machine.
     b.write_config(
-        "ca_ttl = \"8s\"\nx509_svid_ttl = \"2s\"\njwt_svid_ttl = \"2s\"",
+        "ca_ttl = \"12s\"\nx509_svid_ttl = \"2s\"\njwt_svid_ttl = \"2s\"",
         "1s",
         Some(&a),
         "",
@@ -33,6 +37,8 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
         TrustDomain::new("mesh-a.test").unwrap(),
         TrustDomain::new("mesh-b.test").unwrap(),
     );
+    // The CA the bootstrap bundle was made from: mesh-b's first, signing until the rotation.
+    let first_b_ca = db.ca.snapshot().active().unwrap().cert.clone();
 
     // Each holds the other's bundle, pinned under the configured name (Federation 1.5.4, 1.5.5).
     eventually(
@@ -49,27 +55,21 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
         },
     )
     .await;
-    let first_b_ca = db.ca.snapshot().bundle.x509_authorities.clone();
-    assert_eq!(first_b_ca.len(), 1);
-
-    // mesh-b publishes its prepared CA; mesh-a pins it before it signs (Federation 1.5.2).
-    eventually(
-        "mesh-a sees mesh-b's prepared CA",
-        Duration::from_secs(20),
-        || {
-            da.peers
-                .get(&td_b)
-                .is_some_and(|p| p.x509_authorities.len() == 2)
-        },
-    )
-    .await;
     assert!(
-        db.ca.snapshot().prepared().is_some(),
-        "pinned while still only prepared"
+        da.peers
+            .get(&td_b)
+            .unwrap()
+            .x509_authorities
+            .contains(&first_b_ca)
     );
 
+    // mesh-b publishes its prepared CA; mesh-a pins it before it signs (Federation 1.5.2). Both
+    // are observed together: mesh-a's pin first, then mesh-b's state, so a CA still prepared
+    // at the second look was only prepared when it was pinned.
+    prepared_ca_pinned_before_it_signs(&da, &db, &td_b, &first_b_ca).await;
+
     // mesh-b's old CA leaves; mesh-a follows, and keeps fetching successfully from an endpoint
-    // whose SVID now chains to the new CA. (At 8s the new CA is itself at half-life, so its own
+    // whose SVID now chains to the new CA. (At 12s the new CA is itself at half-life, so its own
     // successor may join as the old one leaves: follow the old CA out, not a one-CA bundle.)
     eventually(
         "mesh-a follows mesh-b's rotation to the end",
@@ -78,7 +78,7 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
             let pinned = da.peers.get(&td_b);
             let now_b = db.ca.snapshot();
             pinned.is_some_and(|p| {
-                !p.x509_authorities.contains(&first_b_ca[0])
+                !p.x509_authorities.contains(&first_b_ca)
                     && p.same_authorities(&now_b.bundle)
                     && p.sequence == now_b.bundle.sequence
             })
@@ -90,6 +90,39 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
     assert!(st.fetches.get("ok").copied().unwrap_or(0) >= 3);
     da.shutdown().await;
     db.shutdown().await;
+}
+
+/// Waits until mesh-a has pinned mesh-b's first CA next to a second one that mesh-b still holds
+/// as prepared (not yet signing). Fails at once if mesh-b's first CA stops signing first, and
+/// after a hang guard otherwise.
+async fn prepared_ca_pinned_before_it_signs(
+    da: &Daemon,
+    db: &Daemon,
+    td_b: &TrustDomain,
+    first_b_ca: &CertificateDer<'static>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pinned = da.peers.get(td_b).unwrap();
+        let now_b = db.ca.snapshot();
+        if let Some(prepared) = now_b.prepared()
+            && pinned.x509_authorities.contains(first_b_ca)
+            && pinned.x509_authorities.contains(&prepared.cert)
+        {
+            assert_eq!(pinned.x509_authorities.len(), 2, "{pinned:?}");
+            return;
+        }
+        assert_eq!(
+            now_b.active().map(|a| &a.cert),
+            Some(first_b_ca),
+            "mesh-b's prepared CA started signing before mesh-a pinned it"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for mesh-a to pin mesh-b's prepared CA"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
