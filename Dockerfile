@@ -8,6 +8,9 @@ COPY proto ./proto
 RUN cargo build --release --locked --bin meshtrust && strip target/release/meshtrust
 
 FROM debian:bookworm-slim
+# ca-certificates: https_web peers without a ca_file are checked against the system roots.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/meshtrust --shell /usr/sbin/nologin meshtrust \
  && mkdir -p /var/lib/meshtrust /var/lib/meshtrust-peers /run/meshtrust \
  && chown meshtrust:meshtrust /var/lib/meshtrust /var/lib/meshtrust-peers /run/meshtrust \

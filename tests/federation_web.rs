@@ -132,8 +132,8 @@ async fn https_web_with_the_dev_root_pins_and_a_wrong_host_or_unknown_root_fails
     let status = first_outcome(&wrong_host).await;
     assert_failed_tls(&wrong_host, &status, "not valid for name");
 
-    // No ca_file: the system roots, which do not hold the dev root. (This needs the system to
-    // have roots at all: without any, the daemon refuses to start.)
+    // No ca_file: the system roots, which do not hold the dev root. (.ci/run installs Debian's
+    // ca-certificates; without any system root the reason differs, see the next test.)
     let url = format!("https://localhost:{port}/");
     let system_roots = start_mesh_a(root.path(), "mesh-a-system-roots", &url, None).await;
     let status = first_outcome(&system_roots).await;
@@ -156,4 +156,72 @@ fn assert_failed_tls(d: &Daemon, status: &PeerStatus, reason: &str) {
     );
     assert!(status.last_success.is_none());
     assert!(d.peers.get(&mesh_b_td()).is_none(), "nothing pinned");
+}
+
+/// Without any system root certificate (no ca-certificates package, a bad `SSL_CERT_FILE`),
+/// an `https_web` peer without `ca_file` cannot be verified: the daemon still starts and serves,
+/// and that peer shows as `failing` with the reason (the real binary, since the roots come
+/// from the process environment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_system_roots_the_daemon_starts_and_the_web_peer_fails_with_the_reason() {
+    common::init();
+    let root = tempfile::tempdir().unwrap();
+    let (db, port) = start_mesh_b(root.path()).await;
+    let dir = root.path().join("mesh-a");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("meshtrust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"trust_domain = "mesh-a.test"
+data_dir = "data"
+[workload_api]
+socket = "workload.sock"
+[admin_api]
+socket = "admin.sock"
+[[federation]]
+trust_domain = "mesh-b.test"
+bundle_endpoint_url = "https://localhost:{port}/"
+profile = "https_web"
+"#
+        ),
+    )
+    .unwrap();
+    let missing = root.path().join("no-such-roots");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SSL_CERT_FILE", missing.join("ca.pem"))
+        .env("SSL_CERT_DIR", &missing)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin = dir.join("admin.sock");
+    let status = || -> Option<serde_json::Value> {
+        let out = std::process::Command::new(common::bin())
+            .args(["status", "--json", "--admin-socket"])
+            .arg(&admin)
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["federation"][0]["state"] == "failing").then_some(v)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the daemon exited instead of running without roots"
+        );
+        if let Some(v) = status() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failing status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = got["federation"][0]["last_error"].as_str().unwrap();
+    assert!(error.contains("no system root certificates"), "{error}");
+    let _ = child.kill();
+    let _ = child.wait();
+    db.shutdown().await;
 }

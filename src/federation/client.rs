@@ -20,7 +20,7 @@ use rustls::{CertificateError, ClientConfig, RootCertStore};
 use url::Url;
 
 use super::pinned::PinError;
-use super::verifier::SpiffeEndpointVerifier;
+use super::verifier::{NoRootsVerifier, SpiffeEndpointVerifier};
 use crate::bundle::jwks::{self, JwksError, ParsedBundle};
 use crate::spiffe_id::TrustDomain;
 
@@ -171,11 +171,17 @@ impl PeerClient {
                 builder()?.with_root_certificates(store)
             }
             None => {
-                let verifier = rustls_platform_verifier::Verifier::new(provider())
-                    .map_err(|e| FetchError::Setup(format!("platform verifier: {e}")))?;
+                let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+                    match rustls_platform_verifier::Verifier::new(provider()) {
+                        Ok(v) => Arc::new(v),
+                        Err(e) => {
+                            tracing::error!(peer = %trust_domain, error = %e, "no system root certificates: this https_web peer fails until they are installed or ca_file is set");
+                            Arc::new(NoRootsVerifier::new(e.to_string(), provider()))
+                        }
+                    };
                 builder()?
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_custom_certificate_verifier(verifier)
             }
         }
         .with_no_client_auth();
