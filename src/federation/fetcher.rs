@@ -287,6 +287,8 @@ impl PeerFetcher {
         let pinned = self.store.get(&self.td);
         let label = result.as_ref().map_or_else(FetchError::kind, |_| "ok");
         let error = result.as_ref().err().map(ToString::to_string);
+        // The pinned bundle's fetch time, as stored: the same value after a restart.
+        let fetched_at = self.store.fetched_at(&self.td).unwrap_or(now);
         self.status.update(&self.td, |s| {
             s.last_attempt = Some(now);
             s.next_refresh = Some(now + delay);
@@ -296,7 +298,7 @@ impl PeerFetcher {
                 s.last_error.clone_from(&error);
             } else {
                 s.state = PeerState::Ok;
-                s.last_success = Some(now);
+                s.last_success = Some(fetched_at);
                 s.last_error = None;
             }
         });
