@@ -204,13 +204,11 @@ fn error(code: StatusCode, msg: String) -> Response {
     (code, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-fn trust_domain(name: &str) -> Result<TrustDomain, Response> {
-    TrustDomain::new(name).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid trust domain {name:?}: {e}"),
-        )
-    })
+fn bad_name(name: &str, e: &dyn std::fmt::Display) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("invalid trust domain {name:?}: {e}"),
+    )
 }
 
 fn not_a_peer(td: &TrustDomain) -> Response {
@@ -231,9 +229,9 @@ fn fetch_outcome(report: FetchReport) -> Response {
 }
 
 async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
-    let td = match trust_domain(&td) {
+    let td = match TrustDomain::new(&td) {
         Ok(td) => td,
-        Err(response) => return response,
+        Err(e) => return bad_name(&td, &e),
     };
     match state.refresh.refresh(&td).await {
         Some(report) => fetch_outcome(report),
@@ -245,9 +243,9 @@ async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) 
 /// when the reset was refused (its bootstrap bundle is unreadable: nothing changed), 500 when
 /// the state could not be written.
 async fn reset(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
-    let td = match trust_domain(&td) {
+    let td = match TrustDomain::new(&td) {
         Ok(td) => td,
-        Err(response) => return response,
+        Err(e) => return bad_name(&td, &e),
     };
     match state.refresh.reset(&td).await {
         Some(Ok(report)) => fetch_outcome(report),
