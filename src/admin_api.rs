@@ -1,6 +1,8 @@
-//! The admin API: HTTP/1.1 JSON on a Unix socket (mode 0600), for `meshtrust status` and
-//! `meshtrust federation refresh` (CONTRACT.md "Admin API"). It only reads the state, except
-//! that a refresh asks the peer's fetcher to fetch now.
+//! The admin API: HTTP/1.1 JSON on a Unix socket (mode 0600), for `meshtrust status`,
+//! `meshtrust federation refresh` and `meshtrust federation reset` (CONTRACT.md "Admin API"). It
+//! only reads the state, except that a refresh asks the peer's fetcher to fetch now, and a reset
+//! asks it to forget the pinned bundle first (SPIFFE.md "Decisions": the operator can reset a
+//! relationship stuck on a revoked bundle or on a sequence rollback).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -20,7 +22,7 @@ use crate::ca::{Authority, Ca};
 use crate::clock::rfc3339;
 use crate::federation::pinned::PeerStore;
 use crate::federation::status::StatusBoard;
-use crate::federation::{FetchReport, RefreshHandles};
+use crate::federation::{FetchReport, RefreshHandles, ResetError};
 use crate::spiffe_id::TrustDomain;
 
 /// What the admin API reads.
@@ -91,6 +93,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/federation/{trust_domain}/refresh", post(refresh))
+        .route("/v1/federation/{trust_domain}/reset", post(reset))
         .with_state(state)
 }
 
@@ -214,27 +217,59 @@ async fn status(State(state): State<AdminState>) -> Json<StatusView> {
     Json(status_view(&state))
 }
 
-async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
-    let error = |code: StatusCode, msg: String| {
-        (code, Json(serde_json::json!({ "error": msg }))).into_response()
+fn error(code: StatusCode, msg: String) -> Response {
+    (code, Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+fn bad_name(name: &str, e: &dyn std::fmt::Display) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("invalid trust domain {name:?}: {e}"),
+    )
+}
+
+fn not_a_peer(td: &TrustDomain) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("{td} is not a federation peer"),
+    )
+}
+
+/// 200 with the report when the fetch succeeded, 502 when it failed.
+fn fetch_outcome(report: FetchReport) -> Response {
+    let code = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
     };
+    (code, Json(report)).into_response()
+}
+
+async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
     let td = match TrustDomain::new(&td) {
         Ok(td) => td,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid trust domain {td:?}: {e}"),
-            );
-        }
+        Err(e) => return bad_name(&td, &e),
     };
     match state.refresh.refresh(&td).await {
-        Some(report @ FetchReport { ok: true, .. }) => {
-            (StatusCode::OK, Json(report)).into_response()
+        Some(report) => fetch_outcome(report),
+        None => not_a_peer(&td),
+    }
+}
+
+/// `POST /v1/federation/{trust_domain}/reset`: the fetch outcome after the reset (200/502), 409
+/// when the reset was refused (its bootstrap bundle is unreadable: nothing changed), 500 when
+/// the state could not be written.
+async fn reset(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
+    let td = match TrustDomain::new(&td) {
+        Ok(td) => td,
+        Err(e) => return bad_name(&td, &e),
+    };
+    match state.refresh.reset(&td).await {
+        Some(Ok(report)) => fetch_outcome(report),
+        Some(Err(e @ ResetError::Refused(_))) => error(StatusCode::CONFLICT, e.to_string()),
+        Some(Err(e @ ResetError::Store(_))) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
-        Some(report) => (StatusCode::BAD_GATEWAY, Json(report)).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("{td} is not a federation peer"),
-        ),
+        None => not_a_peer(&td),
     }
 }

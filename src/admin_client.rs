@@ -1,5 +1,5 @@
-//! The CLI side of the admin API: `meshtrust status` and `meshtrust federation refresh`, as
-//! HTTP/1.1 requests over the admin Unix socket.
+//! The CLI side of the admin API: `meshtrust status`, `meshtrust federation refresh` and
+//! `meshtrust federation reset`, as HTTP/1.1 requests over the admin Unix socket.
 
 use std::path::Path;
 
@@ -114,23 +114,37 @@ pub fn render_status(body: &Value) -> String {
     out
 }
 
-/// `meshtrust federation refresh TD`: fetch now and print the outcome.
+/// `meshtrust federation refresh TD` (fetch now) and `meshtrust federation reset TD` (forget the
+/// pinned bundle, then fetch now): print the outcome.
 ///
 /// # Errors
-/// When the daemon cannot be reached, the peer is unknown or the fetch failed.
+/// When the daemon cannot be reached, the peer is unknown, the reset was refused or the fetch
+/// failed.
 pub fn federation(command: FederationCommand) -> anyhow::Result<()> {
-    let FederationCommand::Refresh {
-        trust_domain,
-        admin_socket,
-    } = command;
+    let (trust_domain, admin_socket, action) = match command {
+        FederationCommand::Refresh {
+            trust_domain,
+            admin_socket,
+        } => (trust_domain, admin_socket, "refresh"),
+        FederationCommand::Reset {
+            trust_domain,
+            admin_socket,
+        } => (trust_domain, admin_socket, "reset"),
+    };
     let td = crate::spiffe_id::TrustDomain::new(&trust_domain)
         .with_context(|| format!("invalid trust domain {trust_domain:?}"))?;
-    let path = format!("/v1/federation/{td}/refresh");
+    let path = format!("/v1/federation/{td}/{action}");
     let (code, body) = block_on(request(&admin_socket, "POST", &path))?;
+    let reset = action == "reset";
     match code {
         200 => {
             println!(
-                "{td}: ok, {} (sequence {}, {} authorities)",
+                "{td}: {}ok, {} (sequence {}, {} authorities)",
+                if reset {
+                    "reset, pinned bundle forgotten; fetch "
+                } else {
+                    ""
+                },
                 if body["changed"] == Value::Bool(true) {
                     "bundle updated"
                 } else {
@@ -141,13 +155,26 @@ pub fn federation(command: FederationCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        404 => bail!("{}", s(&body["error"])),
-        _ => bail!(
-            "{td}: fetch failed: {} (the pinned bundle stays in force)",
-            if body["error"].is_string() {
+        502 => {
+            let error = if body["error"].is_string() {
                 s(&body["error"])
             } else {
                 body.to_string()
+            };
+            if reset {
+                bail!(
+                    "{td}: reset, pinned bundle forgotten; but the fetch failed: {error} (nothing \
+                     is pinned until a fetch succeeds; the daemon keeps retrying)"
+                )
+            }
+            bail!("{td}: fetch failed: {error} (the pinned bundle stays in force)")
+        }
+        _ => bail!(
+            "{}",
+            if body["error"].is_string() {
+                s(&body["error"])
+            } else {
+                format!("admin API answered {code}: {body}")
             }
         ),
     }

@@ -113,6 +113,17 @@ pub enum FederationCommand {
         #[arg(long)]
         admin_socket: PathBuf,
     },
+    /// Reset a relationship: forget the peer's pinned bundle, so that the configured bootstrap
+    /// bundle (re-read from disk) authenticates its endpoint again and any spiffe_sequence is
+    /// accepted; then fetch now and print the outcome. For a peer that published `keys: []` or
+    /// restarted its sequence after losing its state.
+    Reset {
+        /// The peer trust domain.
+        trust_domain: String,
+        /// The daemon's admin socket.
+        #[arg(long)]
+        admin_socket: PathBuf,
+    },
 }
 
 /// The demo workloads, runnable on their own (docker compose runs them).

@@ -8,10 +8,13 @@
 //! force and we retry with a jittered exponential backoff from [`INITIAL_BACKOFF`], doubling, never
 //! beyond the normal interval (Federation 1.5.12 asks for no aggressive retries; a short first
 //! retry recovers quickly from a blip); a success resets it. A [`RefreshRequest`] fetches at once
-//! and is answered with the [`FetchReport`]. Cancellation stops the task at any point.
+//! and is answered with the [`FetchReport`]; a reset request first forgets the pinned bundle and
+//! rebuilds the client on the bootstrap bundle re-read from disk (the fetcher does it between two
+//! fetches, so no fetch in flight can pin the forgotten bundle again). Cancellation stops the
+//! task at any point.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,18 +24,19 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 mod schedule;
+mod setup;
 
 use schedule::Backoff;
 pub use schedule::{
     DEFAULT_INTERVAL, INITIAL_BACKOFF, MAX_INTERVAL, MIN_INTERVAL, refresh_interval,
 };
+use setup::{Purpose, build_client};
 
 use super::client::{FetchError, FetchLimits, PeerClient};
 use super::pinned::{PeerStore, PinOutcome};
 use super::status::{PeerState, PeerStatus, StatusBoard};
-use super::verifier::{EndpointRoots, OwnRoots, SpiffeEndpointVerifier};
-use super::{FetchReport, RefreshHandles, RefreshRequest};
-use crate::bundle::{TrustBundle, pem};
+use super::verifier::OwnRoots;
+use super::{FetchReport, RefreshHandles, RefreshRequest, ResetError};
 use crate::clock::Clock;
 use crate::config::{FederationConfig, PeerProfile};
 use crate::spiffe_id::TrustDomain;
@@ -82,7 +86,8 @@ pub fn profile_name(profile: &PeerProfile) -> &'static str {
     }
 }
 
-/// A status board listing every configured peer, none fetched yet.
+/// A status board listing every configured peer, none fetched yet (the fetchers seed the time of
+/// the last success from the pinned state when they start).
 pub fn status_board(peers: &[FederationConfig]) -> StatusBoard {
     StatusBoard::new(peers.iter().map(|p| {
         PeerStatus::new(
@@ -131,15 +136,23 @@ pub fn spawn_fetchers_with_limits(
 ) -> Result<RefreshHandles, FetcherError> {
     let clients = peers
         .iter()
-        .map(|peer| build_client(peer, &store, &own_roots, limits))
+        .map(|peer| build_client(peer, &store, &own_roots, limits, Purpose::Start))
         .collect::<Result<Vec<_>, _>>()?;
     let mut senders = BTreeMap::new();
-    for client in clients {
+    for (config, client) in peers.iter().zip(clients) {
         let td = client.trust_domain().clone();
         let (tx, rx) = mpsc::channel(QUEUE);
         senders.insert(td.clone(), tx);
+        // After a restart the pinned bundle keeps its age: the status and the metrics show when
+        // it was fetched before any new fetch succeeds.
+        if let Some(fetched_at) = store.fetched_at(&td) {
+            status.update(&td, |s| s.last_success = Some(fetched_at));
+        }
         let fetcher = PeerFetcher {
             td: td.clone(),
+            config: config.clone(),
+            own_roots: own_roots.clone(),
+            limits,
             client,
             store: store.clone(),
             status: status.clone(),
@@ -151,96 +164,14 @@ pub fn spawn_fetchers_with_limits(
     Ok(RefreshHandles::new(senders))
 }
 
-fn build_client(
-    peer: &FederationConfig,
-    store: &PeerStore,
-    own_roots: &OwnRoots,
-    limits: FetchLimits,
-) -> Result<PeerClient, FetcherError> {
-    let td = peer.trust_domain.clone();
-    let client_err = |source| FetcherError::Client {
-        trust_domain: td.clone(),
-        source,
-    };
-    match &peer.profile {
-        PeerProfile::HttpsSpiffe {
-            endpoint_spiffe_id,
-            bootstrap_bundle,
-        } => {
-            let id_td = endpoint_spiffe_id.trust_domain();
-            let roots = if id_td == own_roots.trust_domain() {
-                if bootstrap_bundle.is_some() {
-                    tracing::warn!(peer = %td, "bootstrap_bundle ignored: the endpoint ID is in our own trust domain");
-                }
-                EndpointRoots::Own(own_roots.clone())
-            } else {
-                let bootstrap = match bootstrap_bundle {
-                    Some(file) => read_bootstrap(&td, id_td, file, store)?,
-                    None => None,
-                };
-                if bootstrap.is_none() && store.get(id_td).is_none() && id_td == &td {
-                    tracing::warn!(peer = %td, "no bootstrap bundle and nothing pinned: fetches fail until a bundle is pinned");
-                }
-                EndpointRoots::Peer {
-                    trust_domain: id_td.clone(),
-                    pinned: store.subscribe(),
-                    bootstrap,
-                }
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let verifier = SpiffeEndpointVerifier::new(endpoint_spiffe_id.clone(), roots, provider);
-            PeerClient::https_spiffe(td.clone(), peer.url.clone(), verifier, limits)
-                .map_err(client_err)
-        }
-        PeerProfile::HttpsWeb { ca_file } => {
-            let roots = ca_file
-                .as_ref()
-                .map(|file| {
-                    std::fs::read(file)
-                        .map_err(|e| e.to_string())
-                        .and_then(|pem| pem::parse_certs_pem(&pem).map_err(|e| e.to_string()))
-                        .map_err(|reason| FetcherError::CaFile {
-                            trust_domain: td.clone(),
-                            file: file.clone(),
-                            reason,
-                        })
-                })
-                .transpose()?;
-            PeerClient::https_web(td.clone(), peer.url.clone(), roots, limits).map_err(client_err)
-        }
-    }
-}
-
-/// Reads a bootstrap bundle for the endpoint ID's trust domain `id_td`. A missing or bad file is
-/// an error, unless a bundle of `id_td` is already pinned (it is only needed until then): that
-/// case is logged and the relationship runs on the pinned bundle.
-fn read_bootstrap(
-    peer: &TrustDomain,
-    id_td: &TrustDomain,
-    file: &Path,
-    store: &PeerStore,
-) -> Result<Option<Arc<TrustBundle>>, FetcherError> {
-    let read = std::fs::read(file)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| pem::parse_bootstrap(id_td, &bytes).map_err(|e| e.to_string()));
-    match read {
-        Ok(bundle) => Ok(Some(Arc::new(bundle))),
-        Err(reason) if store.get(id_td).is_some() => {
-            tracing::warn!(peer = %peer, file = %file.display(), %reason, "bootstrap bundle unreadable; using the pinned bundle");
-            Ok(None)
-        }
-        Err(reason) => Err(FetcherError::Bootstrap {
-            trust_domain: peer.clone(),
-            file: file.to_owned(),
-            reason,
-        }),
-    }
-}
-
 /// One peer's loop.
 #[derive(Debug)]
 struct PeerFetcher {
     td: TrustDomain,
+    /// For rebuilding the client on a reset.
+    config: FederationConfig,
+    own_roots: OwnRoots,
+    limits: FetchLimits,
     client: PeerClient,
     store: Arc<PeerStore>,
     status: Arc<StatusBoard>,
@@ -248,7 +179,11 @@ struct PeerFetcher {
 }
 
 impl PeerFetcher {
-    async fn run(self, mut requests: mpsc::Receiver<RefreshRequest>, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<RefreshRequest>,
+        cancel: CancellationToken,
+    ) {
         tracing::info!(url = %self.client.url(), "fetcher started");
         let mut backoff = Backoff::new();
         let mut requests_open = true;
@@ -267,9 +202,15 @@ impl PeerFetcher {
                 backoff.next_delay(interval)
             };
             let report = self.record(result, delay);
-            if let Some(reply) = pending.take() {
-                // The asker may have gone away: nothing to do then.
-                let _ = reply.send(report);
+            // The asker may have gone away: nothing to do then.
+            match pending.take() {
+                Some(RefreshRequest::Refresh(reply)) => {
+                    let _ = reply.send(report);
+                }
+                Some(RefreshRequest::Reset(reply)) => {
+                    let _ = reply.send(Ok(report));
+                }
+                None => {}
             }
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
@@ -281,8 +222,19 @@ impl PeerFetcher {
                         return;
                     }
                     request = requests.recv(), if requests_open => match request {
-                        Some(reply) => {
-                            pending = Some(reply);
+                        Some(RefreshRequest::Reset(reply)) => match self.reset() {
+                            Ok(()) => {
+                                pending = Some(RefreshRequest::Reset(reply));
+                                break;
+                            }
+                            // Refused: nothing changed, the schedule goes on.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "federation relationship reset refused");
+                                let _ = reply.send(Err(e));
+                            }
+                        },
+                        Some(request) => {
+                            pending = Some(request);
                             break;
                         }
                         None => requests_open = false,
@@ -292,6 +244,30 @@ impl PeerFetcher {
             }
         }
         tracing::info!("fetcher stopped");
+    }
+
+    /// The operator reset: a new client on the bootstrap bundle re-read from disk (refused,
+    /// changing nothing, when that fails), then the pinned bundle is forgotten (published: the
+    /// Workload API streams drop the peer's bundle until a fetch pins one) along with the time of
+    /// the last success, which dated it.
+    fn reset(&mut self) -> Result<(), ResetError> {
+        let client = build_client(
+            &self.config,
+            &self.store,
+            &self.own_roots,
+            self.limits,
+            Purpose::Reset,
+        )
+        .map_err(ResetError::Refused)?;
+        let forgotten = self.store.reset(&self.td)?;
+        self.client = client;
+        self.status.update(&self.td, |s| s.last_success = None);
+        tracing::warn!(
+            forgotten_sequence = ?forgotten.as_ref().and_then(|b| b.sequence),
+            forgotten_authorities = forgotten.as_ref().map_or(0, |b| b.x509_authorities.len()),
+            "federation relationship reset by the operator: pinned bundle forgotten, the bootstrap bundle authenticates the endpoint and any sequence is accepted"
+        );
+        Ok(())
     }
 
     async fn fetch_and_pin(&self) -> Result<PinOutcome, FetchError> {
@@ -311,6 +287,8 @@ impl PeerFetcher {
         let pinned = self.store.get(&self.td);
         let label = result.as_ref().map_or_else(FetchError::kind, |_| "ok");
         let error = result.as_ref().err().map(ToString::to_string);
+        // The pinned bundle's fetch time, as stored: the same value after a restart.
+        let fetched_at = self.store.fetched_at(&self.td).unwrap_or(now);
         self.status.update(&self.td, |s| {
             s.last_attempt = Some(now);
             s.next_refresh = Some(now + delay);
@@ -320,7 +298,7 @@ impl PeerFetcher {
                 s.last_error.clone_from(&error);
             } else {
                 s.state = PeerState::Ok;
-                s.last_success = Some(now);
+                s.last_success = Some(fetched_at);
                 s.last_error = None;
             }
         });

@@ -3,7 +3,8 @@
 //! - [`pinned`]: [`pinned::PeerStore`], the one writer of peer bundles (persisted, never rolled
 //!   back), published on a `watch` channel.
 //! - [`status`]: per-peer fetch status for the admin API and metrics.
-//! - [`RefreshHandles`]: how the admin API asks a peer's fetcher to fetch now.
+//! - [`RefreshHandles`]: how the admin API asks a peer's fetcher to fetch now, or to reset the
+//!   relationship (forget the pinned bundle, back to the bootstrap bundle) and fetch.
 
 pub mod client;
 pub mod endpoint;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::spiffe_id::TrustDomain;
+use crate::store::StoreError;
 
 /// The outcome of one fetch, as reported to an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,8 +40,27 @@ pub struct FetchReport {
     pub error: Option<String>,
 }
 
-/// A request to fetch now; the fetcher answers on the oneshot.
-pub type RefreshRequest = oneshot::Sender<FetchReport>;
+/// Why an operator reset was refused. Nothing changed then: the pinned bundle stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// The relationship could not run on its bootstrap bundle (e.g. the file is unreadable).
+    #[error("reset refused, nothing changed: {0}")]
+    Refused(fetcher::FetcherError),
+    /// The pinned bundle could not be deleted from the state.
+    #[error("reset failed, nothing changed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// An operator's request to a fetcher; the fetcher answers on the oneshot once the fetch it
+/// triggers has finished.
+#[derive(Debug)]
+pub enum RefreshRequest {
+    /// Fetch now.
+    Refresh(oneshot::Sender<FetchReport>),
+    /// Forget the pinned bundle (the bootstrap bundle, re-read, authenticates the endpoint again
+    /// and any sequence is accepted), then fetch now.
+    Reset(oneshot::Sender<Result<FetchReport, ResetError>>),
+}
 
 /// The senders to every peer fetcher's refresh queue.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +77,16 @@ impl RefreshHandles {
     pub async fn refresh(&self, td: &TrustDomain) -> Option<FetchReport> {
         let tx = self.0.get(td)?;
         let (reply, outcome) = oneshot::channel();
-        tx.send(reply).await.ok()?;
+        tx.send(RefreshRequest::Refresh(reply)).await.ok()?;
+        outcome.await.ok()
+    }
+
+    /// Asks `td`'s fetcher to reset the relationship and fetch, and waits for the outcome.
+    /// `None` when `td` is not a configured peer or its fetcher has stopped.
+    pub async fn reset(&self, td: &TrustDomain) -> Option<Result<FetchReport, ResetError>> {
+        let tx = self.0.get(td)?;
+        let (reply, outcome) = oneshot::channel();
+        tx.send(RefreshRequest::Reset(reply)).await.ok()?;
         outcome.await.ok()
     }
 }

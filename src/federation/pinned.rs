@@ -3,7 +3,12 @@
 //! A fetched bundle replaces the pinned one unless its `spiffe_sequence` is lower (a rollback,
 //! refused: SPIFFE.md "Decisions"). `keys: []` is pinned like any other bundle: it revokes the
 //! peer's authorities. Relationships no longer configured are dropped at start (Federation
-//! 1.5.13), so that workloads stop receiving their bundles.
+//! 1.5.13), so that workloads stop receiving their bundles. An operator can [`PeerStore::reset`]
+//! a relationship (SPIFFE.md "Decisions"): the pinned bundle is forgotten, so the bootstrap bundle
+//! authenticates the endpoint again and any sequence is accepted.
+//!
+//! Each pinned bundle keeps the time it was last fetched successfully (`fetched_at`, rewritten
+//! even when the content is unchanged), so that the status and the bundle age survive a restart.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -54,7 +59,8 @@ pub enum PinOutcome {
 pub struct PeerStore {
     storage: Arc<dyn Storage>,
     peers: Vec<TrustDomain>,
-    write: Mutex<()>,
+    /// When each pinned bundle was last fetched; its lock also serialises the writers.
+    fetched: Mutex<BTreeMap<TrustDomain, SystemTime>>,
     tx: watch::Sender<Arc<PeerBundles>>,
 }
 
@@ -65,6 +71,7 @@ impl PeerStore {
     /// On storage failure. A stored bundle that no longer parses is dropped with a warning.
     pub fn open(storage: Arc<dyn Storage>, peers: Vec<TrustDomain>) -> Result<Self, StoreError> {
         let mut bundles = PeerBundles::new();
+        let mut fetched = BTreeMap::new();
         for pinned in storage.load_pinned()? {
             if !peers.contains(&pinned.trust_domain) {
                 tracing::info!(trust_domain = %pinned.trust_domain, "federation relationship removed: dropping its pinned bundle");
@@ -73,6 +80,7 @@ impl PeerStore {
             }
             match jwks::parse(&pinned.trust_domain, &pinned.bundle_json) {
                 Ok(parsed) => {
+                    fetched.insert(pinned.trust_domain.clone(), pinned.fetched_at);
                     bundles.insert(pinned.trust_domain.clone(), Arc::new(parsed.bundle));
                 }
                 Err(e) => {
@@ -84,7 +92,7 @@ impl PeerStore {
         Ok(Self {
             storage,
             peers,
-            write: Mutex::new(()),
+            fetched: Mutex::new(fetched),
             tx,
         })
     }
@@ -104,6 +112,16 @@ impl PeerStore {
         self.tx.subscribe()
     }
 
+    /// When `td`'s pinned bundle was last fetched successfully (read back from the state after
+    /// a restart). `None` when nothing is pinned.
+    pub fn fetched_at(&self, td: &TrustDomain) -> Option<SystemTime> {
+        self.lock().get(td).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TrustDomain, SystemTime>> {
+        self.fetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The configured peers.
     pub fn peers(&self) -> &[TrustDomain] {
         &self.peers
@@ -118,7 +136,7 @@ impl PeerStore {
         if !self.peers.contains(&td) {
             return Err(PinError::UnknownPeer(td));
         }
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fetched = self.lock();
         let current = self.get(&td);
         if let Some(pinned) = &current {
             if let (Some(p), Some(r)) = (pinned.sequence, bundle.sequence)
@@ -133,31 +151,129 @@ impl PeerStore {
                 && pinned.sequence == bundle.sequence
                 && pinned.refresh_hint == bundle.refresh_hint
             {
+                // Only the fetch time is new: stored so the bundle's age survives a restart,
+                // nothing published.
+                self.save(pinned, now)?;
+                fetched.insert(td, now);
                 return Ok(PinOutcome::Unchanged);
             }
         }
-        self.storage.save_pinned(&PinnedBundle {
-            trust_domain: td.clone(),
-            bundle_json: jwks::to_json(&bundle)?,
-            sequence: bundle.sequence,
-            fetched_at: now,
-        })?;
+        self.save(&bundle, now)?;
+        fetched.insert(td.clone(), now);
         self.tx.send_modify(|map| {
             Arc::make_mut(map).insert(td, Arc::new(bundle));
         });
         Ok(PinOutcome::Updated)
     }
 
-    /// Forgets a peer's pinned bundle (operator reset): the bootstrap bundle applies again.
+    fn save(&self, bundle: &TrustBundle, fetched_at: SystemTime) -> Result<(), PinError> {
+        self.storage.save_pinned(&PinnedBundle {
+            trust_domain: bundle.trust_domain.clone(),
+            bundle_json: jwks::to_json(bundle)?,
+            sequence: bundle.sequence,
+            fetched_at,
+        })?;
+        Ok(())
+    }
+
+    /// Forgets a peer's pinned bundle (operator reset): the bootstrap bundle applies again and
+    /// the next fetched bundle is pinned whatever its sequence. Subscribers (the Workload API
+    /// streams) see the peer's bundle disappear until a fetch pins one. Returns the forgotten
+    /// bundle.
     ///
     /// # Errors
-    /// On storage failure.
-    pub fn reset(&self, td: &TrustDomain) -> Result<(), StoreError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    /// On storage failure; the pinned bundle then stays.
+    pub fn reset(&self, td: &TrustDomain) -> Result<Option<Arc<TrustBundle>>, StoreError> {
+        let mut fetched = self.lock();
+        let previous = self.get(td);
         self.storage.delete_pinned(td)?;
-        self.tx.send_modify(|map| {
-            Arc::make_mut(map).remove(td);
-        });
-        Ok(())
+        fetched.remove(td);
+        if previous.is_some() {
+            self.tx.send_modify(|map| {
+                Arc::make_mut(map).remove(td);
+            });
+        }
+        Ok(previous)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::sqlite::SqliteStorage;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("mesh-b.test").expect("valid trust domain")
+    }
+
+    /// A revoked (`keys: []`) bundle with `sequence`: enough to exercise pinning.
+    fn bundle(sequence: u64) -> TrustBundle {
+        let mut b = TrustBundle::empty(td());
+        b.sequence = Some(sequence);
+        b
+    }
+
+    fn open(dir: &std::path::Path) -> PeerStore {
+        let storage = Arc::new(SqliteStorage::open(dir).expect("state"));
+        PeerStore::open(storage, vec![td()]).expect("peer store")
+    }
+
+    #[test]
+    fn a_reset_forgets_the_bundle_durably_publishes_it_and_then_accepts_a_lower_sequence() {
+        // SPIFFE.md "Decisions": a rollback is refused until the operator resets the relationship.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(store.pin(bundle(7), t).ok(), Some(PinOutcome::Updated));
+        assert!(matches!(
+            store.pin(bundle(1), t),
+            Err(PinError::SequenceRollback {
+                pinned: 7,
+                received: 1
+            })
+        ));
+        let mut rx = store.subscribe();
+        rx.mark_unchanged();
+        let forgotten = store.reset(&td()).expect("reset");
+        assert_eq!(forgotten.and_then(|b| b.sequence), Some(7));
+        assert!(
+            rx.has_changed().expect("sender alive"),
+            "subscribers are told"
+        );
+        assert!(!rx.borrow_and_update().contains_key(&td()));
+        assert_eq!(store.fetched_at(&td()), None);
+        assert!(
+            open(dir.path()).get(&td()).is_none(),
+            "the reset is persisted"
+        );
+        assert_eq!(store.pin(bundle(1), t).ok(), Some(PinOutcome::Updated));
+        assert_eq!(
+            store.reset(&td()).ok().flatten().and_then(|b| b.sequence),
+            Some(1)
+        );
+        assert!(store.reset(&td()).expect("reset twice").is_none());
+    }
+
+    #[test]
+    fn the_fetch_time_survives_a_reopen_and_moves_with_every_successful_fetch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        let t1 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t2 = t1 + Duration::from_secs(300);
+        assert_eq!(store.fetched_at(&td()), None);
+        store.pin(bundle(3), t1).expect("pinned");
+        assert_eq!(store.fetched_at(&td()), Some(t1));
+        assert_eq!(open(dir.path()).fetched_at(&td()), Some(t1));
+        let mut rx = store.subscribe();
+        rx.mark_unchanged();
+        assert_eq!(store.pin(bundle(3), t2).ok(), Some(PinOutcome::Unchanged));
+        assert!(
+            !rx.has_changed().expect("sender alive"),
+            "nothing published"
+        );
+        assert_eq!(store.fetched_at(&td()), Some(t2));
+        assert_eq!(open(dir.path()).fetched_at(&td()), Some(t2));
     }
 }
