@@ -46,9 +46,12 @@ fn daemon_config(dir: &Path, peer_port: u16, cert: &WebCert) -> String {
     config.display().to_string()
 }
 
+/// The child's command line for a server folder.
+type ArgsFor = Box<dyn Fn(&Path) -> Vec<String>>;
+
 struct Kind {
     name: &'static str,
-    args: Box<dyn Fn(&Path) -> Vec<String>>,
+    args: ArgsFor,
 }
 
 struct Latency {
