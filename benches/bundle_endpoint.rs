@@ -12,25 +12,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::daemon::Spawned;
 use common::fixtures::{DaemonConfig, Endpoint, web_cert};
 use common::nginx::{Nginx, wait_listening};
-
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is missing: run benches/run.sh, which installs nginx and wrk"
-    );
-}
 
 /// GET / with curl: status, content type, body.
 fn fetch(port: u16) -> (String, Vec<u8>) {
@@ -121,9 +108,9 @@ fn wrk(port: u16, close: bool, conns: u32, secs: u32, cpu: impl Fn() -> u64) -> 
 
 fn main() {
     let smoke = common::smoke();
-    require("wrk");
-    require("nginx");
-    require("curl");
+    if !common::have_tools(&["wrk", "nginx", "curl", "openssl"]) {
+        return;
+    }
     let (rounds, secs, conns) = if smoke { (1, 1, 8) } else { (3, 10, 64) };
 
     let dir = tempfile::tempdir().unwrap();

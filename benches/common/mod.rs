@@ -14,10 +14,61 @@ pub mod uds_http;
 
 use std::time::Duration;
 
-/// `--smoke` or `MESHTRUST_BENCH_SMOKE=1`: run every part once with tiny sizes, record nothing.
-pub fn smoke() -> bool {
-    std::env::args().any(|a| a == "--smoke")
+/// How this bench binary was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `cargo bench` (which passes `--bench`): real sizes, figures printed.
+    Full,
+    /// `--smoke` or `MESHTRUST_BENCH_SMOKE=1`: every part once with tiny sizes, nothing recorded.
+    Smoke,
+    /// Neither, i.e. `cargo test --all-targets` running the bench binaries as tests: like
+    /// criterion, each bench runs once in smoke sizes, silently; parts that need nginx or wrk
+    /// are skipped when those are not installed.
+    CargoTest,
+}
+
+pub fn mode() -> Mode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--smoke")
         || std::env::var("MESHTRUST_BENCH_SMOKE").is_ok_and(|v| v == "1")
+    {
+        Mode::Smoke
+    } else if args.iter().any(|a| a == "--bench") {
+        Mode::Full
+    } else {
+        Mode::CargoTest
+    }
+}
+
+/// Tiny sizes, nothing recorded (smoke runs and `cargo test`).
+pub fn smoke() -> bool {
+    mode() != Mode::Full
+}
+
+/// Whether every tool in `tools` is on PATH. Under `cargo test` a missing tool skips the part
+/// that needs it; in a bench run (run.sh installs them) it is an error.
+pub fn have_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        mode() == Mode::CargoTest,
+        "{missing:?} missing: run benches/run.sh, which installs nginx and wrk"
+    );
+    eprintln!("skipped: {missing:?} not installed (benches/run.sh installs them)");
+    false
 }
 
 /// The value of `--NAME VALUE` on the command line, if given.
@@ -63,6 +114,9 @@ impl Met {
 
 /// One table row, printed as `ROW|figure|value|baseline|ratio|target|met` for run.sh.
 pub fn row(figure: &str, value: &str, baseline: &str, ratio: Option<f64>, target: &str, met: Met) {
+    if mode() == Mode::CargoTest {
+        return;
+    }
     let ratio = ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
     println!(
         "ROW|{figure}|{value}|{baseline}|{ratio}|{target}|{}",
@@ -72,6 +126,9 @@ pub fn row(figure: &str, value: &str, baseline: &str, ratio: Option<f64>, target
 
 /// A free-text note that run.sh copies under the table.
 pub fn note(text: &str) {
+    if mode() == Mode::CargoTest {
+        return;
+    }
     println!("NOTE|{text}");
 }
 
