@@ -58,15 +58,19 @@ out_dir=target/bench
 mkdir -p "$out_dir"
 raw="$out_dir/raw.log"
 : >"$raw"
+failed=()
 for b in "${benches[@]}"; do
     echo "run.sh: $b (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     pin=()
     # Figure 1 is per core: one thread, pinned.
     [[ "$b" == issuance ]] && pin=(taskset -c 0)
-    "${pin[@]}" cargo bench "${profile[@]}" --bench "$b" -- "${bench_args[@]}" | tee -a "$raw" | grep -v '^\(ROW\|NOTE\)|' || {
-        echo "run.sh: bench $b failed" >&2
-        exit 1
-    }
+    # A failed bench does not hide the others' figures; the run still exits non-zero.
+    if ! "${pin[@]}" cargo bench "${profile[@]}" --bench "$b" -- "${bench_args[@]}" >"$out_dir/$b.log" 2>&1; then
+        failed+=("$b")
+        echo "ROW|$b: FAILED, see $out_dir/$b.log|-|-|-|-|**NO**" >>"$raw"
+        tail -5 "$out_dir/$b.log" | sed 's/^/    /' >&2
+    fi
+    grep '^\(ROW\|NOTE\)|' "$out_dir/$b.log" >>"$raw" || true
     echo "NOTE|load average after $b: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw"
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -80,6 +84,10 @@ table() {
 if ((smoke)); then
     table
     rows=$(grep -c '^ROW|' "$raw" || true)
+    if ((${#failed[@]})); then
+        echo "run.sh --smoke: FAILED: ${failed[*]}"
+        exit 1
+    fi
     echo "run.sh --smoke: ${#benches[@]} benches built and ran, $rows rows (no figures recorded)"
     exit 0
 fi
@@ -100,3 +108,7 @@ result="${MESHTRUST_BENCH_OUT:-$out_dir/results.md}"
 } >"$result"
 cat "$result"
 echo "run.sh: written to $result" >&2
+if ((${#failed[@]})); then
+    echo "run.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
