@@ -22,11 +22,16 @@ use crate::ca::{Ca, CaError, CaPolicy};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::federation::RefreshHandles;
+use crate::federation::endpoint::{self, EndpointError};
+use crate::federation::fetcher::{self, FetcherError};
 use crate::federation::pinned::PeerStore;
-use crate::federation::status::{PeerStatus, StatusBoard};
+use crate::federation::server_tls::ServerCerts;
+use crate::federation::status::StatusBoard;
+use crate::federation::verifier::OwnRoots;
 use crate::metrics::{self, MetricsState};
 use crate::store::sqlite::SqliteStorage;
 use crate::store::{Storage, StoreError};
+use crate::workload_api::{self, WorkloadApiDeps};
 
 /// How long shutdown waits for tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -61,8 +66,11 @@ pub enum AppError {
         source: std::io::Error,
     },
     /// A federation relationship could not be set up (e.g. a bad bootstrap bundle).
-    #[error("federation: {0}")]
-    Federation(String),
+    #[error(transparent)]
+    Fetcher(#[from] FetcherError),
+    /// The bundle endpoint could not be set up (e.g. unreadable https_web certificate files).
+    #[error("bundle endpoint: {0}")]
+    Endpoint(#[from] EndpointError),
 }
 
 /// The CA settings of a config.
@@ -195,16 +203,7 @@ impl Daemon {
                 source,
             })?,
         );
-        let status = Arc::new(StatusBoard::new(config.federation.iter().map(|f| {
-            PeerStatus::new(
-                f.trust_domain.clone(),
-                f.url.to_string(),
-                match f.profile {
-                    crate::config::PeerProfile::HttpsSpiffe { .. } => "https_spiffe",
-                    crate::config::PeerProfile::HttpsWeb { .. } => "https_web",
-                },
-            )
-        })));
+        let status = Arc::new(fetcher::status_board(&config.federation));
 
         // Bind everything before starting anything: a busy port fails the start cleanly.
         let bundle_listener = match &config.bundle_endpoint {
@@ -224,19 +223,54 @@ impl Daemon {
             source,
         })?;
         let workload_socket = config.workload_api.socket.clone();
+        let workload_listener =
+            workload_api::bind(&workload_socket).map_err(|source| AppError::Bind {
+                what: "the workload api socket",
+                at: workload_socket.display().to_string(),
+                source,
+            })?;
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(ca.clone().run(cancel.child_token()));
 
-        // WIRE(fetcher): spawn the peer fetchers; they return the refresh handles.
-        let refresh = RefreshHandles::default();
+        let refresh = fetcher::spawn_fetchers(
+            &config.federation,
+            peers.clone(),
+            status.clone(),
+            OwnRoots::from_ca(ca.subscribe()),
+            clock.clone(),
+            &tracker,
+            cancel.child_token(),
+        )?;
 
-        // WIRE(endpoint): serve the bundle endpoint on `bundle_listener`.
         let bundle_endpoint_addr = bundle_listener.as_ref().and_then(|l| l.local_addr().ok());
-        drop(bundle_listener);
+        if let (Some(listener), Some(be)) = (bundle_listener, &config.bundle_endpoint) {
+            let (certs, task) = ServerCerts::start(
+                &be.profile,
+                ca.subscribe(),
+                clock.clone(),
+                cancel.child_token(),
+            )?;
+            tracker.spawn(task);
+            let serve = endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token());
+            tracker.spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "bundle endpoint stopped");
+                }
+            });
+        }
 
-        // WIRE(wlapi): serve the Workload API on `workload_socket`.
+        tracker.spawn(workload_api::serve(
+            workload_listener,
+            WorkloadApiDeps::new(
+                ca.subscribe(),
+                peers.subscribe(),
+                config.entries.clone(),
+                clock.clone(),
+            ),
+            cancel.child_token(),
+        ));
 
         let admin_state = AdminState {
             ca: ca.clone(),

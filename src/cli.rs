@@ -65,6 +65,9 @@ pub enum Command {
         #[command(subcommand)]
         command: FederationCommand,
     },
+    /// A workload's companion: fetch its SVID and bundles over the Workload API, write them to
+    /// files or run an mTLS proxy.
+    Sidecar(crate::sidecar::SidecarArgs),
 }
 
 /// `--config FILE`.

@@ -40,6 +40,10 @@ pub fn run(command: Command) -> ExitCode {
         Command::Federation { command } => {
             runtime_failure(crate::admin_client::federation(command))
         }
+        Command::Sidecar(args) => crate::sidecar::command(args).map_err(|e| {
+            eprintln!("meshtrust: sidecar: {e}");
+            if e.is_usage() { EX_USAGE } else { 1 }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

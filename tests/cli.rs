@@ -213,8 +213,9 @@ fn serve_stops_cleanly_on_sigterm_and_a_restart_after_kill_9_keeps_ca_bundle_and
 }
 
 /// The real clock, with `ca_ttl = "20s"`: the prepared CA appears at ~10s (sequence 2), signs
-/// from ~16.7s, and the old CA leaves once its SVIDs expired and the CA itself at 20s
-/// (sequence 3), all without an operator.
+/// from ~16.7s, and the old CA leaves the bundle when it expires at 20s, all without an operator.
+/// (At 20s the new CA is itself at half-life, so its own successor may join in the same instant:
+/// the test follows the old CA out rather than waiting for a one-CA bundle.)
 #[test]
 fn a_daemon_rotates_its_ca_for_real_with_a_20s_ca_ttl() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,23 +228,37 @@ fn a_daemon_rotates_its_ca_for_real_with_a_20s_ca_ttl() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut saw_two = None;
+    let mut last_sequence = 1;
     let settled = loop {
         assert!(Instant::now() < deadline, "rotation did not complete");
         std::thread::sleep(Duration::from_millis(250));
         let b = bundle_json(&config);
+        let sequence = b["spiffe_sequence"].as_u64().unwrap();
+        assert!(sequence >= last_sequence, "the sequence never goes down");
+        last_sequence = sequence;
         let cas = x5c(&b);
-        if cas.len() == 2 && saw_two.is_none() {
+        if cas.len() == 2 && cas[0] == old_ca[0] && saw_two.is_none() {
             // The new CA joins next to the old one, with a higher sequence.
-            assert_eq!(cas[0], old_ca[0]);
             assert_eq!(b["spiffe_sequence"], 2);
             saw_two = Some(cas[1].clone());
         }
-        if cas.len() == 1 && cas != old_ca {
+        if !cas.contains(&old_ca[0]) {
             break b;
         }
     };
     let new_ca =
         saw_two.expect("the new CA was published next to the old one before it replaced it");
-    assert_eq!(x5c(&settled), vec![new_ca]);
-    assert_eq!(settled["spiffe_sequence"], 3, "one bump per content change");
+    let cas = x5c(&settled);
+    assert_eq!(
+        cas[0], new_ca,
+        "the CA prepared at half-life replaced the old one"
+    );
+    assert!(
+        cas.len() <= 2,
+        "at most the active CA and its own successor"
+    );
+    assert!(
+        settled["spiffe_sequence"].as_u64().unwrap() >= 3,
+        "one bump per content change"
+    );
 }

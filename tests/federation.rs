@@ -69,7 +69,8 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
     );
 
     // mesh-b's old CA leaves; mesh-a follows, and keeps fetching successfully from an endpoint
-    // whose SVID now chains to the new CA.
+    // whose SVID now chains to the new CA. (At 8s the new CA is itself at half-life, so its own
+    // successor may join as the old one leaves: follow the old CA out, not a one-CA bundle.)
     eventually(
         "mesh-a follows mesh-b's rotation to the end",
         Duration::from_secs(30),
@@ -77,8 +78,7 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
             let pinned = da.peers.get(&td_b);
             let now_b = db.ca.snapshot();
             pinned.is_some_and(|p| {
-                p.x509_authorities.len() == 1
-                    && p.x509_authorities != first_b_ca
+                !p.x509_authorities.contains(&first_b_ca[0])
                     && p.same_authorities(&now_b.bundle)
                     && p.sequence == now_b.bundle.sequence
             })

@@ -5,8 +5,13 @@
 //! - [`status`]: per-peer fetch status for the admin API and metrics.
 //! - [`RefreshHandles`]: how the admin API asks a peer's fetcher to fetch now.
 
+pub mod client;
+pub mod endpoint;
+pub mod fetcher;
 pub mod pinned;
+pub mod server_tls;
 pub mod status;
+pub mod verifier;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

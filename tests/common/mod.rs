@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod mesh;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

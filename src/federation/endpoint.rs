@@ -1,0 +1,350 @@
+//! Our SPIFFE bundle endpoint (SPIFFE Federation §4, §5; SPIFFE.md §2 "Serving"): HTTPS,
+//! `GET /` answers the trust bundle JSON.
+//!
+//! This is the hot path that peers poll, so it is hyper directly rather than a router: each
+//! request clones the pre-serialized `bundle_json` of the latest [`CaSnapshot`] (a reference
+//! count, no serialization), and the response always reflects the current snapshot
+//! (Federation 1.5.10 "MUST serve the most up-to-date bundle") without restarting anything.
+//!
+//! Protection against slow or idle clients: a TLS handshake timeout, an HTTP/1.1 header read
+//! timeout (which also closes idle keep-alive connections, like SPIRE's `ReadHeaderTimeout`), HTTP/2
+//! keep-alive pings, and a cap on concurrent connections (at the cap we stop accepting and the
+//! kernel backlog holds new clients).
+//!
+//! ```no_run
+//! # async fn wire(cfg: meshtrust::config::BundleEndpointConfig, ca: std::sync::Arc<meshtrust::ca::Ca>,
+//! #   clock: std::sync::Arc<dyn meshtrust::clock::Clock>, cancel: tokio_util::sync::CancellationToken,
+//! #   tracker: tokio_util::task::TaskTracker) -> anyhow::Result<()> {
+//! use meshtrust::federation::{endpoint, server_tls::ServerCerts};
+//! let (certs, task) = ServerCerts::start(&cfg.profile, ca.subscribe(), clock, cancel.child_token())?;
+//! tracker.spawn(task);
+//! let listener = endpoint::bind(cfg.listen).await?;
+//! tracker.spawn(endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token()));
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::server_tls::ServerCerts;
+use crate::bundle::pem::PemError;
+use crate::ca::{CaError, CaSnapshot};
+
+/// A bundle endpoint failure: setting up TLS or loading its certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// A certificate or key file cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate file holds no usable PEM chain.
+    #[error("{path}: {source}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: PemError,
+    },
+    /// A private key cannot be parsed, is of an unsupported type, or does not match the leaf.
+    #[error("{path}: private key: {reason}")]
+    Key {
+        /// The file (or the SVID's ID).
+        path: String,
+        /// The cause; never the key itself.
+        reason: String,
+    },
+    /// The CA could not issue the endpoint's X509-SVID.
+    #[error("issuing the endpoint svid: {0}")]
+    Issue(#[from] CaError),
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
+/// Limits and timeouts of the listener. The defaults suit a public endpoint.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Concurrent connections at most; beyond it accepting pauses. A connection costs a task
+    /// and ~50 KiB of TLS and HTTP buffers, so 10 000 stay within a few hundred MiB.
+    pub max_connections: usize,
+    /// A TLS handshake must complete within this.
+    pub handshake_timeout: Duration,
+    /// An HTTP/1.1 request head must arrive within this, counted from when the server starts
+    /// waiting for it (so also the idle keep-alive limit). SPIRE uses 10 s.
+    pub header_read_timeout: Duration,
+    /// After cancellation, in-flight requests get this long before connections are dropped.
+    /// Below `app::SHUTDOWN_GRACE`, so the daemon's shutdown sees the listener finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Listen backlog: room for a burst of new connections (the kernel caps it at `somaxconn`).
+const BACKLOG: u32 = 4096;
+/// Accept error backoff bounds (e.g. out of file descriptors): never a hot loop.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Binds the endpoint's TCP listener (separate from [`serve`] so the daemon reports a taken
+/// port at start, and tests learn the port of `127.0.0.1:0`).
+///
+/// # Errors
+/// The socket error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Serves the bundle on `listener` with [`ServeOptions::default`] until `cancel`; see
+/// [`serve_with`].
+///
+/// # Errors
+/// [`EndpointError::Tls`] if the TLS configuration cannot be built (before accepting anything).
+pub async fn serve(
+    listener: TcpListener,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    certs: Arc<ServerCerts>,
+    cancel: CancellationToken,
+) -> Result<(), EndpointError> {
+    serve_with(listener, ca, certs, ServeOptions::default(), cancel).await
+}
+
+/// Serves the bundle of the latest snapshot on `ca` over HTTPS, presenting `certs`, until
+/// `cancel`. Then it stops accepting, lets in-flight requests finish for up to
+/// `options.shutdown_grace`, and returns once every connection is closed.
+///
+/// # Errors
+/// [`EndpointError::Tls`] if the TLS configuration cannot be built (before accepting anything).
+pub async fn serve_with(
+    listener: TcpListener,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    certs: Arc<ServerCerts>,
+    options: ServeOptions,
+    cancel: CancellationToken,
+) -> Result<(), EndpointError> {
+    let shared = Arc::new(Shared::new(certs.tls_config()?, ca, options));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "bundle endpoint listening");
+    }
+    let permits = Arc::new(Semaphore::new(shared.options.max_connections));
+    let tracker = TaskTracker::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                a
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "bundle endpoint accept failed");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        // A child token per connection: waiting on it locks only this connection's node,
+        // where clones of one token would share a lock that every request's poll takes.
+        let cancel = cancel.child_token();
+        tracker.spawn(async move {
+            shared.connection(tcp, peer, cancel).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("bundle endpoint stopped");
+    Ok(())
+}
+
+/// What every connection needs.
+struct Shared {
+    acceptor: TlsAcceptor,
+    /// HTTP/1.1 only: chosen when ALPN did not pick `h2`, so the header timeout runs from the
+    /// first byte (version sniffing would wait without a timeout).
+    h1: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only: chosen when ALPN picked `h2`.
+    h2: auto::Builder<TokioExecutor>,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    options: ServeOptions,
+}
+
+impl Shared {
+    fn new(
+        tls: Arc<rustls::ServerConfig>,
+        ca: watch::Receiver<Arc<CaSnapshot>>,
+        options: ServeOptions,
+    ) -> Self {
+        let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        h1.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .keep_alive(true);
+        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Self {
+            acceptor: TlsAcceptor::from(tls),
+            h1,
+            h2,
+            ca,
+            options,
+        }
+    }
+
+    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+        // Small responses: send them now rather than wait for an ACK (Nagle).
+        let _ = tcp.set_nodelay(true);
+        let handshake =
+            tokio::time::timeout(self.options.handshake_timeout, self.acceptor.accept(tcp));
+        let tls = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = handshake => match r {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "bundle endpoint tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "bundle endpoint tls handshake timed out");
+                    return;
+                }
+            },
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        let builder = if h2 { &self.h2 } else { &self.h1 };
+        let service = BundleService {
+            ca: self.ca.clone(),
+        };
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "bundle endpoint connection ended");
+                }
+                return;
+            }
+            () = cancel.cancelled() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        if tokio::time::timeout(self.options.shutdown_grace, conn)
+            .await
+            .is_err()
+        {
+            tracing::debug!(%peer, "bundle endpoint connection dropped at shutdown");
+        }
+    }
+}
+
+/// One connection's request handler.
+#[derive(Debug, Clone)]
+struct BundleService {
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for BundleService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        ready(Ok(respond(&self.ca, req.method(), req.uri().path())))
+    }
+}
+
+/// The answer to `method path`: the path is checked first (only `/`, like SPIRE), then the
+/// method (`GET`, and `HEAD` as HTTP requires of a GET resource).
+fn respond(
+    ca: &watch::Receiver<Arc<CaSnapshot>>,
+    method: &Method,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    if path != "/" {
+        return status(StatusCode::NOT_FOUND);
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut res = status(StatusCode::METHOD_NOT_ALLOWED);
+        res.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return res;
+    }
+    let body = ca.borrow().bundle_json.clone();
+    let len = body.len();
+    let mut res = if method == Method::HEAD {
+        Response::new(Full::new(Bytes::new()))
+    } else {
+        Response::new(Full::new(body))
+    };
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // The bundle changes at every rotation: no cache may answer for us (Federation 1.5.10).
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if method == Method::HEAD {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    res
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = code;
+    res
+}

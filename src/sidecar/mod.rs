@@ -1,0 +1,257 @@
+//! `meshtrust sidecar`: a workload's companion and a plain *client* of the Workload API.
+//!
+//! It holds a FetchX509SVID stream open ([`client`]), validates each message into an
+//! [`X509Context`] ([`context`]) and then either writes PEM files ([`files`], [`files_mode`]) or
+//! runs an mTLS proxy ([`proxy`]) whose rustls configs ([`tls`]) verify peers against the bundle
+//! of their own trust domain and authorize them ([`authorize`]).
+//!
+//! Every update and connection is printed as one line in plain words through a [`Reporter`]
+//! (stdout for the command; the demo and tests pass their own).
+
+pub mod args;
+pub mod authorize;
+pub mod client;
+pub mod context;
+pub mod endpoint;
+pub mod files;
+pub mod files_mode;
+pub mod leaf;
+pub mod proxy;
+#[cfg(test)]
+mod test_support;
+pub mod tls;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+pub use args::{SidecarArgs, SidecarMode};
+pub use client::{ClientError, ContextRx, X509Watcher};
+pub use context::X509Context;
+
+use authorize::{AuthorizeError, Authorizer};
+use endpoint::EndpointError;
+use files::FilesError;
+use files_mode::FilesOptions;
+use proxy::ProxyError;
+use tls::TlsError;
+
+/// Where the one-line reports go.
+#[derive(Clone)]
+pub struct Reporter(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reporter")
+    }
+}
+
+impl Reporter {
+    /// Reports through `f`.
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// One line per report on stdout (the command's default).
+    pub fn stdout() -> Self {
+        Self::new(|line| println!("{line}"))
+    }
+
+    /// Reports one line.
+    pub fn line(&self, line: impl AsRef<str>) {
+        (self.0)(line.as_ref());
+    }
+}
+
+/// Why the sidecar stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The Workload API address is unusable.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The inbound policy is empty.
+    #[error(transparent)]
+    Authorize(#[from] AuthorizeError),
+    /// A TLS config could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The proxy cannot listen.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// The output folder cannot be used.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// The Workload API watcher stopped for good.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl SidecarError {
+    /// True for command-line mistakes (exit 64), false for runtime failures (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Endpoint(_) | Self::Authorize(_))
+    }
+}
+
+/// Runs the sidecar until `cancel` fires or the Workload API watcher stops for good.
+///
+/// # Errors
+/// [`SidecarError`]: a bad address or policy before anything starts, a bind or folder failure,
+/// or the watcher's [`ClientError`].
+pub async fn run(
+    args: SidecarArgs,
+    env_socket: Option<String>,
+    report: Reporter,
+    cancel: CancellationToken,
+) -> Result<(), SidecarError> {
+    let socket = endpoint::resolve(args.workload_socket.as_deref(), env_socket.as_deref())?;
+    let cancel = cancel.child_token();
+    // Stop the other tasks when this function returns, whatever the reason.
+    let _guard = cancel.clone().drop_guard();
+    match args.mode {
+        SidecarMode::Files {
+            out,
+            on_update,
+            signal_pid,
+            signal,
+        } => {
+            let watcher = X509Watcher::spawn(socket, report.clone(), cancel.child_token());
+            tokio::spawn(expiry_alarm(
+                watcher.subscribe(),
+                report.clone(),
+                cancel.clone(),
+            ));
+            let opts = FilesOptions {
+                dir: out,
+                on_update,
+                signal: signal_pid.map(|pid| (pid, signal)),
+            };
+            let files = files_mode::run_files(watcher.subscribe(), opts, report, cancel.clone());
+            tokio::select! {
+                r = files => r?,
+                r = watcher.stopped() => r?,
+            }
+        }
+        SidecarMode::Inbound {
+            listen,
+            forward,
+            allow,
+            allow_trust_domain,
+        } => {
+            let authorizer = Authorizer::one_of(allow, allow_trust_domain)?;
+            let listener = proxy::bind(&listen).await?;
+            let watcher = X509Watcher::spawn(socket, report.clone(), cancel.child_token());
+            tokio::spawn(expiry_alarm(
+                watcher.subscribe(),
+                report.clone(),
+                cancel.clone(),
+            ));
+            let config = tls::server_config(watcher.subscribe(), authorizer)?;
+            let ctx = watcher.subscribe();
+            let serve = proxy::run_inbound(listener, forward, config, ctx, report, cancel.clone());
+            tokio::select! {
+                () = serve => {}
+                r = watcher.stopped() => r?,
+            }
+        }
+        SidecarMode::Outbound {
+            listen,
+            connect,
+            expect,
+        } => {
+            let listener = proxy::bind(&listen).await?;
+            let watcher = X509Watcher::spawn(socket, report.clone(), cancel.child_token());
+            tokio::spawn(expiry_alarm(
+                watcher.subscribe(),
+                report.clone(),
+                cancel.clone(),
+            ));
+            let config =
+                tls::client_config(watcher.subscribe(), Authorizer::exact(expect.clone()))?;
+            let ctx = watcher.subscribe();
+            let serve = proxy::run_outbound(
+                listener,
+                connect,
+                expect,
+                config,
+                ctx,
+                report,
+                cancel.clone(),
+            );
+            tokio::select! {
+                () = serve => {}
+                r = watcher.stopped() => r?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `meshtrust sidecar` command: a runtime, SIGINT/SIGTERM as the stop, reports on stdout.
+///
+/// # Errors
+/// As [`run`], plus [`SidecarError::Runtime`].
+pub fn command(args: SidecarArgs) -> Result<(), SidecarError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(SidecarError::Runtime)?;
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if crate::signal::shutdown_signal().await.is_ok() {
+                on_signal.cancel();
+            }
+        });
+        let env = std::env::var(endpoint::ENDPOINT_ENV).ok();
+        run(args, env, Reporter::stdout(), cancel).await
+    })
+}
+
+/// Says loudly when the current SVID expires and no new one has replaced it: the proxies then
+/// refuse new connections, and files mode leaves stale files in place.
+pub async fn expiry_alarm(mut ctx: ContextRx, report: Reporter, cancel: CancellationToken) {
+    loop {
+        let current = ctx.borrow_and_update().clone();
+        let deadline = current.as_ref().map(|c| {
+            let left = c
+                .svid
+                .not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = ctx.changed() => if changed.is_err() { return },
+            () = sleep_until(deadline), if deadline.is_some() => {
+                if let Some(c) = current {
+                    tracing::error!(spiffe_id = %c.svid.spiffe_id, "svid expired and no new one arrived");
+                    report.line(format!(
+                        "WARNING: the svid of {} expired at {} and no new one arrived from the workload api; \
+                         new connections are refused and written files are stale",
+                        c.svid.spiffe_id,
+                        crate::clock::rfc3339(c.svid.not_after)
+                    ));
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = ctx.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

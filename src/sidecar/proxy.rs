@@ -1,0 +1,275 @@
+//! The two mTLS proxies.
+//!
+//! - inbound: accepts mTLS from other workloads, verifies and authorizes the caller's SVID, and
+//!   forwards the plain bytes to the local service. A refused caller gets a failed handshake
+//!   and the sidecar prints a line naming it.
+//! - outbound: accepts plain connections from the local workload and originates mTLS to the
+//!   expected peer.
+//!
+//! Both copy in both directions with `copy_bidirectional`, so a half-close on one side (EOF,
+//! TLS close_notify) is passed on as a half-close on the other while the reverse direction keeps
+//! flowing. The TLS configs read the latest SVID and bundles at each handshake, so rotations
+//! never restart a listener or touch an established connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Reporter;
+use super::client::ContextRx;
+use super::tls;
+use crate::spiffe_id::SpiffeId;
+
+/// A hang guard on TLS handshakes and upstream connects (not a timing requirement).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a proxy cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds a proxy's listen address (`host:port`).
+///
+/// # Errors
+/// [`ProxyError::Bind`].
+pub async fn bind(addr: &str) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Serves the inbound proxy on `listener` until `cancel` fires: mTLS in (with `config` from
+/// [`tls::server_config`]), plain TCP out to `forward` (`host:port`).
+pub async fn run_inbound(
+    listener: TcpListener,
+    forward: String,
+    config: Arc<ServerConfig>,
+    ctx: ContextRx,
+    report: Reporter,
+    cancel: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let forward = Arc::<str>::from(forward);
+    accept_loop(listener, "inbound", &report, &cancel, |tcp, from| {
+        let (acceptor, forward, ctx, report) = (
+            acceptor.clone(),
+            forward.clone(),
+            ctx.clone(),
+            report.clone(),
+        );
+        async move { inbound(tcp, from, acceptor, &forward, &ctx, &report).await }
+    })
+    .await;
+}
+
+/// Serves the outbound proxy on `listener` until `cancel` fires: plain TCP in, mTLS out to
+/// `connect` (`host:port`) with `config` from [`tls::client_config`], whose authorizer only
+/// accepts `expect`.
+pub async fn run_outbound(
+    listener: TcpListener,
+    connect: String,
+    expect: SpiffeId,
+    config: Arc<ClientConfig>,
+    ctx: ContextRx,
+    report: Reporter,
+    cancel: CancellationToken,
+) {
+    let connector = TlsConnector::from(config);
+    // The name only feeds SNI: the verifier ignores it and checks the SPIFFE ID instead.
+    let server_name = ServerName::try_from(expect.trust_domain().as_str().to_owned())
+        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid DNS name"));
+    let connect = Arc::<str>::from(connect);
+    accept_loop(listener, "outbound", &report, &cancel, |local, from| {
+        let (connector, name, connect, expect, ctx, report) = (
+            connector.clone(),
+            server_name.clone(),
+            connect.clone(),
+            expect.clone(),
+            ctx.clone(),
+            report.clone(),
+        );
+        async move {
+            outbound(
+                local, from, connector, name, &connect, &expect, &ctx, &report,
+            )
+            .await
+        }
+    })
+    .await;
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    what: &str,
+    report: &Reporter,
+    cancel: &CancellationToken,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        report.line(format!("{what}: listening on {addr}"));
+    }
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, from)) => {
+                let conn = handle(tcp, from);
+                let cancel = cancel.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = conn => {}
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn inbound(
+    tcp: TcpStream,
+    from: SocketAddr,
+    acceptor: TlsAcceptor,
+    forward: &str,
+    ctx: &ContextRx,
+    report: &Reporter,
+) {
+    if let Err(e) = tls::ready(ctx) {
+        report.line(format!("inbound: refused {from}: {e}"));
+        return;
+    }
+    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            report.line(format!("inbound: refused {from}: {}", handshake_error(&e)));
+            return;
+        }
+        Err(_) => {
+            report.line(format!("inbound: refused {from}: tls handshake timed out"));
+            return;
+        }
+    };
+    let peer = describe_peer(tls::peer_id(stream.get_ref().1.peer_certificates()));
+    let mut upstream = match connect_tcp(forward).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.line(format!(
+                "inbound: accepted {peer} from {from} but cannot reach {forward}: {e}"
+            ));
+            return;
+        }
+    };
+    report.line(format!(
+        "inbound: accepted {peer} from {from}, forwarding to {forward}"
+    ));
+    let result = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    report.line(format!("inbound: {peer} from {from} {}", ended(result)));
+}
+
+#[allow(clippy::too_many_arguments)] // one connection's whole context; a struct would only rename them
+async fn outbound(
+    mut local: TcpStream,
+    from: SocketAddr,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    connect: &str,
+    expect: &SpiffeId,
+    ctx: &ContextRx,
+    report: &Reporter,
+) {
+    if let Err(e) = tls::ready(ctx) {
+        report.line(format!("outbound: refused {from}: {e}"));
+        return;
+    }
+    let tcp = match connect_tcp(connect).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.line(format!("outbound: {from} cannot reach {connect}: {e}"));
+            return;
+        }
+    };
+    let mut stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                report.line(format!(
+                    "outbound: {from} refused {expect} at {connect}: {}",
+                    handshake_error(&e)
+                ));
+                return;
+            }
+            Err(_) => {
+                report.line(format!(
+                    "outbound: {from} to {connect}: tls handshake timed out"
+                ));
+                return;
+            }
+        };
+    let peer = describe_peer(tls::peer_id(stream.get_ref().1.peer_certificates()));
+    report.line(format!("outbound: {from} connected to {peer} at {connect}"));
+    let result = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
+    report.line(format!("outbound: {from} to {peer} {}", ended(result)));
+}
+
+async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+fn describe_peer(id: Option<SpiffeId>) -> String {
+    id.map_or_else(|| "an unidentified peer".to_owned(), |id| id.to_string())
+}
+
+fn ended(result: io::Result<(u64, u64)>) -> String {
+    match result {
+        Ok((a, b)) => format!("closed ({a} bytes in, {b} bytes out)"),
+        Err(e) => format!("ended with an error: {}", handshake_error(&e)),
+    }
+}
+
+/// The reason of a TLS failure in words: our verifier's message (which names the refused
+/// SPIFFE ID) when it is the cause, rustls' otherwise.
+fn handshake_error(e: &io::Error) -> String {
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return other.0.to_string();
+    }
+    e.to_string()
+}

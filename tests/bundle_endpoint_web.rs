@@ -1,0 +1,201 @@
+//! The bundle endpoint's https_web profile over real TLS on 127.0.0.1 (SPIFFE.md §2
+//! "Serving": a certificate with the DNS name in its SAN, validated per RFC 6125): the files are
+//! served, reloaded when they change, and a bad new file leaves the previous certificate in
+//! place (CONTRACT.md "Bundle endpoint (HTTPS)").
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+mod endpoint_client;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use endpoint_client::{eventually, get, web_client};
+use meshtrust::ca::{Ca, CaPolicy, KeyType};
+use meshtrust::clock::SystemClock;
+use meshtrust::config::EndpointProfile;
+use meshtrust::federation::endpoint::{self, EndpointError};
+use meshtrust::federation::server_tls::{ServerCerts, load_web_files, reload_web_files};
+use meshtrust::spiffe_id::TrustDomain;
+use meshtrust::store::Storage;
+use meshtrust::store::sqlite::SqliteStorage;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+
+/// A development root that signs `localhost` server certificates.
+struct DevCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl DevCa {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    fn root(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A leaf for `localhost` and its key: (leaf DER, chain PEM leaf+root, PKCS#8 key PEM).
+    fn leaf(&self) -> (CertificateDer<'static>, String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let chain = format!("{}{}", cert.pem(), self.issuer.pem());
+        (cert.der().clone(), chain, key.serialize_pem())
+    }
+}
+
+/// The same key as SEC1 `BEGIN EC PRIVATE KEY`, converted by openssl.
+fn to_sec1(dir: &Path, pkcs8_pem: &str) -> String {
+    let input = dir.join("pkcs8.pem");
+    std::fs::write(&input, pkcs8_pem).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["ec", "-in"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let pem = String::from_utf8(out.stdout).unwrap();
+    assert!(pem.contains("BEGIN EC PRIVATE KEY"), "{pem}");
+    pem
+}
+
+async fn served_leaf(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Option<CertificateDer<'static>> {
+    get(addr, cfg, "localhost")
+        .await
+        .ok()
+        .map(|(c, _)| c.leaf.clone())
+}
+
+#[tokio::test]
+async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad_file() {
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> =
+        Arc::new(SqliteStorage::open(&dir.path().join("state")).unwrap());
+    let policy = CaPolicy {
+        key_type: KeyType::EcP256,
+        ca_ttl: Duration::from_secs(24 * 3600),
+        x509_svid_ttl: Duration::from_secs(3600),
+        jwt_svid_ttl: Duration::from_secs(300),
+        refresh_hint: Duration::from_secs(300),
+    };
+    let ca = Ca::open(
+        TrustDomain::new("mesh-a.test").unwrap(),
+        policy,
+        Arc::new(SystemClock),
+        storage,
+    )
+    .unwrap();
+
+    let dev = DevCa::new();
+    let (leaf1, chain1, key1) = dev.leaf();
+    let cert_file = dir.path().join("server.crt");
+    let key_file = dir.path().join("server.key");
+    std::fs::write(&cert_file, &chain1).unwrap();
+    std::fs::write(&key_file, &key1).unwrap();
+
+    // The daemon's way in: files checked at start.
+    let profile = EndpointProfile::HttpsWeb {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let (certs, _task) = ServerCerts::start(
+        &profile,
+        ca.subscribe(),
+        Arc::new(SystemClock),
+        cancel.clone(),
+    )
+    .unwrap();
+    let bad = EndpointProfile::HttpsWeb {
+        cert_file: key_file.clone(),
+        key_file: key_file.clone(),
+    };
+    let Err(err) = ServerCerts::start(&bad, ca.subscribe(), Arc::new(SystemClock), cancel.clone())
+    else {
+        panic!("a key file as certificate file was accepted");
+    };
+    assert!(matches!(err, EndpointError::Pem { .. }), "{err}");
+
+    tokio::spawn(reload_web_files(
+        certs.clone(),
+        cert_file.clone(),
+        key_file.clone(),
+        Duration::from_millis(100),
+        cancel.clone(),
+    ));
+    let listener = endpoint::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(endpoint::serve(
+        listener,
+        ca.subscribe(),
+        certs.clone(),
+        cancel.clone(),
+    ));
+
+    // RFC 6125: a client trusting the dev root, checking the name `localhost`.
+    let client = web_client(&[dev.root()], &[b"h2", b"http/1.1"]);
+    let (conn, answer) = get(addr, client.clone(), "localhost").await.unwrap();
+    assert_eq!(conn.leaf, leaf1);
+    assert_eq!(answer.body, ca.snapshot().bundle_json);
+    assert_eq!(answer.headers["content-type"], "application/json");
+    // The name is checked: another host name fails.
+    assert!(get(addr, client.clone(), "example.org").await.is_err());
+    // A client not trusting the dev root fails.
+    let stranger = web_client(&[DevCa::new().root()], &[b"http/1.1"]);
+    assert!(get(addr, stranger, "localhost").await.is_err());
+
+    // New files (key as SEC1 this time): served without a restart.
+    let (leaf2, chain2, key2) = dev.leaf();
+    std::fs::write(&key_file, to_sec1(dir.path(), &key2)).unwrap();
+    std::fs::write(&cert_file, &chain2).unwrap();
+    eventually("the new certificate", || {
+        let client = client.clone();
+        let leaf2 = leaf2.clone();
+        async move { served_leaf(addr, client).await.filter(|l| *l == leaf2) }
+    })
+    .await;
+
+    // A broken certificate file: the failure is seen, the previous certificate stays.
+    let before = certs.failures();
+    std::fs::write(&cert_file, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    eventually("the broken file to be seen", || async {
+        (certs.failures() > before).then_some(())
+    })
+    .await;
+    assert_eq!(served_leaf(addr, client.clone()).await, Some(leaf2.clone()));
+
+    // A valid certificate whose key is not in the key file: refused as well.
+    let (leaf3, chain3, key3) = dev.leaf();
+    let before = certs.failures();
+    std::fs::write(&cert_file, &chain3).unwrap();
+    eventually("the mismatched pair to be seen", || async {
+        (certs.failures() > before).then_some(())
+    })
+    .await;
+    assert_eq!(served_leaf(addr, client.clone()).await, Some(leaf2.clone()));
+    assert!(load_web_files(&cert_file, &key_file).is_err());
+
+    // Then the matching key arrives: recovered.
+    std::fs::write(&key_file, &key3).unwrap();
+    eventually("the third certificate", || {
+        let client = client.clone();
+        let leaf3 = leaf3.clone();
+        async move { served_leaf(addr, client).await.filter(|l| *l == leaf3) }
+    })
+    .await;
+    cancel.cancel();
+}

@@ -1,0 +1,117 @@
+//! Server memory per open FetchX509SVID stream (a measurement, not a pass/fail test; run with
+//! `cargo test --release --test workload_api_memory -- --ignored --nocapture`). The clients
+//! live in a child process (this binary again), so the RSS measured is the server's alone.
+//! `MESHTRUST_STREAMS` (default 10000) streams over `MESHTRUST_CONNECTIONS` (default 100).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::process::Stdio;
+
+use common::workload::*;
+use meshtrust::workload_api::proto::X509svidRequest;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+const CHILD_ENV: &str = "MESHTRUST_TEST_WORKLOAD_ENDPOINT";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run on demand"]
+async fn server_memory_per_stream() {
+    let streams = env_usize("MESHTRUST_STREAMS", 10_000);
+    let connections = env_usize("MESHTRUST_CONNECTIONS", 100);
+    let mesh = Mesh::start(default_entries()).await;
+    // Warm up: SVIDs minted, allocator pools touched.
+    let mut client = mesh.raw_client().await;
+    let mut s = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().unwrap();
+    drop((s, client));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = rss_kib();
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_holds_streams", "--nocapture"])
+        .env(CHILD_ENV, mesh.socket.display().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("READY") {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = rss_kib();
+    let per_stream = (after.saturating_sub(before)) as f64 * 1024.0 / streams as f64;
+    println!(
+        "server RSS {before} KiB -> {after} KiB for {streams} streams over {connections} connections: {per_stream:.0} bytes/stream"
+    );
+    drop(child.stdin.take());
+    child.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of server_memory_per_stream"]
+async fn child_holds_streams() {
+    let socket = std::path::PathBuf::from(std::env::var(CHILD_ENV).expect("run by the parent"));
+    let streams = env_usize("MESHTRUST_STREAMS", 10_000);
+    let connections = env_usize("MESHTRUST_CONNECTIONS", 100).max(1);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let socket = socket.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .unwrap();
+        clients.push(
+            meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+                channel,
+            ),
+        );
+    }
+    let mut held = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let client = &mut clients[i % connections];
+        let mut s = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().unwrap();
+        held.push(s);
+    }
+    println!("READY {}", held.len());
+    // Hold until the parent closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf);
+    })
+    .await
+    .unwrap();
+}
