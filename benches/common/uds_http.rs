@@ -1,0 +1,36 @@
+//! A minimal HTTP/1.1 GET over a Unix socket: the admin API and the Workload API's JSON view.
+
+use std::path::Path;
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// `GET uri` on the socket at `path` with extra `headers`; the status and body, or an error
+/// string when the socket does not answer (yet).
+pub async fn get(path: &Path, uri: &str, headers: &[(&str, &str)]) -> Result<(u16, Bytes), String> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("connect {}: {e}", path.display()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(uri).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
