@@ -5,6 +5,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY proto ./proto
+COPY benches ./benches
 RUN cargo build --release --locked --bin meshtrust && strip target/release/meshtrust
 
 FROM debian:bookworm-slim
