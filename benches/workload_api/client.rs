@@ -33,8 +33,18 @@ pub struct Server {
 
 impl Server {
     pub async fn spawn(args: &[&str]) -> Self {
-        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(args)
+        // `MESHTRUST_BENCH_WRAP="heaptrack -o /tmp/h"`: run the server under a profiler.
+        let wrap: Vec<String> = std::env::var("MESHTRUST_BENCH_WRAP")
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let exe = std::env::current_exe().unwrap().display().to_string();
+        let argv: Vec<String> = wrap
+            .into_iter()
+            .chain([exe])
+            .chain(args.iter().map(|a| (*a).to_owned()))
+            .collect();
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -42,12 +52,22 @@ impl Server {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        // The first `ready <socket>` line (a profiler may print its own lines first).
+        let ready = async {
+            loop {
+                let line = stdout
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("server child said nothing");
+                if let Some(socket) = line.strip_prefix("ready ") {
+                    return PathBuf::from(socket);
+                }
+            }
+        };
+        let socket = tokio::time::timeout(Duration::from_secs(60), ready)
             .await
-            .expect("server child ready within 60 s")
-            .unwrap()
-            .expect("server child said nothing");
-        let socket = PathBuf::from(line.strip_prefix("ready ").expect("ready line"));
+            .expect("server child ready within 60 s");
         Self {
             child,
             stdin,

@@ -74,6 +74,14 @@ async fn orchestrate() {
     } else {
         (1000, 5, vec![(10_000, 1), (100, 100)], 3)
     };
+    // Profiling: `MESHTRUST_BENCH_FANOUT=2000x1` runs only the fan-out of that layout (with
+    // `MESHTRUST_BENCH_WRAP="heaptrack -o FILE"` around the servers, see client.rs).
+    let only_fanout: Option<(usize, usize)> =
+        std::env::var("MESHTRUST_BENCH_FANOUT").ok().and_then(|v| {
+            let (c, s) = v.split_once('x')?;
+            Some((c.parse().ok()?, s.parse().ok()?))
+        });
+    let layouts = only_fanout.map_or(layouts, |l| vec![l]);
     let root = tempfile::tempdir().unwrap();
     let cert = web_cert(root.path());
     let peer = Bytes::from(peer_bundle_json(
@@ -106,6 +114,9 @@ async fn orchestrate() {
     // then (a) each client in turn opens a new one, (b) all at the same instant.
     let mut lat = Vec::new();
     for (i, kind) in kinds.iter().enumerate() {
+        if only_fanout.is_some() {
+            break;
+        }
         let server = start(kind, &root.path().join(format!("lat{i}"))).await;
         let clients = client::connect_many(&server.socket, lat_clients).await;
         let held = client::hold_streams(&clients).await;
@@ -137,40 +148,41 @@ async fn orchestrate() {
             rss,
         });
     }
-    let (ours, base) = (&lat[0], &lat[1]);
-    for (label, o, b, target) in [
-        ("p50, one at a time", ours.turn[0], base.turn[0], None),
-        ("p99, one at a time", ours.turn[1], base.turn[1], Some(5)),
-        (
-            "p50, all at the same instant",
-            ours.burst[0],
-            base.burst[0],
-            None,
-        ),
-        (
-            "p99, all at the same instant",
-            ours.burst[1],
-            base.burst[1],
-            None,
-        ),
-    ] {
-        common::row(
-            &format!("3. FetchX509SVID first message {label}, {lat_clients} clients connected"),
-            &format!("{:.2} ms", common::ms(o)),
-            &format!("{:.2} ms no-op tonic server", common::ms(b)),
-            Some(o.as_secs_f64() / b.as_secs_f64()),
-            &target.map_or_else(|| "-".to_owned(), |t| format!("< {t} ms")),
-            target.map_or(common::Met::NotApplicable, |t| {
-                common::Met::from(o < Duration::from_millis(t))
-            }),
-        );
-    }
-    common::note(&format!(
-        "workload API latency: {lat_clients} connections each holding an open FetchX509SVID stream; \
+    if let [ours, base] = &lat[..] {
+        for (label, o, b, target) in [
+            ("p50, one at a time", ours.turn[0], base.turn[0], None),
+            ("p99, one at a time", ours.turn[1], base.turn[1], Some(5)),
+            (
+                "p50, all at the same instant",
+                ours.burst[0],
+                base.burst[0],
+                None,
+            ),
+            (
+                "p99, all at the same instant",
+                ours.burst[1],
+                base.burst[1],
+                None,
+            ),
+        ] {
+            common::row(
+                &format!("3. FetchX509SVID first message {label}, {lat_clients} clients connected"),
+                &format!("{:.2} ms", common::ms(o)),
+                &format!("{:.2} ms no-op tonic server", common::ms(b)),
+                Some(o.as_secs_f64() / b.as_secs_f64()),
+                &target.map_or_else(|| "-".to_owned(), |t| format!("< {t} ms")),
+                target.map_or(common::Met::NotApplicable, |t| {
+                    common::Met::from(o < Duration::from_millis(t))
+                }),
+            );
+        }
+        common::note(&format!(
+            "workload API latency: {lat_clients} connections each holding an open FetchX509SVID stream; \
          {rounds} rounds of (each client in turn, then all at once); per burst p50/p99 ms: \
          meshtrust {:?}, no-op {:?}; server RSS with them: meshtrust {} KiB, no-op {} KiB",
-        ours.per_burst, base.per_burst, ours.rss, base.rss
-    ));
+            ours.per_burst, base.per_burst, ours.rss, base.rss
+        ));
+    }
 
     // Fan-out and memory, per layout.
     for (li, (conns, per_conn)) in layouts.iter().copied().enumerate() {
