@@ -129,31 +129,19 @@ pub async fn run_on(
     let cancel = cancel.child_token();
     // Stop the other tasks when this function returns, whatever the reason.
     let _guard = cancel.clone().drop_guard();
-    match args.mode {
+    // Arguments are checked and listeners bound before the Workload API is contacted, so a bad
+    // command line fails at once.
+    let plan = match args.mode {
         SidecarMode::Files {
             out,
             on_update,
             signal_pid,
             signal,
-        } => {
-            let watcher =
-                X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
-            tokio::spawn(expiry_alarm(
-                watcher.subscribe(),
-                report.clone(),
-                cancel.clone(),
-            ));
-            let opts = FilesOptions {
-                dir: out,
-                on_update,
-                signal: signal_pid.map(|pid| (pid, signal)),
-            };
-            let files = files_mode::run_files(watcher.subscribe(), opts, report, cancel.clone());
-            tokio::select! {
-                r = files => r?,
-                r = watcher.stopped() => r?,
-            }
-        }
+        } => Plan::Files(FilesOptions {
+            dir: out,
+            on_update,
+            signal: signal_pid.map(|pid| (pid, signal)),
+        }),
         SidecarMode::Inbound {
             listen,
             forward,
@@ -161,60 +149,66 @@ pub async fn run_on(
             allow_trust_domain,
         } => {
             let authorizer = Authorizer::one_of(allow, allow_trust_domain)?;
-            let listener = match listener {
-                Some(l) => l,
-                None => proxy::bind(&listen).await?,
-            };
-            let watcher =
-                X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
-            tokio::spawn(expiry_alarm(
-                watcher.subscribe(),
-                report.clone(),
-                cancel.clone(),
-            ));
-            let config = tls::server_config(watcher.subscribe(), authorizer)?;
-            let ctx = watcher.subscribe();
-            let serve = proxy::run_inbound(listener, forward, config, ctx, report, cancel.clone());
-            tokio::select! {
-                () = serve => {}
-                r = watcher.stopped() => r?,
-            }
+            let listener = bind_or(listener, &listen).await?;
+            Plan::Inbound(listener, forward, authorizer)
         }
         SidecarMode::Outbound {
             listen,
             connect,
             expect,
-        } => {
-            let listener = match listener {
-                Some(l) => l,
-                None => proxy::bind(&listen).await?,
-            };
-            let watcher =
-                X509Watcher::spawn_for(socket, want.clone(), report.clone(), cancel.child_token());
-            tokio::spawn(expiry_alarm(
-                watcher.subscribe(),
-                report.clone(),
-                cancel.clone(),
-            ));
-            let config =
-                tls::client_config(watcher.subscribe(), Authorizer::exact(expect.clone()))?;
-            let ctx = watcher.subscribe();
-            let serve = proxy::run_outbound(
-                listener,
-                connect,
-                expect,
-                config,
-                ctx,
-                report,
-                cancel.clone(),
-            );
-            tokio::select! {
-                () = serve => {}
-                r = watcher.stopped() => r?,
-            }
+        } => Plan::Outbound(bind_or(listener, &listen).await?, connect, expect),
+    };
+    let watcher = X509Watcher::spawn_for(socket, want, report.clone(), cancel.child_token());
+    tokio::spawn(expiry_alarm(
+        watcher.subscribe(),
+        report.clone(),
+        cancel.clone(),
+    ));
+    let ctx = watcher.subscribe();
+    let work: std::pin::Pin<Box<dyn Future<Output = Result<(), SidecarError>> + Send>> = match plan
+    {
+        Plan::Files(opts) => Box::pin(async move {
+            files_mode::run_files(ctx, opts, report, cancel.clone()).await?;
+            Ok(())
+        }),
+        Plan::Inbound(listener, forward, authorizer) => {
+            let config = tls::server_config(ctx.clone(), authorizer)?;
+            Box::pin(async move {
+                proxy::run_inbound(listener, forward, config, ctx, report, cancel.clone()).await;
+                Ok(())
+            })
         }
+        Plan::Outbound(listener, connect, expect) => {
+            let config = tls::client_config(ctx.clone(), Authorizer::exact(expect.clone()))?;
+            Box::pin(async move {
+                let cancel = cancel.clone();
+                proxy::run_outbound(listener, connect, expect, config, ctx, report, cancel).await;
+                Ok(())
+            })
+        }
+    };
+    tokio::select! {
+        r = work => r?,
+        r = watcher.stopped() => r?,
     }
     Ok(())
+}
+
+/// What a mode will run, once its arguments are checked and its listener bound.
+enum Plan {
+    Files(FilesOptions),
+    Inbound(tokio::net::TcpListener, String, Authorizer),
+    Outbound(tokio::net::TcpListener, String, crate::spiffe_id::SpiffeId),
+}
+
+async fn bind_or(
+    given: Option<tokio::net::TcpListener>,
+    listen: &str,
+) -> Result<tokio::net::TcpListener, SidecarError> {
+    Ok(match given {
+        Some(l) => l,
+        None => proxy::bind(listen).await?,
+    })
 }
 
 /// The `meshtrust sidecar` command: a runtime, SIGINT/SIGTERM as the stop, reports on stdout.
