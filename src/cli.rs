@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "meshtrust", version, about)]
 pub struct Cli {
-    /// Log format on stderr. Filtering follows RUST_LOG (default: info).
+    /// Log format on stderr. Filtering follows RUST_LOG (default: info; warn for `demo`, which prints its own story).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// What to do.
