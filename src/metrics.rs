@@ -140,18 +140,36 @@ pub fn render(state: &MetricsState) -> String {
             );
         }
     }
+    // Each family's samples follow its own HELP/TYPE lines (the text format groups them).
     family(
         &mut out,
         "meshtrust_federation_bundle_sequence",
         "gauge",
         "spiffe_sequence of the pinned peer bundle.",
     );
+    for (peer, b) in pinned.iter() {
+        if let Some(seq) = b.sequence {
+            let _ = writeln!(
+                out,
+                "meshtrust_federation_bundle_sequence{{trust_domain=\"{}\"}} {seq}",
+                label(peer.as_str())
+            );
+        }
+    }
     family(
         &mut out,
         "meshtrust_federation_bundle_authorities",
         "gauge",
         "X.509 authorities in the pinned peer bundle (0: revoked).",
     );
+    for (peer, b) in pinned.iter() {
+        let _ = writeln!(
+            out,
+            "meshtrust_federation_bundle_authorities{{trust_domain=\"{}\"}} {}",
+            label(peer.as_str()),
+            b.x509_authorities.len()
+        );
+    }
     family(
         &mut out,
         "meshtrust_federation_authorities_earliest_expiry_timestamp_seconds",
@@ -159,22 +177,11 @@ pub fn render(state: &MetricsState) -> String {
         "Earliest NotAfter among the pinned peer authorities.",
     );
     for (peer, b) in pinned.iter() {
-        let peer = label(peer.as_str());
-        if let Some(seq) = b.sequence {
-            let _ = writeln!(
-                out,
-                "meshtrust_federation_bundle_sequence{{trust_domain=\"{peer}\"}} {seq}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "meshtrust_federation_bundle_authorities{{trust_domain=\"{peer}\"}} {}",
-            b.x509_authorities.len()
-        );
         if let Some(t) = summary::earliest_expiry(&b.x509_authorities) {
             let _ = writeln!(
                 out,
-                "meshtrust_federation_authorities_earliest_expiry_timestamp_seconds{{trust_domain=\"{peer}\"}} {}",
+                "meshtrust_federation_authorities_earliest_expiry_timestamp_seconds{{trust_domain=\"{}\"}} {}",
+                label(peer.as_str()),
                 secs(t)
             );
         }

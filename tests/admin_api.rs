@@ -235,6 +235,19 @@ async fn metrics_healthz_and_readyz_report_the_daemon_and_its_peers() {
     let addr = pair.da.metrics_addr.unwrap();
     let (code, text) = http_get(addr, "/metrics").await;
     assert_eq!(code, 200);
+    // Prometheus text format: a family's samples directly follow its own HELP/TYPE lines.
+    let mut current = "";
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            current = rest.split_whitespace().next().unwrap();
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                name == current || name.strip_suffix("_total") == Some(current),
+                "sample {name} outside its family (after TYPE {current}):\n{text}"
+            );
+        }
+    }
     let (_, status) = admin(pair.admin_a(), "GET", "/v1/status").await;
     let (_, status_b) = admin(&pair.db.admin_socket, "GET", "/v1/status").await;
 
