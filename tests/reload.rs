@@ -78,15 +78,34 @@ fn sighup_applies_new_entries_and_a_broken_config_changes_nothing() {
     let socket = dir.path().join("workload.sock");
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
     write(&config, "");
-    let daemon = Serve(
-        Command::new(common::bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon's log lines, to see each reload's outcome.
+    let (tx, logs) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_log = |needle: &str| loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no log line with {needle:?}: {e}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    let daemon = Serve(child);
     // No entry for us yet: 403 (Workload Endpoint: no identity = PermissionDenied).
     eventually("the workload socket answers", || {
         x509_svid(&socket).0 == 403
@@ -107,9 +126,11 @@ fn sighup_applies_new_entries_and_a_broken_config_changes_nothing() {
     // A broken config (an unknown key) is refused: the daemon keeps serving the last good one.
     std::fs::write(&config, "trust_domain = \"mesh-a.test\"\nbogus = 1\n").unwrap();
     hup(&daemon.0);
-    // Then a good config that removes the entry: had the broken one been half-applied, or had
-    // the daemon died, this would not be observed in order.
-    std::thread::sleep(Duration::from_millis(300));
+    let refused = wait_log("config reload refused");
+    assert!(
+        refused.contains("bogus"),
+        "the log names the key at fault: {refused}"
+    );
     let (code, body) = x509_svid(&socket);
     assert_eq!(code, 200, "still serving after a broken reload: {body}");
     assert!(body.contains("spiffe://mesh-a.test/reloaded"));
