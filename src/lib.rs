@@ -33,4 +33,5 @@ pub mod signal;
 pub mod spiffe_id;
 pub mod store;
 pub mod svid;
+mod tls_signatures;
 pub mod workload_api;
