@@ -24,8 +24,9 @@ use crate::ca::{Ca, CaError, CaPolicy};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EntryConfig};
 use crate::federation::RefreshHandles;
+use crate::federation::client::FetchLimits;
 use crate::federation::endpoint::{self, EndpointError};
-use crate::federation::fetcher::{self, FetcherError};
+use crate::federation::fetcher::{self, FetcherError, Fetchers};
 use crate::federation::pinned::PeerStore;
 use crate::federation::server_tls::ServerCerts;
 use crate::federation::status::StatusBoard;
@@ -153,6 +154,8 @@ pub struct Daemon {
     entries: watch::Sender<Arc<Vec<EntryConfig>>>,
     /// The running config.
     config: Config,
+    /// The peer fetchers, for a reload.
+    fetchers: Fetchers,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -241,7 +244,7 @@ impl Daemon {
         let tracker = TaskTracker::new();
         tracker.spawn(ca.clone().run(cancel.child_token()));
 
-        let refresh = fetcher::spawn_fetchers(
+        let fetchers = Fetchers::start(
             &config.federation,
             peers.clone(),
             status.clone(),
@@ -249,7 +252,9 @@ impl Daemon {
             clock.clone(),
             &tracker,
             cancel.child_token(),
+            FetchLimits::default(),
         )?;
+        let refresh = fetchers.refresh_handles();
 
         let bundle_endpoint_addr = bundle_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let (Some(listener), Some(be)) = (bundle_listener, &config.bundle_endpoint) {
@@ -328,6 +333,7 @@ impl Daemon {
             admin_socket,
             entries,
             config,
+            fetchers,
             cancel,
             tracker,
         })
@@ -338,10 +344,23 @@ impl Daemon {
         &self.config.source
     }
 
-    /// Applies a re-read config (`SIGHUP`): the entries now, the rest only after a restart
-    /// (see [`crate::reload`]). The running config is kept for the sections not applied.
+    /// Applies a re-read config (`SIGHUP`): the entries and the federation relationships now,
+    /// the rest only after a restart (see [`crate::reload`]). The running config is kept for
+    /// the sections not applied.
     pub fn reload(&mut self, new: Config) -> ReloadOutcome {
-        let outcome = reload::diff(&self.config, &new);
+        let mut outcome = reload::diff(&self.config, &new);
+        if outcome.federation_changed {
+            match self.fetchers.apply(&new.federation) {
+                Ok((started, removed)) => {
+                    tracing::info!(?started, ?removed, "federation relationships updated");
+                    self.config.federation = new.federation;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "federation change refused; the relationships run as before");
+                    outcome.federation_changed = false;
+                }
+            }
+        }
         if outcome.entries_changed {
             self.entries.send_replace(Arc::new(new.entries.clone()));
             self.config.entries = new.entries;

@@ -2,10 +2,12 @@
 //!
 //! Registration entries (`[[entry]]`, with their `federates_with`) apply at once: the Workload
 //! API streams of every connected workload push the new identities and bundle sets, and a
-//! caller whose last identity went away gets PermissionDenied. Everything else (trust domain,
-//! CA, listeners, sockets, `[[federation]]` peers) needs a restart; a reload that changes such a
-//! section keeps the running values and names the sections in a warning. A config that does not
-//! load changes nothing and is logged with the key at fault.
+//! caller whose last identity went away gets PermissionDenied. Federation relationships
+//! (`[[federation]]`) apply at once too: a removed peer's fetcher stops and its bundle leaves
+//! the streams, an added one starts fetching, a changed one restarts. Everything else (trust
+//! domain, CA, listeners, sockets) needs a restart; a reload that changes such a section keeps
+//! the running values and names the sections in a warning. A config that does not load
+//! changes nothing and is logged with the key at fault.
 
 use std::path::Path;
 
@@ -17,6 +19,8 @@ use crate::config::Config;
 pub struct ReloadOutcome {
     /// Whether the entries changed (and were applied).
     pub entries_changed: bool,
+    /// Whether the federation relationships changed (and were applied).
+    pub federation_changed: bool,
     /// Sections that differ from the running config but need a restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -24,7 +28,7 @@ pub struct ReloadOutcome {
 /// Compares `running` with `new`: the entries to apply and the sections left as they are.
 pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
     let mut needs_restart = Vec::new();
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 7] = [
         ("trust_domain", running.trust_domain == new.trust_domain),
         ("data_dir", running.data_dir == new.data_dir),
         ("ca", running.ca == new.ca),
@@ -35,7 +39,6 @@ pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
         ("workload_api", running.workload_api == new.workload_api),
         ("admin_api", running.admin_api == new.admin_api),
         ("metrics", running.metrics == new.metrics),
-        ("federation", running.federation == new.federation),
     ];
     for (section, same) in checks {
         if !same {
@@ -44,6 +47,7 @@ pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
     }
     ReloadOutcome {
         entries_changed: running.entries != new.entries,
+        federation_changed: running.federation != new.federation,
         needs_restart,
     }
 }
@@ -68,6 +72,7 @@ pub fn from_disk(daemon: &mut Daemon) {
             tracing::info!(
                 file = %path.display(),
                 entries_changed = outcome.entries_changed,
+                federation_changed = outcome.federation_changed,
                 "config reloaded"
             );
             if !outcome.needs_restart.is_empty() {

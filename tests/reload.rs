@@ -141,3 +141,76 @@ fn sighup_applies_new_entries_and_a_broken_config_changes_nothing() {
         x509_svid(&socket).0 == 403
     });
 }
+
+/// A `[[federation]]` peer added by a reload starts fetching and its bundle reaches workloads;
+/// removed by the next reload, its fetcher stops and its bundle leaves them (in-process daemons
+/// so the reload is driven directly; `SIGHUP` calls the same `Daemon::reload`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_a_federation_relationship() {
+    use common::mesh::{Mesh, eventually};
+    use meshtrust::spiffe_id::TrustDomain;
+
+    common::init();
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let entry = format!(
+        "[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/w\"\nselectors = [\"unix:uid:{uid}\"]\nfederates_with = [\"*\"]\n"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Mesh::new(root.path(), "mesh-a").await;
+    let mut b = Mesh::new(root.path(), "mesh-b").await;
+    a.write_config("", "1s", None, &entry);
+    b.write_config("", "1s", None, "");
+    b.give_bootstrap_to(&a);
+    let db = b.start().await;
+    let mut da = a.start().await;
+    let td_b = TrustDomain::new("mesh-b.test").unwrap();
+    let socket = da.workload_socket.clone();
+    let bundles = move || {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(&socket)
+            .args([
+                "-H",
+                "workload.spiffe.io: true",
+                "http://localhost/v1/x509-bundles",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let served = bundles.clone();
+    assert!(!served().contains("spiffe://mesh-b.test"));
+    assert!(da.status.get(&td_b).is_none());
+
+    // Added: the peer is fetched, pinned and served to the workload.
+    a.write_config("", "1s", Some(&b), &entry);
+    let outcome = da.reload(a.config());
+    assert!(outcome.federation_changed && outcome.needs_restart.is_empty());
+    eventually("mesh-b is pinned", Duration::from_secs(20), || {
+        da.peers
+            .get(&td_b)
+            .is_some_and(|p| p.same_authorities(&db.ca.snapshot().bundle))
+    })
+    .await;
+    eventually("mesh-b's bundle is served", Duration::from_secs(20), || {
+        served().contains("spiffe://mesh-b.test")
+    })
+    .await;
+    assert_eq!(da.status.get(&td_b).unwrap().state.as_str(), "ok");
+    assert!(da.refresh.refresh(&td_b).await.is_some_and(|r| r.ok));
+
+    // Removed: no fetcher, no status, no bundle for workloads.
+    a.write_config("", "1s", None, &entry);
+    assert!(da.reload(a.config()).federation_changed);
+    assert!(da.peers.get(&td_b).is_none());
+    assert!(da.status.get(&td_b).is_none());
+    assert!(da.refresh.refresh(&td_b).await.is_none());
+    eventually(
+        "mesh-b's bundle is no longer served",
+        Duration::from_secs(20),
+        || !served().contains("spiffe://mesh-b.test"),
+    )
+    .await;
+    da.shutdown().await;
+    db.shutdown().await;
+}

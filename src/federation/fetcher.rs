@@ -13,7 +13,6 @@
 //! fetches, so no fetch in flight can pin the forgotten bundle again). Cancellation stops the
 //! task at any point.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +20,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
 
+mod runner;
 mod schedule;
 mod setup;
+
+pub use runner::Fetchers;
 
 use schedule::Backoff;
 pub use schedule::{
@@ -134,34 +135,10 @@ pub fn spawn_fetchers_with_limits(
     cancel: CancellationToken,
     limits: FetchLimits,
 ) -> Result<RefreshHandles, FetcherError> {
-    let clients = peers
-        .iter()
-        .map(|peer| build_client(peer, &store, &own_roots, limits, Purpose::Start))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut senders = BTreeMap::new();
-    for (config, client) in peers.iter().zip(clients) {
-        let td = client.trust_domain().clone();
-        let (tx, rx) = mpsc::channel(QUEUE);
-        senders.insert(td.clone(), tx);
-        // After a restart the pinned bundle keeps its age: the status and the metrics show when
-        // it was fetched before any new fetch succeeds.
-        if let Some(fetched_at) = store.fetched_at(&td) {
-            status.update(&td, |s| s.last_success = Some(fetched_at));
-        }
-        let fetcher = PeerFetcher {
-            td: td.clone(),
-            config: config.clone(),
-            own_roots: own_roots.clone(),
-            limits,
-            client,
-            store: store.clone(),
-            status: status.clone(),
-            clock: clock.clone(),
-        };
-        let span = tracing::info_span!("fetcher", peer = %td);
-        tracker.spawn(fetcher.run(rx, cancel.child_token()).instrument(span));
-    }
-    Ok(RefreshHandles::new(senders))
+    Fetchers::start(
+        peers, store, status, own_roots, clock, tracker, cancel, limits,
+    )
+    .map(|f| f.refresh_handles())
 }
 
 /// One peer's loop.

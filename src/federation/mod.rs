@@ -15,7 +15,7 @@ pub mod status;
 pub mod verifier;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -64,18 +64,36 @@ pub enum RefreshRequest {
 
 /// The senders to every peer fetcher's refresh queue.
 #[derive(Debug, Clone, Default)]
-pub struct RefreshHandles(Arc<BTreeMap<TrustDomain, mpsc::Sender<RefreshRequest>>>);
+pub struct RefreshHandles(Arc<RwLock<BTreeMap<TrustDomain, mpsc::Sender<RefreshRequest>>>>);
 
 impl RefreshHandles {
     /// Handles from each fetcher's queue sender.
     pub fn new(senders: BTreeMap<TrustDomain, mpsc::Sender<RefreshRequest>>) -> Self {
-        Self(Arc::new(senders))
+        Self(Arc::new(RwLock::new(senders)))
+    }
+
+    /// Sets (or with `None` removes) one peer's queue: a relationship added or removed by a
+    /// config reload.
+    pub fn set(&self, td: TrustDomain, sender: Option<mpsc::Sender<RefreshRequest>>) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match sender {
+            Some(tx) => map.insert(td, tx),
+            None => map.remove(&td),
+        };
+    }
+
+    fn sender(&self, td: &TrustDomain) -> Option<mpsc::Sender<RefreshRequest>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(td)
+            .cloned()
     }
 
     /// Asks `td`'s fetcher to fetch now and waits for the outcome. `None` when `td` is not a
     /// configured peer or its fetcher has stopped.
     pub async fn refresh(&self, td: &TrustDomain) -> Option<FetchReport> {
-        let tx = self.0.get(td)?;
+        let tx = self.sender(td)?;
         let (reply, outcome) = oneshot::channel();
         tx.send(RefreshRequest::Refresh(reply)).await.ok()?;
         outcome.await.ok()
@@ -84,7 +102,7 @@ impl RefreshHandles {
     /// Asks `td`'s fetcher to reset the relationship and fetch, and waits for the outcome.
     /// `None` when `td` is not a configured peer or its fetcher has stopped.
     pub async fn reset(&self, td: &TrustDomain) -> Option<Result<FetchReport, ResetError>> {
-        let tx = self.0.get(td)?;
+        let tx = self.sender(td)?;
         let (reply, outcome) = oneshot::channel();
         tx.send(RefreshRequest::Reset(reply)).await.ok()?;
         outcome.await.ok()

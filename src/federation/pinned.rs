@@ -11,7 +11,7 @@
 //! even when the content is unchanged), so that the status and the bundle age survive a restart.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
@@ -58,7 +58,7 @@ pub enum PinOutcome {
 #[derive(Debug)]
 pub struct PeerStore {
     storage: Arc<dyn Storage>,
-    peers: Vec<TrustDomain>,
+    peers: RwLock<Vec<TrustDomain>>,
     /// When each pinned bundle was last fetched; its lock also serialises the writers.
     fetched: Mutex<BTreeMap<TrustDomain, SystemTime>>,
     tx: watch::Sender<Arc<PeerBundles>>,
@@ -91,7 +91,7 @@ impl PeerStore {
         let (tx, _) = watch::channel(Arc::new(bundles));
         Ok(Self {
             storage,
-            peers,
+            peers: RwLock::new(peers),
             fetched: Mutex::new(fetched),
             tx,
         })
@@ -123,8 +123,38 @@ impl PeerStore {
     }
 
     /// The configured peers.
-    pub fn peers(&self) -> &[TrustDomain] {
-        &self.peers
+    pub fn peers(&self) -> Vec<TrustDomain> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the configured peers (a config reload): a relationship no longer configured
+    /// loses its pinned bundle, in the state and for subscribers (the Workload API streams stop
+    /// sending it), as at start; a new one has nothing pinned until its first fetch.
+    ///
+    /// # Errors
+    /// On storage failure; the peers are then left as they were.
+    pub fn set_peers(&self, peers: Vec<TrustDomain>) -> Result<(), StoreError> {
+        let mut fetched = self.lock();
+        let removed: Vec<TrustDomain> = self
+            .peers()
+            .into_iter()
+            .filter(|td| !peers.contains(td))
+            .collect();
+        for td in &removed {
+            self.storage.delete_pinned(td)?;
+            fetched.remove(td);
+        }
+        if removed.iter().any(|td| self.get(td).is_some()) {
+            self.tx.send_modify(|map| {
+                let map = Arc::make_mut(map);
+                for td in &removed {
+                    tracing::info!(trust_domain = %td, "federation relationship removed: dropping its pinned bundle");
+                    map.remove(td);
+                }
+            });
+        }
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        Ok(())
     }
 
     /// Pins `bundle` (already parsed under the configured trust domain) fetched at `now`.
@@ -133,7 +163,7 @@ impl PeerStore {
     /// [`PinError`]; the previously pinned bundle then stays in force.
     pub fn pin(&self, bundle: TrustBundle, now: SystemTime) -> Result<PinOutcome, PinError> {
         let td = bundle.trust_domain.clone();
-        if !self.peers.contains(&td) {
+        if !self.peers().contains(&td) {
             return Err(PinError::UnknownPeer(td));
         }
         let mut fetched = self.lock();

@@ -87,6 +87,21 @@ impl StatusBoard {
         }
     }
 
+    /// Replaces the relationships (a config reload): one still configured with the same URL and
+    /// profile keeps its status; the others start afresh.
+    pub fn set(&self, peers: impl IntoIterator<Item = PeerStatus>) {
+        let mut map = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        *map = peers
+            .into_iter()
+            .map(|fresh| {
+                let kept = map
+                    .remove(&fresh.trust_domain)
+                    .filter(|old| old.url == fresh.url && old.profile == fresh.profile);
+                (fresh.trust_domain.clone(), kept.unwrap_or(fresh))
+            })
+            .collect();
+    }
+
     /// Changes one peer's status.
     pub fn update(&self, td: &TrustDomain, f: impl FnOnce(&mut PeerStatus)) {
         if let Some(s) = self
