@@ -1,6 +1,7 @@
 //! Shared test helpers: temp dirs, the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod daemon;
 pub mod mesh;
 pub mod python;
 pub mod workload;

@@ -1,0 +1,215 @@
+//! The real `meshtrust serve` (or any long-running subcommand) as a child process: spawned, its
+//! stderr drained into a shared log that tests wait on (always with a deadline), signalled, and
+//! killed when the test ends, pass or fail.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Hang guard for every wait on a daemon (never a timing assertion).
+pub const GUARD: Duration = Duration::from_secs(30);
+
+/// The line the daemon logs once every listener is bound and its signal handlers are installed.
+pub const READY: &str = "meshtrust ready";
+
+/// A running child process of the real binary. Dropping it kills it (SIGKILL) and reaps it.
+pub struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc").field("pid", &self.pid()).finish()
+    }
+}
+
+impl Proc {
+    /// Spawns `meshtrust ARGS` with stderr captured (and `RUST_LOG` as given, `info` if none).
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, |_| {})
+    }
+
+    /// [`Proc::spawn`] with a hook to adjust the command (environment, uid, limits).
+    pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
+        let mut cmd = Command::new(super::bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("SPIFFE_ENDPOINT_SOCKET");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("the meshtrust binary runs");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        // A plain thread: the drain must go on whatever runtime (or none) the test uses, so the
+        // child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    /// `meshtrust serve --config FILE`, waited for until it is ready.
+    pub async fn serve(config: &Path) -> Self {
+        let p = Self::spawn(&["serve", "--config", config.to_str().unwrap()]);
+        p.wait_for_log(READY).await;
+        p
+    }
+
+    /// [`Proc::serve`] for tests without an async runtime.
+    pub fn serve_blocking(config: &Path) -> Self {
+        let p = Self::spawn(&["serve", "--config", config.to_str().unwrap()]);
+        p.wait_for_log_blocking(READY);
+        p
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits (under [`GUARD`]) for a log line containing `needle`; returns that line. Panics
+    /// with the log if the process exits first.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_nth_log(needle, 0).await
+    }
+
+    /// Waits for the `nth` (0-based) line containing `needle`.
+    pub async fn wait_for_nth_log(&self, needle: &str, nth: usize) -> String {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Some(line) = self.poll(needle, nth, deadline) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Proc::wait_for_log`] for tests without an async runtime.
+    pub fn wait_for_log_blocking(&self, needle: &str) -> String {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Some(line) = self.poll(needle, 0, deadline) {
+                return line;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn poll(&self, needle: &str, nth: usize, deadline: Instant) -> Option<String> {
+        let log = self.log();
+        if let Some(line) = log.lines().filter(|l| l.contains(needle)).nth(nth) {
+            return Some(line.to_owned());
+        }
+        if let Some(status) = self.exited() {
+            std::thread::sleep(Duration::from_millis(50));
+            let log = self.log();
+            if let Some(line) = log.lines().filter(|l| l.contains(needle)).nth(nth) {
+                return Some(line.to_owned());
+            }
+            panic!("the process exited ({status}) before logging {needle:?}; its log:\n{log}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: no log line {needle:?} within {GUARD:?}; the log:\n{log}"
+        );
+        None
+    }
+
+    /// The exit status if the child has exited (reads `/proc`, so it needs no `&mut`).
+    fn exited(&self) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // Field 3 (after the parenthesised command name) is the state; Z = exited, not reaped.
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        (state == "Z" || state == "X").then(|| format!("state {state}"))
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `INT`, `KILL`, ...) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs")
+            .success();
+        assert!(ok, "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits (under [`GUARD`]) for the child to exit; returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hang guard: the process did not exit; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status (a graceful stop).
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// `kill -9`: no chance to flush or clean up anything.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// For tests that need root (another uid, namespaces, lowered limits for another user): true
+/// when root; otherwise prints a skip note and returns false, or panics when
+/// `MESHTRUST_REQUIRE_ROOT=1` (CI runs as root and sets it, so these tests never skip there).
+pub fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("MESHTRUST_REQUIRE_ROOT").is_none(),
+        "{test}: needs root, and MESHTRUST_REQUIRE_ROOT is set"
+    );
+    eprintln!("SKIPPED {test}: needs root (the full suite runs as root, as CI does)");
+    false
+}
