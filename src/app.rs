@@ -33,8 +33,9 @@ use crate::federation::status::StatusBoard;
 use crate::federation::verifier::OwnRoots;
 use crate::metrics::{self, MetricsState};
 use crate::reload::{self, ReloadOutcome};
+use crate::store::lock::DataDirLock;
 use crate::store::sqlite::SqliteStorage;
-use crate::store::{Storage, StoreError};
+use crate::store::{Storage, StoreError, marker};
 use crate::workload_api::{self, WorkloadApiDeps};
 
 /// How long shutdown waits for tasks to finish.
@@ -91,12 +92,103 @@ pub fn ca_policy(config: &Config) -> CaPolicy {
     }
 }
 
-fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
-    let storage = SqliteStorage::open(&config.data_dir).map_err(|source| AppError::Store {
+fn store_err(config: &Config) -> impl FnOnce(StoreError) -> AppError + '_ {
+    |source| AppError::Store {
         dir: config.data_dir.display().to_string(),
         source,
-    })?;
+    }
+}
+
+fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
+    let storage = SqliteStorage::open(&config.data_dir).map_err(store_err(config))?;
     Ok(Arc::new(storage))
+}
+
+/// How the state of `data_dir` may be opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateOptions {
+    /// Create a new CA even though `data_dir` is marked as having held one that is now lost
+    /// (`--init-new-ca`). Without it such a start is refused ([`StoreError::CaLost`]).
+    pub init_new_ca: bool,
+}
+
+/// The opened state of a `data_dir` this process has locked.
+struct OpenedState {
+    lock: DataDirLock,
+    storage: Arc<dyn Storage>,
+    ca: Ca,
+    /// Whether this start created the CA.
+    created: bool,
+}
+
+/// Locks `data_dir`, opens the database and the CA, creating the CA on a first start only: a
+/// `data_dir` marked as having held a CA ([`marker`]) whose database has none is refused
+/// unless `opts.init_new_ca`. Nothing is created or written before these checks pass.
+fn open_state(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    opts: StateOptions,
+) -> Result<OpenedState, AppError> {
+    let dir = &config.data_dir;
+    let lock = DataDirLock::acquire(dir).map_err(store_err(config))?;
+    let marked = marker::exists(dir).map_err(store_err(config))?;
+    if !opts.init_new_ca {
+        marker::check_db_file(dir).map_err(store_err(config))?;
+    }
+    let storage = open_storage(config)?;
+    let had_ca = storage.load_ca().map_err(store_err(config))?.is_some();
+    if marked && !had_ca && !opts.init_new_ca {
+        return Err(store_err(config)(marker::lost(
+            dir,
+            "the database holds no CA",
+        )));
+    }
+    let ca = Ca::open(
+        config.trust_domain.clone(),
+        ca_policy(config),
+        clock,
+        storage.clone(),
+    )?;
+    let created = !had_ca;
+    if created || !marked {
+        let first = ca.snapshot();
+        let fingerprint = first
+            .bundle
+            .x509_authorities
+            .first()
+            .map(|c| crate::bundle::summary::sha256_hex(c))
+            .unwrap_or_default();
+        let about = format!(
+            "data_dir of the CA of trust domain {}; CA certificate sha256 {fingerprint} at marking",
+            config.trust_domain
+        );
+        marker::write(dir, &about).map_err(store_err(config))?;
+    }
+    if created && marked {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            "created a NEW CA in a data_dir whose CA was lost (--init-new-ca): give every peer the new bundle"
+        );
+    } else if created {
+        tracing::info!(data_dir = %dir.display(), trust_domain = %config.trust_domain, "created the CA");
+    } else if opts.init_new_ca {
+        tracing::warn!("--init-new-ca ignored: the data_dir holds a CA, which is kept");
+    }
+    Ok(OpenedState {
+        lock,
+        storage,
+        ca,
+        created,
+    })
+}
+
+/// The bundle document from [`init_state_with`], and whether that call created the CA.
+#[derive(Debug, Clone)]
+pub struct InitState {
+    /// The SPIFFE bundle JSON, as `meshtrust bundle show` prints it.
+    pub bundle_json: Vec<u8>,
+    /// True when this call created the CA (a first start, or `--init-new-ca`).
+    pub created: bool,
 }
 
 /// Opens (creating if new) the CA state of `config` and returns the bundle document, as
@@ -105,20 +197,43 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
 /// # Errors
 /// [`AppError`] when the state cannot be opened or created.
 pub fn init_state(config: &Config) -> Result<Vec<u8>, AppError> {
-    let storage = open_storage(config)?;
-    if let Some(record) = storage.load_ca().map_err(|source| AppError::Store {
-        dir: config.data_dir.display().to_string(),
-        source,
-    })? {
-        return Ok(record.bundle_json);
+    init_state_with(config, StateOptions::default()).map(|s| s.bundle_json)
+}
+
+/// [`init_state`] with options. When a daemon holds the `data_dir` lock, its stored bundle is
+/// read (SQLite WAL lets readers in beside the writer) and nothing is ever created: creating a
+/// CA is done only under the lock, so it never races a running daemon.
+///
+/// # Errors
+/// [`AppError`] when the state cannot be opened or created, or is locked and holds no CA yet.
+pub fn init_state_with(config: &Config, opts: StateOptions) -> Result<InitState, AppError> {
+    match open_state(config, Arc::new(SystemClock), opts) {
+        Ok(state) => {
+            let bundle_json = state.ca.snapshot().bundle_json.to_vec();
+            drop(state.lock);
+            Ok(InitState {
+                bundle_json,
+                created: state.created,
+            })
+        }
+        Err(AppError::Store {
+            source: StoreError::InUse { dir, pid },
+            ..
+        }) => {
+            let storage = open_storage(config)?;
+            match storage.load_ca().map_err(store_err(config))? {
+                Some(record) => Ok(InitState {
+                    bundle_json: record.bundle_json,
+                    created: false,
+                }),
+                None => Err(AppError::Store {
+                    dir: dir.clone(),
+                    source: StoreError::InUse { dir, pid },
+                }),
+            }
+        }
+        Err(e) => Err(e),
     }
-    let ca = Ca::open(
-        config.trust_domain.clone(),
-        ca_policy(config),
-        Arc::new(SystemClock),
-        storage,
-    )?;
-    Ok(ca.snapshot().bundle_json.to_vec())
 }
 
 /// Listeners handed in by the caller instead of binding the configured addresses (tests and
@@ -150,6 +265,10 @@ pub struct Daemon {
     pub workload_socket: PathBuf,
     /// The admin API socket.
     pub admin_socket: PathBuf,
+    /// The socket files this daemon bound, removed at shutdown only if still the same files.
+    sockets: Vec<BoundSocket>,
+    /// Held until shutdown: one daemon per data_dir.
+    lock: DataDirLock,
     /// The Workload API's entries, replaced by [`Daemon::reload`].
     entries: watch::Sender<Arc<Vec<EntryConfig>>>,
     /// The running config.
@@ -177,6 +296,42 @@ async fn bind_tcp(
     }
 }
 
+/// A socket file as bound: its path and identity (device, inode).
+#[derive(Debug)]
+struct BoundSocket {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl BoundSocket {
+    fn new(path: &std::path::Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            id: file_id(path),
+        }
+    }
+
+    /// Removes the file if it is still the socket this daemon bound: never another daemon's,
+    /// nor a file put there since.
+    fn remove_if_ours(&self) {
+        if self.id.is_some() && file_id(&self.path) == self.id {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove socket");
+            }
+        } else {
+            tracing::info!(path = %self.path.display(), "socket file replaced since bound; left alone");
+        }
+    }
+}
+
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
+}
+
 impl Daemon {
     /// Opens the state, brings the CA up to date and starts every task.
     ///
@@ -195,13 +350,25 @@ impl Daemon {
         clock: Arc<dyn Clock>,
         opts: DaemonOptions,
     ) -> Result<Self, AppError> {
-        let storage = open_storage(&config)?;
-        let ca = Arc::new(Ca::open(
-            config.trust_domain.clone(),
-            ca_policy(&config),
-            clock.clone(),
-            storage.clone(),
-        )?);
+        Self::start_with_state(config, clock, opts, StateOptions::default()).await
+    }
+
+    /// [`Daemon::start_with`] with [`StateOptions`] (`serve --init-new-ca`). The `data_dir`
+    /// lock is taken first, before any socket is touched, and held until
+    /// [`Daemon::shutdown`].
+    ///
+    /// # Errors
+    /// [`AppError`] when the state, the CA or a listener cannot be set up.
+    pub async fn start_with_state(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        opts: DaemonOptions,
+        state: StateOptions,
+    ) -> Result<Self, AppError> {
+        let OpenedState {
+            lock, storage, ca, ..
+        } = open_state(&config, clock.clone(), state)?;
+        let ca = Arc::new(ca);
         let peer_tds = config
             .federation
             .iter()
@@ -239,6 +406,10 @@ impl Daemon {
                 at: workload_socket.display().to_string(),
                 source,
             })?;
+        let sockets = vec![
+            BoundSocket::new(&admin_socket),
+            BoundSocket::new(&workload_socket),
+        ];
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -331,6 +502,8 @@ impl Daemon {
             metrics_addr,
             workload_socket,
             admin_socket,
+            sockets,
+            lock,
             entries,
             config,
             fetchers,
@@ -368,7 +541,8 @@ impl Daemon {
         outcome
     }
 
-    /// Stops every task, waiting up to [`SHUTDOWN_GRACE`].
+    /// Stops every task, waiting up to [`SHUTDOWN_GRACE`], removes the socket files it bound
+    /// (only if they are still the ones it bound) and lets go of the `data_dir` lock.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tracker.close();
@@ -378,7 +552,10 @@ impl Daemon {
         {
             tracing::warn!("tasks did not stop within the grace period");
         }
-        let _ = std::fs::remove_file(&self.admin_socket);
+        for socket in &self.sockets {
+            socket.remove_if_ours();
+        }
+        drop(self.lock);
         tracing::info!("stopped");
     }
 }
@@ -392,7 +569,21 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let mut daemon = Daemon::start(config, clock).await?;
+    run_with(config, clock, StateOptions::default(), shutdown).await
+}
+
+/// [`run`] with [`StateOptions`] (`serve --init-new-ca`).
+///
+/// # Errors
+/// [`AppError`] when the daemon cannot start.
+pub async fn run_with(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    state: StateOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let mut daemon =
+        Daemon::start_with_state(config, clock, DaemonOptions::default(), state).await?;
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -30,7 +30,14 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon for one trust domain until SIGINT/SIGTERM.
-    Serve(ConfigArg),
+    Serve {
+        /// The config file.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The CA state.
+        #[command(flatten)]
+        state: InitNewCaArg,
+    },
     /// Validate a config file without binding anything.
     CheckConfig(ConfigArg),
     /// The trust bundle of this trust domain.
@@ -78,6 +85,16 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// `--init-new-ca`.
+#[derive(Debug, Args)]
+pub struct InitNewCaArg {
+    /// Create a new CA in a data_dir whose CA was lost (its database emptied, truncated or
+    /// deleted while the data_dir's CA marker remains). Without it such a start is refused.
+    /// Every peer must then be given the new bundle. Ignored when the data_dir holds a CA.
+    #[arg(long)]
+    pub init_new_ca: bool,
+}
+
 /// `bundle` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
@@ -90,6 +107,9 @@ pub enum BundleCommand {
         /// SPIFFE bundle JSON, or PEM CA certificates.
         #[arg(long, value_enum, default_value_t = BundleFormat::Spiffe)]
         format: BundleFormat,
+        /// The CA state.
+        #[command(flatten)]
+        state: InitNewCaArg,
     },
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::app;
+use crate::app::{self, StateOptions};
 use crate::bundle::pem;
-use crate::cli::{BundleCommand, BundleFormat, Command};
+use crate::cli::{BundleCommand, BundleFormat, Command, InitNewCaArg};
 use crate::clock::SystemClock;
 use crate::config::Config;
 
@@ -26,10 +26,17 @@ pub fn run(command: Command) -> ExitCode {
                 c.trust_domain
             );
         }),
-        Command::Serve(arg) => load_config(&arg.config).and_then(|c| runtime_failure(serve(c))),
+        Command::Serve { config, state } => load_config(&config.config)
+            .and_then(|c| runtime_failure(serve(c, state_options(&state)))),
         Command::Bundle {
-            command: BundleCommand::Show { config, format },
-        } => load_config(&config).and_then(|c| runtime_failure(bundle_show(&c, format))),
+            command:
+                BundleCommand::Show {
+                    config,
+                    format,
+                    state,
+                },
+        } => load_config(&config)
+            .and_then(|c| runtime_failure(bundle_show(&c, format, state_options(&state)))),
         Command::Status { admin_socket, json } => {
             runtime_failure(crate::admin_client::status(&admin_socket, json))
         }
@@ -82,7 +89,13 @@ pub fn describe(e: &anyhow::Error) -> String {
     line
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn state_options(arg: &InitNewCaArg) -> StateOptions {
+    StateOptions {
+        init_new_ca: arg.init_new_ca,
+    }
+}
+
+fn serve(config: Config, state: StateOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,14 +107,22 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 std::future::pending::<()>().await;
             }
         };
-        app::run(config, Arc::new(SystemClock), shutdown).await
+        app::run_with(config, Arc::new(SystemClock), state, shutdown).await
     })?;
     Ok(())
 }
 
-fn bundle_show(config: &Config, format: BundleFormat) -> anyhow::Result<()> {
-    let json = app::init_state(config)
+fn bundle_show(config: &Config, format: BundleFormat, state: StateOptions) -> anyhow::Result<()> {
+    let init = app::init_state_with(config, state)
         .with_context(|| format!("reading the state in {}", config.data_dir.display()))?;
+    if init.created {
+        eprintln!(
+            "meshtrust: created a new CA for trust domain {} in {}",
+            config.trust_domain,
+            config.data_dir.display()
+        );
+    }
+    let json = init.bundle_json;
     match format {
         BundleFormat::Spiffe => println!("{}", String::from_utf8_lossy(&json)),
         BundleFormat::Pem => {

@@ -6,9 +6,14 @@
 //! backend (PostgreSQL, for several daemons of one mesh) can implement it later; [`sqlite`] is
 //! the embedded one.
 
+pub mod lock;
+pub mod marker;
 pub mod sqlite;
 
 use std::fmt;
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::Path;
 use std::time::SystemTime;
 
 use crate::spiffe_id::TrustDomain;
@@ -32,6 +37,50 @@ pub enum StoreError {
     /// Stored data that cannot be read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    /// Another process holds the `data_dir` lock ([`lock::DataDirLock`]).
+    #[error(
+        "data_dir in use by {} ({dir}): another meshtrust daemon or command runs on it; \
+         one data_dir serves one daemon",
+        pid.map_or_else(|| "another process (pid not written yet)".to_owned(), |p| format!("pid {p}"))
+    )]
+    InUse {
+        /// The data dir.
+        dir: String,
+        /// The owner's pid, from the pid file.
+        pid: Option<u32>,
+    },
+    /// The data dir held a CA ([`marker`]) and its database has none any more.
+    #[error(
+        "{db}: {why}, but this data_dir held a CA (marked by {marker}): the CA state was lost. \
+         Starting would silently create a new CA that no peer trusts and that no SVID in use \
+         chains to. Restore the database from a backup, or, to really start over with a new CA \
+         (every peer must then be given the new bundle), run once with --init-new-ca"
+    )]
+    CaLost {
+        /// The database file.
+        db: String,
+        /// What was found.
+        why: String,
+        /// The marker file.
+        marker: String,
+    },
+}
+
+/// Creates `data_dir` if missing and makes it 0700 (it holds CA keys).
+///
+/// # Errors
+/// [`StoreError::Io`].
+pub fn ensure_data_dir(data_dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io)?;
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
 /// Where an authority is in its life.

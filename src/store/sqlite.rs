@@ -1,17 +1,23 @@
-//! The embedded backend: one SQLite file in `data_dir`, WAL mode, synchronous=FULL.
+//! The embedded backend: one SQLite file in `data_dir`, WAL mode, synchronous=FULL,
+//! secure_delete on.
 //!
 //! The folder is made 0700 and the database 0600 (SQLite gives its `-wal`/`-shm` files the
-//! database file's mode). Writes are single transactions.
+//! database file's mode). Writes are single transactions. Keys do not outlive their rows:
+//! `secure_delete` zeroes deleted content and freed pages, and every CA write ends with a
+//! `wal_checkpoint(TRUNCATE)`, so the pre-images the WAL held (an old key's pages) are copied
+//! over and the WAL file emptied, not left to linger until SQLite reuses it.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority};
+use super::{
+    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority, ensure_data_dir,
+};
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
 use crate::svid::PrivateKey;
@@ -65,13 +71,7 @@ impl SqliteStorage {
     /// # Errors
     /// When the folder or file cannot be created or secured, or the database cannot be opened.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(io_err(data_dir))?;
-        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(data_dir))?;
+        ensure_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         OpenOptions::new()
             .create(true)
@@ -84,6 +84,8 @@ impl SqliteStorage {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Per connection, not stored in the file: set on every open.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             path,
@@ -198,6 +200,21 @@ fn write_ca(conn: &Connection, record: &CaRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Copies the WAL into the database and empties it, so that no old page image (an authority
+/// just deleted, its key zeroed in the new page by `secure_delete`) stays in the `-wal` file.
+/// CA writes are rare (a few per CA lifetime). A reader holding an old snapshot (`bundle show`)
+/// can make it stop short: the next write tries again, and nothing is wrong meanwhile.
+fn truncate_wal(conn: &Connection) {
+    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    match result {
+        Ok(0) => {}
+        Ok(_) => tracing::debug!("wal checkpoint stopped short (a reader is active); retried on the next write"),
+        Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
+    }
+}
+
 impl Storage for SqliteStorage {
     fn load_ca(&self) -> Result<Option<CaRecord>, StoreError> {
         read_ca(&self.conn())
@@ -219,6 +236,7 @@ impl Storage for SqliteStorage {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         write_ca(&tx, record)?;
         tx.commit()?;
+        truncate_wal(&conn);
         Ok(())
     }
 
