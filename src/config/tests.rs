@@ -398,3 +398,73 @@ fn long_socket_paths_are_rejected() {
     );
     assert_eq!(parse_err(&text).key(), Some("admin_api.socket"));
 }
+
+#[test]
+fn an_entry_whose_selectors_are_only_unix_path_is_refused() {
+    let entry = |selectors: &str| {
+        format!(
+            "{MINIMAL}\n[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/ok\"\nselectors = [\"unix:uid:1\"]\n\
+             [[entry]]\nspiffe_id = \"spiffe://mesh-a.test/w\"\nselectors = [{selectors}]\n"
+        )
+    };
+    for only_paths in [
+        "\"unix:path:/usr/bin/sleep\"",
+        "\"unix:path:/usr/bin/sleep\", \"unix:path:/usr/bin/env\"",
+    ] {
+        let err = parse_err(&entry(only_paths));
+        assert_eq!(err.key(), Some("entry[1].selectors"), "{err}");
+        assert!(err.to_string().contains("LD_PRELOAD"), "{err}");
+    }
+    // A path narrowing a uid or gid is fine.
+    parse_ok(&entry("\"unix:uid:1000\", \"unix:path:/usr/bin/sleep\""));
+    parse_ok(&entry("\"unix:path:/usr/bin/sleep\", \"unix:gid:1000\""));
+}
+
+#[test]
+fn a_refresh_hint_longer_than_a_third_of_the_rotation_lead_is_refused() {
+    let config = |ca_ttl: &str, hint: Option<&str>| {
+        let hint = hint
+            .map(|h| format!("refresh_hint = \"{h}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "{MINIMAL}\n[ca]\nca_ttl = \"{ca_ttl}\"\nx509_svid_ttl = \"1s\"\njwt_svid_ttl = \"1s\"\n\
+             [bundle_endpoint]\nlisten = \"127.0.0.1:0\"\n{hint}"
+        )
+    };
+    let hint = |c: &Config| c.bundle_endpoint.as_ref().map(|b| b.refresh_hint);
+    // The issue's case: ca_ttl 2h publishes the next CA 40 min before it signs.
+    let err = parse_err(&config("2h", Some("6h")));
+    assert_eq!(err.key(), Some("bundle_endpoint.refresh_hint"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("a lead of 40m"), "{text}");
+    assert!(text.contains("At most 13m20s"), "{text}");
+    // ca_ttl/9 is the limit, in whole seconds.
+    assert_eq!(
+        hint(&parse_ok(&config("2h", Some("13m20s")))),
+        Some(Duration::from_secs(800))
+    );
+    assert!(parse(&config("2h", Some("801s"))).is_err());
+    assert!(parse(&config("30s", Some("4s"))).is_err());
+    assert_eq!(
+        hint(&parse_ok(&config("30s", Some("3s")))),
+        Some(Duration::from_secs(3))
+    );
+    // The default follows: 5m, or ca_ttl/9 when that is shorter.
+    assert_eq!(
+        hint(&parse_ok(&config("24h", None))),
+        Some(DEFAULT_REFRESH_HINT)
+    );
+    assert_eq!(
+        hint(&parse_ok(&config("30m", None))),
+        Some(Duration::from_secs(200))
+    );
+    // 1s, the shortest hint there is, is always allowed (test CAs of a few seconds).
+    assert_eq!(
+        hint(&parse_ok(&config("8s", None))),
+        Some(Duration::from_secs(1))
+    );
+    // Without a bundle endpoint nothing is published and nothing is checked.
+    parse_ok(&format!(
+        "{MINIMAL}\n[ca]\nca_ttl = \"3s\"\nx509_svid_ttl = \"1s\"\njwt_svid_ttl = \"1s\"\n"
+    ));
+}

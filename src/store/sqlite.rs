@@ -210,7 +210,9 @@ fn truncate_wal(conn: &Connection) {
     });
     match result {
         Ok(0) => {}
-        Ok(_) => tracing::debug!("wal checkpoint stopped short (a reader is active); retried on the next write"),
+        Ok(_) => tracing::debug!(
+            "wal checkpoint stopped short (a reader is active); retried on the next write"
+        ),
         Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
     }
 }

@@ -46,6 +46,14 @@ impl Cx<'_> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            if selectors.iter().all(|s| matches!(s, Selector::Path(_))) {
+                return Err(self.invalid(
+                    selectors_key,
+                    "unix:path alone is no identity: any local user can run that executable (with \
+                     LD_PRELOAD, or under ptrace) and be given this SVID and its key; add a \
+                     unix:uid or unix:gid selector naming the account that runs it",
+                ));
+            }
             let federates_with =
                 self.federates_with(&key("federates_with"), entry.federates_with, own, peers)?;
             let hint = entry.hint.filter(|hint| !hint.is_empty());

@@ -40,7 +40,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
     let ca = cx.ca(raw.ca.unwrap_or_default())?;
     let bundle_endpoint = raw
         .bundle_endpoint
-        .map(|raw| cx.bundle_endpoint(raw, &trust_domain))
+        .map(|raw| cx.bundle_endpoint(raw, &trust_domain, ca.ca_ttl))
         .transpose()?;
     let workload_api = WorkloadApiConfig {
         socket: cx.socket("workload_api", raw.workload_api)?,
@@ -85,6 +85,17 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         federation,
         entries,
     })
+}
+
+/// The longest `bundle_endpoint.refresh_hint` for `ca_ttl`: a third of the rotation lead.
+///
+/// The lead is the time between a CA's publication and its activation (`crate::ca` rotation:
+/// prepared at `ca_ttl/2`, signing from `5*ca_ttl/6`), `ca_ttl/3`; a third of it, `ca_ttl/9`,
+/// gives a peer that follows our hint three polls to fetch the new CA before it signs. In whole
+/// seconds (the hint is published in seconds) and never below 1s, the shortest hint there is:
+/// with a `ca_ttl` under 9s (tests) 1s is allowed though it gives fewer than three polls.
+pub(crate) fn longest_refresh_hint(ca_ttl: Duration) -> Duration {
+    Duration::from_secs((ca_ttl / 9).as_secs().max(1))
 }
 
 /// Two listen addresses that cannot both be bound.
@@ -258,17 +269,37 @@ impl Cx<'_> {
         &self,
         raw: RawBundleEndpoint,
         td: &TrustDomain,
+        ca_ttl: Duration,
     ) -> Result<BundleEndpointConfig> {
         let listen = self.socket_addr(
             "bundle_endpoint.listen",
             self.required("bundle_endpoint.listen", raw.listen)?,
         )?;
         let key = "bundle_endpoint.refresh_hint";
-        let refresh_hint = self.duration(key, raw.refresh_hint, DEFAULT_REFRESH_HINT)?;
+        let longest = longest_refresh_hint(ca_ttl);
+        let refresh_hint =
+            self.duration(key, raw.refresh_hint, DEFAULT_REFRESH_HINT.min(longest))?;
         if refresh_hint < Duration::from_secs(1) || refresh_hint.subsec_nanos() != 0 {
             return Err(self.invalid(
                 key,
                 "must be a whole number of seconds, at least 1s (spiffe_refresh_hint is published in seconds)",
+            ));
+        }
+        if refresh_hint > longest {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "{} is longer than a third of the CA rotation lead: with ca.ca_ttl = {} a new CA \
+                     is published at ca_ttl/2 and signs from 5*ca_ttl/6, a lead of {} (ca_ttl/3), \
+                     and the endpoint's own SVID moves to it then; a peer polling less often than \
+                     three times in that lead may not fetch the new CA before it must authenticate \
+                     us with it, and is stranded until an operator resets it. At most {} here \
+                     (ca_ttl/9, in whole seconds, never below 1s); shorten {key} or raise ca.ca_ttl",
+                    format_duration(refresh_hint),
+                    format_duration(ca_ttl),
+                    format_duration(ca_ttl / 3),
+                    format_duration(longest),
+                ),
             ));
         }
         let profile = match raw.profile.unwrap_or(RawProfile::HttpsSpiffe) {
