@@ -46,18 +46,38 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     bind_unix(path, 0o600)
 }
 
+/// The longest path `bind(2)` takes (`sun_path` is 108 bytes with the NUL).
+const MAX_SUN_PATH: usize = 107;
+
 /// Binds a Unix socket at `path` with `mode`, creating the parent folder and replacing a stale
-/// socket file (never a regular file).
+/// socket file (never a regular file, never a socket a live process still listens on).
+///
+/// The socket is bound in a private (0700) staging folder beside `path`, given `mode`, then
+/// renamed into place: it never exists at `path` with the umask's looser mode, not even for an
+/// instant. When the staging path is too long for `sun_path` although `path` fits, the staging
+/// folder is reached through its descriptor (`/proc/self/fd/N/s`, always short); if even that
+/// fails the bind is refused rather than done in place.
 ///
 /// # Errors
-/// When the path holds something else than a socket, or binding fails.
+/// When the path holds something else than a socket, a live socket, or binding fails.
 pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is a socket another process listens on; not replaced",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -66,25 +86,32 @@ pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    // Bind in a private (0700) staging folder, set the mode, then rename into place: the socket
-    // is never reachable at `path` with the umask's looser mode, not even for an instant.
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
     let staging = tempfile::Builder::new()
         .prefix(".meshtrust-")
         .tempdir_in(parent)?;
     let staged = staging.path().join("s");
-    let listener = match UnixListener::bind(&staged) {
-        Ok(l) => l,
-        // The staging path may pass the 108-byte sun_path limit where `path` does not: bind in
-        // place then (the mode is set right after).
-        Err(_) => {
-            let listener = UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-            return Ok(listener);
-        }
+    // Held open until the rename: the short `/proc/self/fd/N` name refers to it.
+    let staging_dir = std::fs::File::open(staging.path())?;
+    let listener = if staged.as_os_str().len() <= MAX_SUN_PATH {
+        UnixListener::bind(&staged)?
+    } else {
+        use std::os::fd::AsRawFd as _;
+        let short = format!("/proc/self/fd/{}/s", staging_dir.as_raw_fd());
+        UnixListener::bind(&short).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: the staging path is too long to bind, and binding through {short} failed \
+                     ({e}); shorten the socket path",
+                    path.display()
+                ),
+            )
+        })?
     };
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&staged, path)?;
+    drop(staging_dir);
     Ok(listener)
 }
 

@@ -65,9 +65,15 @@ pub enum SidecarMode {
     },
     /// Accept plain local connections and originate mTLS to one expected peer.
     Outbound {
-        /// Where the local workload connects (`host:port`).
+        /// Where the local workload connects (`host:port`): a loopback address (127.0.0.0/8,
+        /// ::1, or a name resolving only to those) unless --allow-non-loopback.
         #[arg(long, value_name = "ADDR")]
         listen: String,
+        /// Let --listen be a non-loopback address. Whoever can reach it then connects to the
+        /// peer under this workload's identity: only for a network that only this workload
+        /// reaches (e.g. a pod's own interface).
+        #[arg(long)]
+        allow_non_loopback: bool,
         /// The remote inbound proxy (`host:port`).
         #[arg(long, value_name = "ADDR")]
         connect: String,

@@ -94,7 +94,10 @@ pub enum SidecarError {
 impl SidecarError {
     /// True for command-line mistakes (exit 64), false for runtime failures (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Endpoint(_) | Self::Authorize(_))
+        matches!(
+            self,
+            Self::Endpoint(_) | Self::Authorize(_) | Self::Proxy(ProxyError::NotLoopback { .. })
+        )
     }
 }
 
@@ -156,7 +159,25 @@ pub async fn run_on(
             listen,
             connect,
             expect,
-        } => Plan::Outbound(bind_or(listener, &listen).await?, connect, expect),
+            allow_non_loopback,
+        } => {
+            let listener = match listener {
+                Some(l) => l,
+                None => proxy::bind_outbound(&listen, allow_non_loopback).await?,
+            };
+            let local = listener.local_addr().ok();
+            match local {
+                Some(addr) if addr.ip().is_loopback() => report.line(format!(
+                    "outbound: {addr} is loopback only: only processes on this host can connect"
+                )),
+                Some(addr) => report.line(format!(
+                    "outbound: WARNING {addr} is not loopback (--allow-non-loopback): whoever can \
+                     reach it connects to {expect} as this workload"
+                )),
+                None => {}
+            }
+            Plan::Outbound(listener, connect, expect)
+        }
     };
     let watcher = X509Watcher::spawn_for(socket, want, report.clone(), cancel.child_token());
     tokio::spawn(expiry_alarm(

@@ -43,6 +43,44 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    /// The outbound proxy's listen address is not loopback-only, and no option allowed it.
+    #[error(
+        "--listen {addr}: {resolved} is not a loopback address; whoever could reach it would \
+         connect to the peer under this workload's identity. Listen on 127.0.0.1 or [::1], or \
+         pass --allow-non-loopback if only this workload can reach that address"
+    )]
+    NotLoopback {
+        /// The address as given.
+        addr: String,
+        /// The first non-loopback address it resolves to.
+        resolved: std::net::SocketAddr,
+    },
+}
+
+/// Binds the outbound proxy's listen address: every address it resolves to must be loopback
+/// unless `allow_non_loopback`.
+///
+/// # Errors
+/// [`ProxyError::NotLoopback`] before anything is bound, or [`ProxyError::Bind`].
+pub async fn bind_outbound(
+    addr: &str,
+    allow_non_loopback: bool,
+) -> Result<TcpListener, ProxyError> {
+    let bind_err = |source| ProxyError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(bind_err)?
+        .collect();
+    if !allow_non_loopback && let Some(open) = resolved.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(ProxyError::NotLoopback {
+            addr: addr.to_owned(),
+            resolved: *open,
+        });
+    }
+    TcpListener::bind(&resolved[..]).await.map_err(bind_err)
 }
 
 /// Binds a proxy's listen address (`host:port`).
