@@ -54,14 +54,20 @@ impl PrivateKey {
     /// PEM (`BEGIN PRIVATE KEY`), zeroized on drop.
     pub fn to_pem(&self) -> Zeroizing<String> {
         use base64::Engine as _;
+        const BEGIN: &str = "-----BEGIN PRIVATE KEY-----\n";
+        const END: &str = "-----END PRIVATE KEY-----\n";
         let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.0));
-        let mut pem = Zeroizing::new(String::with_capacity(b64.len() + 80));
-        pem.push_str("-----BEGIN PRIVATE KEY-----\n");
+        // Exactly the final length: a String that grows reallocates and frees its old buffer
+        // without zeroizing it.
+        let capacity = BEGIN.len() + b64.len() + b64.len().div_ceil(64) + END.len();
+        let mut pem = Zeroizing::new(String::with_capacity(capacity));
+        pem.push_str(BEGIN);
         for chunk in b64.as_bytes().chunks(64) {
             pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
             pem.push('\n');
         }
-        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem.push_str(END);
+        debug_assert_eq!(pem.len(), capacity);
         pem
     }
 }
@@ -69,5 +75,21 @@ impl PrivateKey {
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PrivateKey(<redacted {} bytes>)", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrivateKey;
+
+    #[test]
+    fn the_pem_form_is_built_in_one_buffer_of_its_exact_size() {
+        // P-256 and RSA-2048 PKCS#8 sizes, and the 64-column edge cases.
+        for len in [138, 1217, 1218, 48, 47, 1] {
+            let pem = PrivateKey::from_pkcs8_der(vec![7; len]).to_pem();
+            assert_eq!(pem.capacity(), pem.len(), "{len}-byte key");
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            assert!(pem.ends_with("\n-----END PRIVATE KEY-----\n"));
+        }
     }
 }

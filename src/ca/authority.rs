@@ -4,12 +4,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use rcgen::{Issuer, KeyPair};
+use rcgen::Issuer;
 use rustls_pki_types::CertificateDer;
 
 use super::CaError;
 use super::issue;
-use super::key::{self, JwtSigningKey, KeyType};
+use super::key::{self, CaSigningKey, JwtSigningKey, KeyType};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::store::{AuthorityState, StoredAuthority};
 use crate::svid::{PrivateKey, X509Svid};
@@ -27,7 +27,7 @@ pub struct Authority {
     /// The JWT-SVID signing key of this generation.
     pub jwt: JwtSigningKey,
     key: PrivateKey,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaSigningKey>,
 }
 
 impl Authority {

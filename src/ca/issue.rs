@@ -4,10 +4,11 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber, SigningKey,
 };
 use ring::rand::{SecureRandom as _, SystemRandom};
 use rustls_pki_types::CertificateDer;
+use zeroize::Zeroize as _;
 
 use super::CaError;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
@@ -37,7 +38,7 @@ fn uri_san(id: &SpiffeId) -> Result<SanType, CaError> {
 /// critical BasicConstraints cA=true with pathLen 0 (it signs leaves only), no name constraints.
 pub(crate) fn new_ca_cert(
     td: &TrustDomain,
-    key: &KeyPair,
+    key: &impl SigningKey,
     now: SystemTime,
     ttl: Duration,
 ) -> Result<(CertificateDer<'static>, SystemTime), CaError> {
@@ -72,7 +73,7 @@ fn truncate_to_secs(t: SystemTime) -> SystemTime {
 /// serverAuth+clientAuth, random serial, NotBefore back-dated, NotAfter = min(now+ttl, CA
 /// NotAfter). The leaf key is a fresh ECDSA P-256 key whatever the CA key type.
 pub(crate) fn new_x509_svid(
-    issuer: &Issuer<'static, KeyPair>,
+    issuer: &Issuer<'static, super::key::CaSigningKey>,
     ca_not_after: SystemTime,
     id: &SpiffeId,
     ttl: Duration,
@@ -81,7 +82,7 @@ pub(crate) fn new_x509_svid(
     if id.path().is_empty() {
         return Err(CaError::NotAWorkloadId(id.clone()));
     }
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Rcgen)?;
+    let mut key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Rcgen)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "meshtrust");
@@ -108,6 +109,8 @@ pub(crate) fn new_x509_svid(
     params.not_after = not_after.into();
     let cert = params.signed_by(&key, issuer).map_err(CaError::Rcgen)?;
     let private_key = PrivateKey::from_pkcs8_der(key.serialized_der().to_vec());
+    // rcgen's own PKCS#8 copy of the leaf key: wiped before it is freed.
+    key.zeroize();
     Ok(X509Svid {
         spiffe_id: id.clone(),
         cert_chain: vec![cert.der().clone()],

@@ -2,9 +2,13 @@
 
 use std::fmt;
 
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256};
+use rcgen::{
+    KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256, PublicKeyData,
+    SignatureAlgorithm, SigningKey,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use zeroize::Zeroize as _;
 
 use super::CaError;
 use crate::bundle::{EcCurve, JwtPublicKey};
@@ -48,9 +52,11 @@ impl KeyType {
 pub(crate) fn generate_ca_key(key_type: KeyType) -> Result<PrivateKey, CaError> {
     match key_type {
         KeyType::EcP256 | KeyType::EcP384 => {
-            let kp = KeyPair::generate_for(key_type.algorithm()).map_err(CaError::Rcgen)?;
-            // rcgen keeps its own (non-zeroized) copy inside `kp`, dropped here.
-            Ok(PrivateKey::from_pkcs8_der(kp.serialized_der().to_vec()))
+            let mut kp = KeyPair::generate_for(key_type.algorithm()).map_err(CaError::Rcgen)?;
+            let key = PrivateKey::from_pkcs8_der(kp.serialized_der().to_vec());
+            // rcgen keeps its own PKCS#8 copy inside `kp`: wipe it before it is freed.
+            kp.zeroize();
+            Ok(key)
         }
         KeyType::Rsa2048 => {
             use rsa::pkcs8::EncodePrivateKey as _;
@@ -64,10 +70,44 @@ pub(crate) fn generate_ca_key(key_type: KeyType) -> Result<PrivateKey, CaError> 
     }
 }
 
+/// An rcgen key pair whose PKCS#8 copy (rcgen keeps one beside the signing key) is zeroized
+/// when it is dropped: the CA key as the issuer holds it for the authority's whole life.
+pub(crate) struct CaSigningKey(KeyPair);
+
+impl PublicKeyData for CaSigningKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        PublicKeyData::algorithm(&self.0)
+    }
+}
+
+impl SigningKey for CaSigningKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.sign(msg)
+    }
+}
+
+impl Drop for CaSigningKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for CaSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CaSigningKey(<redacted>)")
+    }
+}
+
 /// Loads a stored CA key for signing with rcgen.
-pub(crate) fn load_ca_key(key: &PrivateKey, key_type: KeyType) -> Result<KeyPair, CaError> {
+pub(crate) fn load_ca_key(key: &PrivateKey, key_type: KeyType) -> Result<CaSigningKey, CaError> {
     let der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der());
-    KeyPair::from_pkcs8_der_and_sign_algo(&der, key_type.algorithm()).map_err(CaError::Rcgen)
+    KeyPair::from_pkcs8_der_and_sign_algo(&der, key_type.algorithm())
+        .map(CaSigningKey)
+        .map_err(CaError::Rcgen)
 }
 
 /// Finds the key type of a stored PKCS#8 key by trying each algorithm.
