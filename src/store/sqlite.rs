@@ -291,3 +291,71 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn authority(generation: u64, fill: u8) -> StoredAuthority {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        StoredAuthority {
+            generation,
+            state: AuthorityState::Active,
+            issued_at: t,
+            not_after: t,
+            prune_after: None,
+            ca_cert: vec![0xc0; 400],
+            ca_key: PrivateKey::from_pkcs8_der(vec![fill; 138]),
+            jwt_kid: format!("kid-{generation}"),
+            jwt_key: PrivateKey::from_pkcs8_der(vec![fill ^ 0xff; 138]),
+        }
+    }
+
+    fn record(authorities: Vec<StoredAuthority>) -> CaRecord {
+        CaRecord {
+            authorities,
+            bundle_sequence: 1,
+            bundle_digest: vec![0; 32],
+            bundle_json: b"{}".to_vec(),
+        }
+    }
+
+    fn found(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn secure_delete_is_on() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let storage = SqliteStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let on: i64 = storage
+            .conn()
+            .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+            .unwrap_or(0);
+        assert_eq!(on, 1);
+    }
+
+    /// The pruned authority here is the newest (its cell lies in the page's middle, where the
+    /// rewrite of the others does not reach): without `secure_delete` its key stays in the
+    /// page's free space; with it the bytes are zeroed.
+    #[test]
+    fn a_pruned_key_leaves_no_bytes_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let storage = SqliteStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let pruned = [0x5a; 138];
+        storage
+            .init_ca(&record(vec![authority(1, 0x11), authority(2, 0x5a)]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        storage
+            .save_ca(&record(vec![authority(1, 0x11)]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(storage);
+        let db = std::fs::read(dir.path().join(DB_FILE)).unwrap_or_default();
+        assert!(found(&db, &[0x11; 138]), "the kept key is there");
+        for name in [DB_FILE, "meshtrust.db-wal"] {
+            let bytes = std::fs::read(dir.path().join(name)).unwrap_or_default();
+            assert!(!found(&bytes, &pruned), "the pruned CA key is in {name}");
+        }
+    }
+}
