@@ -47,11 +47,10 @@ pub fn exists(data_dir: &Path) -> Result<bool, StoreError> {
 }
 
 /// The refusal for a marked `data_dir` whose database holds no CA; `why` says what was found.
-pub fn lost(data_dir: &Path, why: impl Into<String>) -> StoreError {
+pub fn lost(data_dir: &Path, why: &'static str) -> StoreError {
     StoreError::CaLost {
-        db: data_dir.join(DB_FILE).display().to_string(),
-        why: why.into(),
-        marker: path(data_dir).display().to_string(),
+        dir: data_dir.display().to_string(),
+        why,
     }
 }
 

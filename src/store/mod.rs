@@ -51,18 +51,18 @@ pub enum StoreError {
     },
     /// The data dir held a CA ([`marker`]) and its database has none any more.
     #[error(
-        "{db}: {why}, but this data_dir held a CA (marked by {marker}): the CA state was lost. \
-         Starting would silently create a new CA that no peer trusts and that no SVID in use \
-         chains to. Restore the database from a backup, or, to really start over with a new CA \
-         (every peer must then be given the new bundle), run once with --init-new-ca"
+        "{dir}/{db}: {why}, but this data_dir held a CA (marked by {dir}/{marker}): the CA state \
+         was lost. Starting would silently create a new CA that no peer trusts and that no SVID \
+         in use chains to. Restore the database from a backup, or, to really start over with a \
+         new CA (every peer must then be given the new bundle), run once with --init-new-ca",
+        db = sqlite::DB_FILE,
+        marker = marker::MARKER_FILE
     )]
     CaLost {
-        /// The database file.
-        db: String,
+        /// The data dir.
+        dir: String,
         /// What was found.
-        why: String,
-        /// The marker file.
-        marker: String,
+        why: &'static str,
     },
 }
 
