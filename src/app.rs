@@ -200,13 +200,34 @@ pub fn init_state(config: &Config) -> Result<Vec<u8>, AppError> {
     init_state_with(config, StateOptions::default()).map(|s| s.bundle_json)
 }
 
-/// [`init_state`] with options. When a daemon holds the `data_dir` lock, its stored bundle is
-/// read (SQLite WAL lets readers in beside the writer) and nothing is ever created: creating a
-/// CA is done only under the lock, so it never races a running daemon.
+/// [`init_state`] with options. A stored CA is read and printed as stored, without the
+/// `data_dir` lock, so this works beside a running daemon (SQLite WAL lets readers in beside
+/// the writer) and never blocks one from starting. Only when there is no CA yet is the lock
+/// taken to create it, so creating a CA never races a running daemon; when a daemon holds the
+/// lock, its stored CA is read again (it may have just created it).
 ///
 /// # Errors
-/// [`AppError`] when the state cannot be opened or created, or is locked and holds no CA yet.
+/// [`AppError`] when the state cannot be opened or created (a lost CA is refused unless
+/// `opts.init_new_ca`), or is locked and holds no CA yet.
 pub fn init_state_with(config: &Config, opts: StateOptions) -> Result<InitState, AppError> {
+    let dir = &config.data_dir;
+    let stored = |config: &Config| -> Result<Option<Vec<u8>>, AppError> {
+        let storage = open_storage(config)?;
+        Ok(storage
+            .load_ca()
+            .map_err(store_err(config))?
+            .map(|record| record.bundle_json))
+    };
+    // Only a database that exists and is not a lost one's remains is opened without the lock
+    // (opening creates the file).
+    let readable =
+        dir.join(crate::store::sqlite::DB_FILE).exists() && marker::check_db_file(dir).is_ok();
+    if readable && let Some(bundle_json) = stored(config)? {
+        return Ok(InitState {
+            bundle_json,
+            created: false,
+        });
+    }
     match open_state(config, Arc::new(SystemClock), opts) {
         Ok(state) => {
             let bundle_json = state.ca.snapshot().bundle_json.to_vec();
@@ -219,19 +240,16 @@ pub fn init_state_with(config: &Config, opts: StateOptions) -> Result<InitState,
         Err(AppError::Store {
             source: StoreError::InUse { dir, pid },
             ..
-        }) => {
-            let storage = open_storage(config)?;
-            match storage.load_ca().map_err(store_err(config))? {
-                Some(record) => Ok(InitState {
-                    bundle_json: record.bundle_json,
-                    created: false,
-                }),
-                None => Err(AppError::Store {
-                    dir: dir.clone(),
-                    source: StoreError::InUse { dir, pid },
-                }),
-            }
-        }
+        }) => match stored(config)? {
+            Some(bundle_json) => Ok(InitState {
+                bundle_json,
+                created: false,
+            }),
+            None => Err(AppError::Store {
+                dir: dir.clone(),
+                source: StoreError::InUse { dir, pid },
+            }),
+        },
         Err(e) => Err(e),
     }
 }
