@@ -188,6 +188,20 @@ fn a_data_dir_that_lost_its_ca_is_refused_until_init_new_ca() {
         meshtrust(&["bundle", "show", "--config", arg(&config), "--init-new-ca"]);
     assert_eq!((code, &out), (0, &new), "{err}");
     assert!(!err.contains("created a new CA"), "{err}");
+
+    // A database that is valid SQLite but holds no CA any more (rows deleted, or an empty
+    // database put in its place) is a lost CA too.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("DELETE FROM authority; DELETE FROM own_bundle;")
+            .unwrap();
+    }
+    let (code, _, err) = meshtrust(&["serve", "--config", arg(&config)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the database holds no CA"), "{err}");
+    let (code, out, err) = meshtrust(&["bundle", "show", "--config", arg(&config)]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("the database holds no CA"), "{err}");
 }
 
 /// A first start is still a first start: no marker, no refusal.
