@@ -284,7 +284,7 @@ pub struct Daemon {
     /// The admin API socket.
     pub admin_socket: PathBuf,
     /// The socket files this daemon bound, removed at shutdown only if still the same files.
-    sockets: Vec<BoundSocket>,
+    sockets: OwnSockets,
     /// Held until shutdown: one daemon per data_dir.
     lock: DataDirLock,
     /// The Workload API's entries, replaced by [`Daemon::reload`].
@@ -338,6 +338,19 @@ impl BoundSocket {
             }
         } else {
             tracing::info!(path = %self.path.display(), "socket file replaced since bound; left alone");
+        }
+    }
+}
+
+/// The socket files a daemon bound. Dropping it (at shutdown, or when a start fails after
+/// binding) removes those that are still its own.
+#[derive(Debug, Default)]
+struct OwnSockets(Vec<BoundSocket>);
+
+impl Drop for OwnSockets {
+    fn drop(&mut self) {
+        for socket in &self.0 {
+            socket.remove_if_ours();
         }
     }
 }
@@ -411,12 +424,14 @@ impl Daemon {
             Some(m) => Some(bind_tcp("metrics", opts.metrics_listener, m.listen).await?),
             None => None,
         };
+        let mut sockets = OwnSockets::default();
         let admin_socket = config.admin_api.socket.clone();
         let admin_listener = admin_api::bind(&admin_socket).map_err(|source| AppError::Bind {
             what: "the admin socket",
             at: admin_socket.display().to_string(),
             source,
         })?;
+        sockets.0.push(BoundSocket::new(&admin_socket));
         let workload_socket = config.workload_api.socket.clone();
         let workload_listener =
             workload_api::bind(&workload_socket).map_err(|source| AppError::Bind {
@@ -424,12 +439,11 @@ impl Daemon {
                 at: workload_socket.display().to_string(),
                 source,
             })?;
-        let sockets = vec![
-            BoundSocket::new(&admin_socket),
-            BoundSocket::new(&workload_socket),
-        ];
+        sockets.0.push(BoundSocket::new(&workload_socket));
 
         let cancel = CancellationToken::new();
+        // A start that fails from here on stops the tasks already spawned.
+        let stop_on_error = cancel.clone().drop_guard();
         let tracker = TaskTracker::new();
         tracker.spawn(ca.clone().run(cancel.child_token()));
 
@@ -500,6 +514,7 @@ impl Daemon {
             tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
         }
         ready.store(true, Ordering::Release);
+        stop_on_error.disarm();
         let snapshot = ca.snapshot();
         tracing::info!(
             trust_domain = %config.trust_domain,
@@ -570,9 +585,7 @@ impl Daemon {
         {
             tracing::warn!("tasks did not stop within the grace period");
         }
-        for socket in &self.sockets {
-            socket.remove_if_ours();
-        }
+        drop(self.sockets);
         drop(self.lock);
         tracing::info!("stopped");
     }

@@ -292,6 +292,30 @@ fn shutdown_leaves_a_socket_file_that_is_no_longer_its_own() {
     assert!(!admin.exists(), "its own admin socket is removed");
 }
 
+/// A start that fails after binding its sockets (here: an unreadable bootstrap bundle, read
+/// once the listeners are bound) removes them again and exits 1; the next start works.
+#[test]
+fn a_start_that_fails_after_binding_leaves_no_socket_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "",
+        r#"[[federation]]
+trust_domain = "mesh-b.test"
+bundle_endpoint_url = "https://127.0.0.1:9/"
+profile = "https_spiffe"
+endpoint_spiffe_id = "spiffe://mesh-b.test/meshtrust/server"
+bootstrap_bundle = "garbage.json"
+"#,
+    );
+    std::fs::write(dir.path().join("garbage.json"), "not a bundle").unwrap();
+    let (code, _, err) = meshtrust(&["serve", "--config", arg(&config)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("garbage.json"), "{err}");
+    assert!(!dir.path().join("workload.sock").exists(), "{err}");
+    assert!(!dir.path().join("admin.sock").exists(), "{err}");
+}
+
 /// `check-config` and `serve` refuse, with exit 64 naming the key and saying why, an entry
 /// whose selectors are only `unix:path` and a refresh hint above ca_ttl/9.
 #[test]
