@@ -613,8 +613,8 @@ pub async fn run_with(
     state: StateOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let mut daemon =
-        Daemon::start_with_state(config, clock, DaemonOptions::default(), state).await?;
+    // Every signal is caught before "meshtrust ready" is logged: SIGHUP's default action
+    // would kill the daemon, and a signal future installs its handlers on its first poll.
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -623,6 +623,14 @@ pub async fn run_with(
         }
     };
     tokio::pin!(shutdown);
+    let early =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready()))
+            .await;
+    if early {
+        return Ok(());
+    }
+    let mut daemon =
+        Daemon::start_with_state(config, clock, DaemonOptions::default(), state).await?;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
