@@ -33,8 +33,19 @@ impl Proc {
         Self::spawn_with(args, |_| {})
     }
 
-    /// [`Proc::spawn`] with a hook to adjust the command (environment, uid, limits).
+    /// [`Proc::spawn`] with a hook to adjust the command (environment, uid, limits). If the hook
+    /// pipes stdout, stdout is drained into the same log.
     pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
+        Self::spawn_watching(args, adjust, |_| {})
+    }
+
+    /// [`Proc::spawn_with`], calling `on_line` with each line on the draining thread the moment it
+    /// is read (before any waiter can see it): for reacting to a line with no polling delay.
+    pub fn spawn_watching(
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+        on_line: impl FnMut(&str) + Send + 'static,
+    ) -> Self {
         let mut cmd = Command::new(super::bin());
         cmd.args(args)
             .stdin(Stdio::null())
@@ -47,18 +58,13 @@ impl Proc {
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("the meshtrust binary runs");
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        // A plain thread: the drain must go on whatever runtime (or none) the test uses, so the
+        let on_line = Arc::new(Mutex::new(on_line));
+        // Plain threads: the drain must go on whatever runtime (or none) the test uses, so the
         // child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        if let Some(stdout) = child.stdout.take() {
+            drain(stdout, log.clone(), on_line.clone());
+        }
+        drain(child.stderr.take().unwrap(), log.clone(), on_line);
         Self { child, log }
     }
 
@@ -184,6 +190,23 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Appends every line of `pipe` to `log` (calling `on_line` first) until EOF.
+fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    on_line: Arc<Mutex<impl FnMut(&str) + Send + 'static>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            (on_line.lock().unwrap())(&line);
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
 }
 
 impl Drop for Proc {
