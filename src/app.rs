@@ -383,7 +383,10 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until `shutdown` resolves.
+/// Runs the daemon until `shutdown` resolves. The caller installs the handlers behind `shutdown`
+/// before calling; the SIGHUP handler is installed here before the daemon starts, so once it
+/// logs `meshtrust ready` no signal it handles can take its default action (a SIGHUP received
+/// during the start reloads right after it).
 ///
 /// # Errors
 /// [`AppError`] when the daemon cannot start.
@@ -392,7 +395,6 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let mut daemon = Daemon::start(config, clock).await?;
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -400,6 +402,7 @@ pub async fn run(
             None
         }
     };
+    let mut daemon = Daemon::start(config, clock).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
