@@ -18,7 +18,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use common::mesh::eventually;
+use common::eventually;
 use serde_json::Value;
 use support::*;
 
@@ -60,7 +60,7 @@ async fn status_names_every_contract_key_with_rfc3339_times_and_the_three_states
     }
 
     pair.pinned().await;
-    eventually("mesh-c.test fails", GUARD, || {
+    eventually("mesh-c.test fails", || {
         pair.da
             .status
             .get(&td("mesh-c.test"))
@@ -223,7 +223,7 @@ async fn refresh_answers_the_fetch_outcome_and_the_cli_exits_accordingly() {
 async fn metrics_healthz_and_readyz_report_the_daemon_and_its_peers() {
     let pair = Pair::start(true).await;
     pair.pinned().await;
-    eventually("mesh-c.test fails", GUARD, || {
+    eventually("mesh-c.test fails", || {
         pair.da
             .status
             .get(&td("mesh-c.test"))

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
 mod endpoint_client;
 
 use std::net::SocketAddr;

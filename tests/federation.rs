@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{Mesh, eventually};
+use common::eventually;
+use common::mesh::Mesh;
 use meshtrust::app::Daemon;
 use meshtrust::spiffe_id::TrustDomain;
 use rustls_pki_types::CertificateDer;
@@ -43,7 +44,6 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
     // Each holds the other's bundle, pinned under the configured name (Federation 1.5.4, 1.5.5).
     eventually(
         "each mesh pins the other's bundle",
-        Duration::from_secs(20),
         || {
             da.peers
                 .get(&td_b)
@@ -73,7 +73,6 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
     // successor may join as the old one leaves: follow the old CA out, not a one-CA bundle.)
     eventually(
         "mesh-a follows mesh-b's rotation to the end",
-        Duration::from_secs(30),
         || {
             let pinned = da.peers.get(&td_b);
             let now_b = db.ca.snapshot();
@@ -137,7 +136,7 @@ async fn a_restarted_daemon_serves_its_pinned_bundles_before_the_peer_answers() 
     let db = b.start().await;
     let da = a.start().await;
     let td_b = TrustDomain::new("mesh-b.test").unwrap();
-    eventually("mesh-a pins mesh-b", Duration::from_secs(20), || {
+    eventually("mesh-a pins mesh-b", || {
         da.peers.get(&td_b).is_some()
     })
     .await;
@@ -152,7 +151,6 @@ async fn a_restarted_daemon_serves_its_pinned_bundles_before_the_peer_answers() 
     assert_eq!(da.peers.get(&td_b).as_deref(), Some(&*pinned));
     eventually(
         "the fetch to a dead peer fails",
-        Duration::from_secs(20),
         || {
             da.status
                 .get(&td_b)

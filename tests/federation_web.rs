@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mesh::eventually;
+use common::eventually;
 use meshtrust::app::{Daemon, DaemonOptions};
 use meshtrust::clock::SystemClock;
 use meshtrust::config::Config;
@@ -95,7 +95,6 @@ profile = "https_web"
 async fn first_outcome(d: &Daemon) -> PeerStatus {
     eventually(
         "the first fetch of mesh-b finishes",
-        Duration::from_secs(30),
         || {
             d.status
                 .get(&mesh_b_td())

@@ -16,7 +16,8 @@ mod sidecar_support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::mesh::{Mesh, eventually};
+use common::eventually;
+use common::mesh::Mesh;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use sidecar_support::*;
@@ -92,7 +93,7 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
     };
 
     // The rotation reaches the files: a leaf signed by a CA that was not in the first bundle.
-    eventually("a leaf from the rotated CA is written", GUARD, || {
+    eventually("a leaf from the rotated CA is written", || {
         read_version(&out).is_some_and(|(cert, _, bundle)| {
             let leaf = CertificateDer::pem_slice_iter(&cert)
                 .next()
@@ -126,7 +127,7 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
         hook_runs.lines().all(|l| l == out.to_str().unwrap()),
         "{hook_runs}"
     );
-    eventually("the workload got SIGHUP", GUARD, || {
+    eventually("the workload got SIGHUP", || {
         std::fs::read_to_string(&hups).is_ok_and(|t| t.lines().count() >= 2)
     })
     .await;
@@ -281,7 +282,7 @@ async fn openssl_speaks_mtls_across_the_meshes_with_the_written_files() {
         &m.db.workload_socket,
         &["files", "--out", dir_b.to_str().unwrap()],
     );
-    eventually("both sidecars wrote the peer's bundle", GUARD, || {
+    eventually("both sidecars wrote the peer's bundle", || {
         dir_a.join("federated/mesh-b.test.pem").exists()
             && dir_b.join("federated/mesh-a.test.pem").exists()
     })

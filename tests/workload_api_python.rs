@@ -10,7 +10,8 @@ mod common;
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
-use common::mesh::{Mesh, eventually};
+use common::eventually;
+use common::mesh::Mesh;
 use meshtrust::spiffe_id::TrustDomain;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +42,7 @@ federates_with = ["mesh-b.test"]
     let db = b.start().await;
     let da = a.start().await;
     let td_b = TrustDomain::new("mesh-b.test").unwrap();
-    eventually("mesh-a pins mesh-b", Duration::from_secs(20), || {
+    eventually("mesh-a pins mesh-b", || {
         da.peers.get(&td_b).is_some()
     })
     .await;

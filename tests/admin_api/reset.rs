@@ -8,7 +8,8 @@ use meshtrust::app::Daemon;
 use serde_json::Value;
 
 use crate::common;
-use crate::common::mesh::{Mesh, eventually};
+use crate::common::eventually;
+use crate::common::mesh::Mesh;
 use crate::harness::{ENDPOINT, PEER, PeerCa, with_sequence};
 use crate::hostile::{Behaviour, Hostile};
 use crate::support::*;
@@ -55,7 +56,7 @@ bootstrap_bundle = "peers/mesh-b.test.json"
             peer,
             server,
         };
-        eventually("mesh-a pins sequence 5", GUARD, || {
+        eventually("mesh-a pins sequence 5", || {
             c.pinned_sequence() == Some(Some(5))
         })
         .await;
@@ -340,7 +341,7 @@ async fn after_a_restart_the_status_and_the_metrics_keep_the_pinned_bundles_fetc
     );
 
     // A failing fetch keeps the time of the last success.
-    eventually("the fetch to the stopped peer fails", GUARD, || {
+    eventually("the fetch to the stopped peer fails", || {
         da.status
             .get(&td("mesh-b.test"))
             .is_some_and(|s| s.state.as_str() == "failing")

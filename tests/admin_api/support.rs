@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixStream};
 
 use crate::common;
-use crate::common::mesh::{Mesh, eventually};
+use crate::common::eventually;
+use crate::common::mesh::Mesh;
 
 /// Hang guard for anything awaited here (never a timing assertion).
 pub const GUARD: Duration = Duration::from_secs(30);
@@ -203,7 +204,7 @@ impl Pair {
     /// Waits until mesh-a has pinned mesh-b's current bundle.
     pub async fn pinned(&self) {
         let td_b = td("mesh-b.test");
-        eventually("mesh-a pins mesh-b", GUARD, || {
+        eventually("mesh-a pins mesh-b", || {
             self.da
                 .peers
                 .get(&td_b)

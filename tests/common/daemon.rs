@@ -116,9 +116,14 @@ impl Proc {
 
     /// [`Proc::wait_for_log`] for tests without an async runtime.
     pub fn wait_for_log_blocking(&self, needle: &str) -> String {
+        self.wait_for_nth_log_blocking(needle, 0)
+    }
+
+    /// [`Proc::wait_for_nth_log`] for tests without an async runtime.
+    pub fn wait_for_nth_log_blocking(&self, needle: &str, nth: usize) -> String {
         let deadline = Instant::now() + GUARD;
         loop {
-            if let Some(line) = self.poll(needle, 0, deadline) {
+            if let Some(line) = self.poll(needle, nth, deadline) {
                 return line;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use meshtrust::app::{Daemon, DaemonOptions};
 use meshtrust::clock::SystemClock;
@@ -41,40 +40,21 @@ impl Mesh {
         self.dir.join("meshtrust.toml")
     }
 
-    /// Writes the config: `ca` holds `[ca]` lines, `peer` the peer mesh (https_spiffe), `extra`
-    /// more TOML appended.
+    /// Writes the config: `ca` holds `[ca]` lines, `peer` the peer mesh (https_spiffe,
+    /// bootstrapped from `peers/`), `extra` more TOML appended.
     pub fn write_config(&self, ca: &str, refresh_hint: &str, peer: Option<&Mesh>, extra: &str) {
-        let td = self.td();
-        let mut text = format!(
-            r#"trust_domain = "{td}"
-data_dir = "data"
-[ca]
-{ca}
-[bundle_endpoint]
-listen = "127.0.0.1:{port}"
-refresh_hint = "{refresh_hint}"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-"#,
-            port = self.port
-        );
+        let mut config = super::config::DaemonConfig::new(&self.td())
+            .ca(ca)
+            .bundle_endpoint(self.port, refresh_hint);
         if let Some(p) = peer {
-            let ptd = p.td();
-            text.push_str(&format!(
-                r#"[[federation]]
-trust_domain = "{ptd}"
-bundle_endpoint_url = "https://127.0.0.1:{port}/"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://{ptd}/meshtrust/server"
-bootstrap_bundle = "peers/{ptd}.json"
-"#,
-                port = p.port
-            ));
+            config = config.peer(&p.td(), &p.url(), None, true);
         }
-        text.push_str(extra);
-        std::fs::write(self.config_path(), text).unwrap();
+        config.section(extra).write(&self.dir);
+    }
+
+    /// This mesh's bundle endpoint URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.port)
     }
 
     pub fn config(&self) -> Config {
@@ -103,15 +83,3 @@ bootstrap_bundle = "peers/{ptd}.json"
     }
 }
 
-/// Polls `f` every 100 ms until it is true; panics after `limit` (a hang guard, not a timing
-/// assertion).
-pub async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
-use crate::common::mesh::{Mesh, eventually};
+use crate::common::eventually;
+use crate::common::mesh::Mesh;
 
 pub const GUARD: Duration = Duration::from_secs(60);
 
@@ -85,7 +86,7 @@ impl Sidecar {
 
     pub async fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let mut found = None;
-        eventually(what, GUARD, || {
+        eventually(what, || {
             found = self.lines().into_iter().find(|l| f(l));
             found.is_some()
         })
@@ -175,7 +176,7 @@ pub async fn two_meshes() -> TwoMeshes {
         TrustDomain::new("mesh-a.test").unwrap(),
         TrustDomain::new("mesh-b.test").unwrap(),
     );
-    eventually("each mesh pins the other's bundle", GUARD, || {
+    eventually("each mesh pins the other's bundle", || {
         da.peers.get(&td_b).is_some() && db.peers.get(&td_a).is_some()
     })
     .await;
