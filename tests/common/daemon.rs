@@ -19,6 +19,7 @@ pub const READY: &str = "meshtrust ready";
 pub struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
+    guard: Duration,
 }
 
 impl std::fmt::Debug for Proc {
@@ -64,8 +65,20 @@ impl Proc {
         if let Some(stdout) = child.stdout.take() {
             drain(stdout, log.clone(), on_line.clone());
         }
-        drain(child.stderr.take().unwrap(), log.clone(), on_line);
-        Self { child, log }
+        if let Some(stderr) = child.stderr.take() {
+            drain(stderr, log.clone(), on_line);
+        }
+        Self {
+            child,
+            log,
+            guard: GUARD,
+        }
+    }
+
+    /// A longer hang guard than [`GUARD`] for this process's waits (a whole demo, say).
+    pub fn with_guard(mut self, guard: Duration) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// `meshtrust serve --config FILE`, waited for until it is ready.
@@ -105,7 +118,7 @@ impl Proc {
 
     /// Waits for the `nth` (0-based) line containing `needle`.
     pub async fn wait_for_nth_log(&self, needle: &str, nth: usize) -> String {
-        let deadline = Instant::now() + GUARD;
+        let deadline = Instant::now() + self.guard;
         loop {
             if let Some(line) = self.poll(needle, nth, deadline) {
                 return line;
@@ -121,7 +134,7 @@ impl Proc {
 
     /// [`Proc::wait_for_nth_log`] for tests without an async runtime.
     pub fn wait_for_nth_log_blocking(&self, needle: &str, nth: usize) -> String {
-        let deadline = Instant::now() + GUARD;
+        let deadline = Instant::now() + self.guard;
         loop {
             if let Some(line) = self.poll(needle, nth, deadline) {
                 return line;
@@ -145,7 +158,8 @@ impl Proc {
         }
         assert!(
             Instant::now() < deadline,
-            "hang guard: no log line {needle:?} within {GUARD:?}; the log:\n{log}"
+            "hang guard: no log line {needle:?} within {:?}; the log:\n{log}",
+            self.guard
         );
         None
     }
@@ -170,7 +184,7 @@ impl Proc {
 
     /// Waits (under [`GUARD`]) for the child to exit; returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + GUARD;
+        let deadline = Instant::now() + self.guard;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
