@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use meshtrust::app::{Daemon, DaemonOptions};
-use meshtrust::clock::SystemClock;
+use meshtrust::clock::{Clock, SystemClock};
 use meshtrust::config::Config;
 use tokio::net::TcpListener;
 
@@ -73,13 +73,17 @@ impl Mesh {
     }
 
     pub async fn start(&mut self) -> Daemon {
+        self.start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// [`Mesh::start`] on `clock` (which must stay close to real time: peers verify this
+    /// daemon's certificates against the real clock).
+    pub async fn start_with_clock(&mut self, clock: Arc<dyn Clock>) -> Daemon {
         let opts = DaemonOptions {
             bundle_listener: self.listener.take(),
             ..Default::default()
         };
-        Daemon::start_with(self.config(), Arc::new(SystemClock), opts)
-            .await
-            .unwrap()
+        Daemon::start_with(self.config(), clock, opts).await.unwrap()
     }
 }
 
