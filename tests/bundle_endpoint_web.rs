@@ -154,10 +154,18 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     assert_eq!(answer.body, ca.snapshot().bundle_json);
     assert_eq!(answer.headers["content-type"], "application/json");
     // The name is checked: another host name fails.
-    assert!(get(addr, client.clone(), "example.org").await.is_err());
+    let err = get(addr, client.clone(), "example.org")
+        .await
+        .err()
+        .expect("another host name fails");
+    assert!(format!("{err:#}").contains("NotValidForName"), "{err:#}");
     // A client not trusting the dev root fails.
     let stranger = web_client(&[DevCa::new().root()], &[b"http/1.1"]);
-    assert!(get(addr, stranger, "localhost").await.is_err());
+    let err = get(addr, stranger, "localhost")
+        .await
+        .err()
+        .expect("a client not trusting the dev root fails");
+    assert!(format!("{err:#}").contains("UnknownIssuer"), "{err:#}");
 
     // New files (key as SEC1 this time): served without a restart.
     let (leaf2, chain2, key2) = dev.leaf();
@@ -188,7 +196,11 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     })
     .await;
     assert_eq!(served_leaf(addr, client.clone()).await, Some(leaf2.clone()));
-    assert!(load_web_files(&cert_file, &key_file).is_err());
+    let err = load_web_files(&cert_file, &key_file).expect_err("the key does not match");
+    assert!(
+        matches!(&err, ServerTlsError::Key { path, .. } if path.ends_with("server.key")),
+        "{err}"
+    );
 
     // Then the matching key arrives: recovered.
     std::fs::write(&key_file, &key3).unwrap();

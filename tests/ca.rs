@@ -189,8 +189,12 @@ fn a_root_path_id_gets_no_svid() {
     let ca = open(dir.path(), clock.clone(), KeyType::EcP256);
     let err = ca
         .snapshot()
-        .issue_x509_svid(&SpiffeId::new("spiffe://mesh-a.test").unwrap(), clock.now());
-    assert!(err.is_err(), "X509-SVID 1.2.2");
+        .issue_x509_svid(&SpiffeId::new("spiffe://mesh-a.test").unwrap(), clock.now())
+        .expect_err("X509-SVID 1.2.2");
+    assert!(
+        matches!(&err, meshtrust::ca::CaError::NotAWorkloadId(id) if id.to_string() == "spiffe://mesh-a.test"),
+        "{err}"
+    );
 }
 
 fn states(snap: &CaSnapshot) -> Vec<(u64, AuthorityState)> {

@@ -332,5 +332,13 @@ async fn a_service_without_attestation_answers_unavailable() {
         .await
         .unwrap();
     let err = guard(client.fetch_x509_svid()).await.unwrap_err();
-    assert!(format!("{err:?}").contains("Unavailable"), "{err:?}");
+    use spiffe::transport::{GrpcStatusCode, TransportError};
+    assert!(
+        matches!(
+            &err,
+            spiffe::WorkloadApiError::Transport(TransportError::Status(s))
+                if s.code() == GrpcStatusCode::Unavailable
+        ),
+        "{err:?}"
+    );
 }

@@ -36,7 +36,7 @@ impl Controlled {
         let server = Hostile::start(peer.endpoint_tls(ENDPOINT)).await;
         server.route("/", Behaviour::ok(with_sequence(&peer.bundle(), 5)));
         std::fs::write(a.dir.join("peers/mesh-b.test.json"), peer.bundle_json()).unwrap();
-        let mut extra = metrics_and_entry(root.path());
+        let mut extra = metrics_and_entry();
         extra.push_str(&format!(
             r#"[[federation]]
 trust_domain = "mesh-b.test"
@@ -56,8 +56,13 @@ bootstrap_bundle = "peers/mesh-b.test.json"
             peer,
             server,
         };
-        eventually("mesh-a pins sequence 5", || {
+        // The status is written after the pin: wait for both.
+        eventually("mesh-a pins sequence 5 and says so in its status", || {
             c.pinned_sequence() == Some(Some(5))
+                && c.da
+                    .status
+                    .get(&td(PEER))
+                    .is_some_and(|s| s.state.as_str() == "ok" && s.last_success.is_some())
         })
         .await;
         c

@@ -6,7 +6,7 @@ pub mod fixture;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -24,14 +24,15 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use x509_parser::prelude::*;
 
+#[allow(unused_imports)]
 pub use crate::common::GUARD;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+#[allow(unused_imports)]
 pub use crate::common::uri_sans;
 
 /// The https_spiffe check of SPIFFE.md §2 "Consuming": the chain verifies against `roots` at
@@ -279,4 +280,5 @@ pub async fn get(
     Ok((conn, answer))
 }
 
+#[allow(unused_imports)]
 pub use crate::common::eventually_some as eventually;
