@@ -1,7 +1,7 @@
 //! Who may call the Workload API (Workload Endpoint §3, §5, §6; SPIFFE.md 1.6.3, 1.6.6, 1.6.7,
 //! 1.7.12) and the JSON view on the same socket (CONTRACT.md "Workload API"). Other callers are
-//! real processes run as uid 65534 with `setpriv` (the tests run as root; without root they are
-//! skipped with a printed reason).
+//! real processes run as uid 65534 with `setpriv` (that test needs root: required in CI, skipped
+//! with a printed note elsewhere).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -21,15 +21,11 @@ use tonic::Code;
 const NOBODY: &str = "65534";
 const CHILD_ENV: &str = "MESHTRUST_TEST_WORKLOAD_ENDPOINT";
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").unwrap().uid() == 0
-}
-
 fn curl_path() -> PathBuf {
     std::fs::canonicalize("/usr/bin/curl").unwrap()
 }
 
-/// `curl` against the JSON view, as root or as uid 65534. Returns (status, JSON body).
+/// `curl` against the JSON view, as this process's uid or as uid 65534. Returns (status, JSON body).
 async fn curl(
     socket: &Path,
     as_nobody: bool,
@@ -203,8 +199,8 @@ async fn the_json_view_serves_the_same_content_as_grpc() {
 #[tokio::test]
 async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     // Workload Endpoint 1.6.6-1.6.7: kernel attestation; no entry = PermissionDenied / 403.
-    if !is_root() {
-        eprintln!("skipped: needs root to run clients as another uid with setpriv");
+    // Runs clients as another uid with setpriv.
+    if !common::daemon::root_or_skip("another_uid_gets_permission_denied_or_its_own_path_bound_identity") {
         return;
     }
     let mut entries = default_entries();

@@ -7,12 +7,8 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt as _;
-use std::time::Duration;
-
 use common::eventually;
 use common::mesh::Mesh;
-use meshtrust::spiffe_id::TrustDomain;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodified() {
@@ -20,7 +16,6 @@ async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodifi
     let Some(python) = common::python::interpreter() else {
         return;
     };
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
     let root = tempfile::tempdir().unwrap();
     let mut a = Mesh::new(root.path(), "mesh-a").await;
     let mut b = Mesh::new(root.path(), "mesh-b").await;
@@ -28,20 +23,17 @@ async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodifi
         "",
         "1s",
         Some(&b),
-        &format!(
-            r#"
-[[entry]]
-spiffe_id = "spiffe://mesh-a.test/py"
-selectors = ["unix:uid:{uid}"]
-federates_with = ["mesh-b.test"]
-"#
+        &common::config::entry(
+            "spiffe://mesh-a.test/py",
+            common::own_uid(),
+            &["mesh-b.test"],
         ),
     );
     b.write_config("", "1s", None, "");
     b.give_bootstrap_to(&a);
     let db = b.start().await;
     let da = a.start().await;
-    let td_b = TrustDomain::new("mesh-b.test").unwrap();
+    let td_b = common::td("mesh-b.test");
     eventually("mesh-a pins mesh-b", || {
         da.peers.get(&td_b).is_some()
     })
@@ -51,9 +43,9 @@ federates_with = ["mesh-b.test"]
     let out = tokio::process::Command::new(&python)
         .arg(common::python::script("fetch.py"))
         .arg(&socket)
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = common::guard(out).await.unwrap();
     assert!(
         out.status.success(),
         "{}",

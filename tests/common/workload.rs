@@ -54,8 +54,9 @@ pub fn own_exe() -> PathBuf {
     std::fs::read_link("/proc/self/exe").unwrap()
 }
 
-pub fn uid0() -> Selector {
-    Selector::Uid(0)
+/// This test process's uid (root in CI, anyone elsewhere): what attestation sees for it.
+pub fn own_uid_selector() -> Selector {
+    Selector::Uid(super::own_uid())
 }
 
 pub fn entry(spiffe_id: &str, selectors: Vec<Selector>, fw: &[&str], hint: &str) -> EntryConfig {
@@ -71,19 +72,19 @@ pub fn entry(spiffe_id: &str, selectors: Vec<Selector>, fw: &[&str], hint: &str)
     }
 }
 
-/// The usual registrations of the test process (uid 0): `first` (default, federates with
+/// The usual registrations of the test process (its own uid): `first` (default, federates with
 /// mesh-b) and `second` (also needs the test binary's path, federates with nobody).
 pub fn default_entries() -> Vec<EntryConfig> {
     vec![
         entry(
             "spiffe://mesh-a.test/workload/first",
-            vec![uid0()],
+            vec![own_uid_selector()],
             &["mesh-b.test"],
             "first",
         ),
         entry(
             "spiffe://mesh-a.test/workload/second",
-            vec![uid0(), Selector::Path(own_exe())],
+            vec![own_uid_selector(), Selector::Path(own_exe())],
             &[],
             "second",
         ),
