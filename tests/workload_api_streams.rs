@@ -21,16 +21,7 @@ fn peer_b_key() -> String {
     "spiffe://mesh-b.test".to_owned()
 }
 
-fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    let mut out = Vec::new();
-    while !der.is_empty() {
-        let (rest, _) = X509Certificate::from_der(der).unwrap();
-        out.push(der[..der.len() - rest.len()].to_vec());
-        der = rest;
-    }
-    out
-}
+use common::split_der;
 
 fn federated_b(msg: &X509svidResponse) -> Vec<Vec<u8>> {
     split_der(&msg.federated_bundles[&peer_b_key()])

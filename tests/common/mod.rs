@@ -224,3 +224,15 @@ pub fn refused_url() -> String {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     "https://127.0.0.1:1/".to_owned()
 }
+
+/// The certificates of a concatenated-DER bundle (as the Workload API sends them), one by one.
+pub fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let mut out = Vec::new();
+    while !der.is_empty() {
+        let (rest, _) = X509Certificate::from_der(der).unwrap();
+        out.push(der[..der.len() - rest.len()].to_vec());
+        der = rest;
+    }
+    out
+}
