@@ -18,7 +18,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use common::{eventually, guard};
+use common::guard;
 use serde_json::Value;
 use support::*;
 
@@ -66,13 +66,7 @@ async fn status_names_every_contract_key_with_rfc3339_times_and_the_three_states
     }
 
     pair.pinned().await;
-    eventually("mesh-c.test fails", || {
-        pair.da
-            .status
-            .get(&td("mesh-c.test"))
-            .is_some_and(|s| s.state.as_str() == "failing")
-    })
-    .await;
+    pair.failing("mesh-c.test").await;
     let (code, status) = admin(pair.admin_a(), "GET", "/v1/status").await;
     assert_eq!(code, 200);
     assert_eq!(status["trust_domain"], "mesh-a.test");
@@ -229,13 +223,7 @@ async fn refresh_answers_the_fetch_outcome_and_the_cli_exits_accordingly() {
 async fn metrics_healthz_and_readyz_report_the_daemon_and_its_peers() {
     let pair = Pair::start(true).await;
     pair.pinned().await;
-    eventually("mesh-c.test fails", || {
-        pair.da
-            .status
-            .get(&td("mesh-c.test"))
-            .is_some_and(|s| s.state.as_str() == "failing")
-    })
-    .await;
+    pair.failing("mesh-c.test").await;
     let (code, _) = admin(pair.admin_a(), "POST", "/v1/federation/mesh-b.test/refresh").await;
     assert_eq!(code, 200);
     let addr = pair.da.metrics_addr.unwrap();

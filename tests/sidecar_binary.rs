@@ -44,14 +44,9 @@ async fn listen_addr(proxy: &Proc) -> SocketAddr {
 async fn allow_trust_domain_admits_the_peer_until_the_peer_trust_domain_is_revoked() {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut a = Mesh::new(root.path(), "mesh-a").await;
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    a.write_config(
-        "",
-        "1s",
-        Some(&b),
-        &entry("spiffe://mesh-a.test/frontend", own_uid(), &["mesh-b.test"]),
-    );
+    let frontend = entry("spiffe://mesh-a.test/frontend", own_uid(), &["mesh-b.test"]);
+    // mesh-b's config is replaced below (its peer mesh-a is reached through the test's endpoint).
+    let (mut a, mut b) = Mesh::pair(root.path(), &frontend, "", false).await;
     // mesh-a's bundle as mesh-b fetches it: from an endpoint the test controls, presenting an
     // X509-SVID of mesh-a's real CA (set once mesh-a runs), so the test can make it publish a
     // revocation.
@@ -67,7 +62,6 @@ async fn allow_trust_domain_admits_the_peer_until_the_peer_trust_domain_is_revok
         .entry("spiffe://mesh-b.test/echo", &["mesh-a.test"])
         .write(&b.dir);
     a.give_bootstrap_to(&b);
-    b.give_bootstrap_to(&a);
     let da = a.start().await;
     let svid = da
         .ca

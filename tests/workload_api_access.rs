@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use common::workload::*;
@@ -137,12 +137,8 @@ async fn the_json_view_serves_the_same_content_as_grpc() {
     // CONTRACT "Workload API": same header, attestation and content; the SVID is the cached one.
     let mesh = Mesh::start(default_entries()).await;
     let mut c = mesh.raw_client().await;
-    let mut stream = c
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let grpc = guard(stream.message()).await.unwrap().unwrap();
+    let mut stream = open_x509svid(&mut c).await;
+    let grpc = next_msg(&mut stream).await;
 
     let (code, json) = curl(&mesh.socket, false, true, &[], "/v1/x509-svid").await;
     assert_eq!(code, 200, "{json}");

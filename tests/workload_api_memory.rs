@@ -10,7 +10,6 @@ mod common;
 use std::process::Stdio;
 
 use common::workload::*;
-use meshtrust::workload_api::proto::X509svidRequest;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const CHILD_ENV: &str = "MESHTRUST_TEST_WORKLOAD_ENDPOINT";
@@ -36,11 +35,7 @@ async fn server_memory_per_stream() {
     let mesh = Mesh::start(default_entries()).await;
     // Warm up: SVIDs minted, allocator pools touched.
     let mut client = mesh.raw_client().await;
-    let mut s = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = open_x509svid(&mut client).await;
     s.message().await.unwrap().unwrap();
     drop((s, client));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -92,11 +87,7 @@ async fn child_holds_streams() {
     let mut held = Vec::with_capacity(streams);
     for i in 0..streams {
         let client = &mut clients[i % connections];
-        let mut s = client
-            .fetch_x509svid(with_header(X509svidRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = open_x509svid(client).await;
         s.message().await.unwrap().unwrap();
         held.push(s);
     }

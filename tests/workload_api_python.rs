@@ -17,20 +17,8 @@ async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodifi
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let mut a = Mesh::new(root.path(), "mesh-a").await;
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    a.write_config(
-        "",
-        "1s",
-        Some(&b),
-        &common::config::entry(
-            "spiffe://mesh-a.test/py",
-            common::own_uid(),
-            &["mesh-b.test"],
-        ),
-    );
-    b.write_config("", "1s", None, "");
-    b.give_bootstrap_to(&a);
+    let entry = common::config::entry("spiffe://mesh-a.test/py", common::own_uid(), &["mesh-b.test"]);
+    let (mut a, mut b) = Mesh::pair(root.path(), &entry, "", false).await;
     let db = b.start().await;
     let da = a.start().await;
     let td_b = common::td("mesh-b.test");

@@ -197,6 +197,17 @@ impl Pair {
         .await;
     }
 
+    /// Waits until mesh-a's fetches of `peer` fail.
+    pub async fn failing(&self, peer: &str) {
+        eventually(&format!("{peer} fails"), || {
+            self.da
+                .status
+                .get(&td(peer))
+                .is_some_and(|s| s.state.as_str() == "failing")
+        })
+        .await;
+    }
+
     pub fn admin_a(&self) -> &Path {
         &self.da.admin_socket
     }

@@ -7,10 +7,14 @@ use std::path::Path;
 use hyper_util::rt::TokioIo;
 use meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use meshtrust::workload_api::proto::{
-    X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svidRequest, X509svidResponse,
 };
 use tokio::net::UnixStream;
 use tonic::transport::Channel;
+
+/// Our generated client.
+pub type Client = SpiffeWorkloadApiClient<Channel>;
 
 /// Our generated client on the Workload API socket `socket` (the URI is a placeholder: the
 /// connector dials the socket). Add the header per request with [`with_header`].
@@ -34,22 +38,38 @@ pub fn with_header<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// A FetchX509Bundles stream on `socket`, as this process.
-pub async fn x509_bundles(socket: &Path) -> tonic::Streaming<X509BundlesResponse> {
-    let mut client = workload_client(socket).await;
+/// Opens FetchX509SVID on `client` (with the header).
+pub async fn open_x509svid(client: &mut Client) -> tonic::Streaming<X509svidResponse> {
+    super::guard(client.fetch_x509svid(with_header(X509svidRequest {})))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Opens FetchX509Bundles on `client` (with the header).
+pub async fn open_x509_bundles(client: &mut Client) -> tonic::Streaming<X509BundlesResponse> {
     super::guard(client.fetch_x509_bundles(with_header(X509BundlesRequest {})))
         .await
         .unwrap()
         .into_inner()
 }
 
-/// A FetchX509SVID stream on `socket`, as this process.
-pub async fn x509_svids(socket: &Path) -> tonic::Streaming<X509svidResponse> {
-    let mut client = workload_client(socket).await;
-    super::guard(client.fetch_x509svid(with_header(X509svidRequest {})))
+/// Opens FetchJWTBundles on `client` (with the header).
+pub async fn open_jwt_bundles(client: &mut Client) -> tonic::Streaming<JwtBundlesResponse> {
+    super::guard(client.fetch_jwt_bundles(with_header(JwtBundlesRequest {})))
         .await
         .unwrap()
         .into_inner()
+}
+
+/// A FetchX509Bundles stream on `socket`, as this process.
+pub async fn x509_bundles(socket: &Path) -> tonic::Streaming<X509BundlesResponse> {
+    open_x509_bundles(&mut workload_client(socket).await).await
+}
+
+/// A FetchX509SVID stream on `socket`, as this process.
+pub async fn x509_svids(socket: &Path) -> tonic::Streaming<X509svidResponse> {
+    open_x509svid(&mut workload_client(socket).await).await
 }
 
 /// The next message of a stream, under the hang guard; panics if the stream ends or fails.

@@ -32,6 +32,21 @@ impl Mesh {
         }
     }
 
+    /// mesh-a and mesh-b under `root`, configs written (1 s refresh hints, `a_extra` and
+    /// `b_extra` appended): mesh-a federates with mesh-b, and mesh-b with mesh-a when
+    /// `both_ways`; the bootstrap bundles handed over. Not started.
+    pub async fn pair(root: &Path, a_extra: &str, b_extra: &str, both_ways: bool) -> (Self, Self) {
+        let a = Self::new(root, "mesh-a").await;
+        let b = Self::new(root, "mesh-b").await;
+        a.write_config("", "1s", Some(&b), a_extra);
+        b.write_config("", "1s", both_ways.then_some(&a), b_extra);
+        if both_ways {
+            a.give_bootstrap_to(&b);
+        }
+        b.give_bootstrap_to(&a);
+        (a, b)
+    }
+
     pub fn td(&self) -> String {
         format!("{}.test", self.name)
     }

@@ -237,6 +237,8 @@ pub fn der_list(certs: &[rustls_pki_types::CertificateDer<'_>]) -> Vec<Vec<u8>> 
 }
 
 #[allow(unused_imports)]
-pub use super::grpc::with_header;
+pub use super::grpc::{
+    next as next_msg, open_jwt_bundles, open_x509_bundles, open_x509svid, with_header,
+};
 #[allow(unused_imports)]
 pub use super::{GUARD, guard};

@@ -143,22 +143,13 @@ pub struct TwoMeshes {
 pub async fn two_meshes() -> TwoMeshes {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut a = Mesh::new(root.path(), "mesh-a").await;
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    a.write_config(
-        "",
-        "1s",
-        Some(&b),
+    let (mut a, mut b) = Mesh::pair(
+        root.path(),
         &entry("spiffe://mesh-a.test/frontend", Some("mesh-b.test")),
-    );
-    b.write_config(
-        "",
-        "1s",
-        Some(&a),
         &entry("spiffe://mesh-b.test/echo", Some("mesh-a.test")),
-    );
-    a.give_bootstrap_to(&b);
-    b.give_bootstrap_to(&a);
+        true,
+    )
+    .await;
     let da = a.start().await;
     let db = b.start().await;
     let (td_a, td_b) = (common::td("mesh-a.test"), common::td("mesh-b.test"));
