@@ -19,6 +19,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 
 use common::guard;
+use common::peer_status as peer;
 use serde_json::Value;
 use support::*;
 
@@ -36,15 +37,6 @@ const PEER_KEYS: [&str; 11] = [
     "next_refresh",
     "earliest_expiry",
 ];
-
-fn peer<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["federation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["trust_domain"] == name)
-        .unwrap_or_else(|| panic!("{name} in {status}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_every_contract_key_with_rfc3339_times_and_the_three_states() {

@@ -15,15 +15,11 @@ use std::time::Duration;
 use common::config::DaemonConfig;
 use common::daemon::Proc;
 use endpoint_client::{eventually, get, web_client};
-use meshtrust::ca::{Ca, CaPolicy, KeyType};
 use meshtrust::clock::SystemClock;
 use meshtrust::config::EndpointProfile;
 use meshtrust::federation::endpoint;
 use meshtrust::federation::server_tls::ServerTlsError;
 use meshtrust::federation::server_tls::{ServerCerts, load_web_files, reload_web_files};
-use meshtrust::spiffe_id::TrustDomain;
-use meshtrust::store::Storage;
-use meshtrust::store::sqlite::SqliteStorage;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -84,22 +80,12 @@ async fn served_leaf(
 async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad_file() {
     common::init();
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> =
-        Arc::new(SqliteStorage::open(&dir.path().join("state")).unwrap());
-    let policy = CaPolicy {
-        key_type: KeyType::EcP256,
-        ca_ttl: Duration::from_secs(24 * 3600),
-        x509_svid_ttl: Duration::from_secs(3600),
-        jwt_svid_ttl: Duration::from_secs(300),
-        refresh_hint: Duration::from_secs(300),
-    };
-    let ca = Ca::open(
-        TrustDomain::new("mesh-a.test").unwrap(),
-        policy,
+    let ca = common::workload::open_ca(
+        common::workload::storage(&dir.path().join("state")),
+        "mesh-a.test",
         Arc::new(SystemClock),
-        storage,
-    )
-    .unwrap();
+        common::workload::HOUR,
+    );
 
     let dev = DevCa::new();
     let (leaf1, chain1, key1) = dev.leaf();

@@ -237,31 +237,15 @@ async fn proxies_let_the_allowed_caller_through_and_refuse_the_others() {
         .await;
 
     // Not on --allow: the handshake fails and the inbound proxy names who it refused.
-    // Nothing comes back: the connection is closed without an answer, or reset.
-    let back = round_trip(refused_caller.listen_addr().await, b"let me in").await;
-    assert_no_answer(back);
-    let line = closed
-        .wait_line("the refusal is logged", |l| {
-            l.starts_with("inbound: refused")
-        })
-        .await;
-    assert!(
-        line.contains("spiffe://mesh-a.test/frontend is not allowed"),
-        "{line}"
-    );
-
+    assert_refused(&refused_caller, &closed, b"let me in", |l| l.starts_with("inbound: refused"))
+        .await
+        .contains_or_panic("spiffe://mesh-a.test/frontend is not allowed");
     // The server is authentic but not the expected ID: the outbound proxy refuses it.
-    let back = round_trip(wrong_expectation.listen_addr().await, b"hello?").await;
-    assert_no_answer(back);
-    let line = wrong_expectation
-        .wait_line("the outbound refusal is logged", |l| {
-            l.contains(" refused ")
-        })
-        .await;
-    assert!(
-        line.contains("spiffe://mesh-b.test/echo is not allowed"),
-        "{line}"
-    );
+    assert_refused(&wrong_expectation, &wrong_expectation, b"hello?", |l| {
+        l.contains(" refused ")
+    })
+    .await
+    .contains_or_panic("spiffe://mesh-b.test/echo is not allowed");
 
     for s in [open, closed, caller, refused_caller, wrong_expectation] {
         s.stop().await;
@@ -314,6 +298,28 @@ async fn openssl_speaks_mtls_across_the_meshes_with_the_written_files() {
     fb.stop().await;
     m.da.shutdown().await;
     m.db.shutdown().await;
+}
+
+/// Sends `msg` through the outbound proxy `caller`: no answer comes back, and `logger` logs a
+/// refusal line matching `is_refusal`, which is returned.
+async fn assert_refused(
+    caller: &Sidecar,
+    logger: &Sidecar,
+    msg: &[u8],
+    is_refusal: impl Fn(&str) -> bool,
+) -> String {
+    assert_no_answer(round_trip(caller.listen_addr().await, msg).await);
+    logger.wait_line("the refusal is logged", is_refusal).await
+}
+
+trait ContainsOrPanic {
+    fn contains_or_panic(&self, needle: &str);
+}
+
+impl ContainsOrPanic for String {
+    fn contains_or_panic(&self, needle: &str) {
+        assert!(self.contains(needle), "{needle:?} not in {self:?}");
+    }
 }
 
 /// A refused connection gets no answer: closed empty, or reset (never another error, such as
