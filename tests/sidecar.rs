@@ -339,51 +339,34 @@ fn assert_no_answer(back: std::io::Result<Vec<u8>>) {
 
 #[test]
 fn the_command_line_refuses_bad_addresses_and_empty_policies_with_exit_64() {
-    // Workload Endpoint 1.6.5 (strict unix: URIs), and an inbound proxy never allows everyone.
-    let run = |args: &[&str], env: &str| {
-        std::process::Command::new(common::bin())
+    // Workload Endpoint 1.6.5 (strict unix: URIs), an inbound proxy never allows everyone, and
+    // an outbound proxy expects a workload ID. (args, SPIFFE_ENDPOINT_SOCKET, the reason given)
+    let files = ["sidecar", "files", "--out", "/nonexistent"].as_slice();
+    let inbound = ["sidecar", "inbound", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1"];
+    let outbound = [
+        "sidecar",
+        "outbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        "127.0.0.1:1",
+        "--expect",
+        "spiffe://mesh-b.test",
+    ];
+    let cases = [
+        (files, "unix://host/x.sock", "authority"),
+        (files, "tcp://127.0.0.1:1", "tcp endpoints are not supported"),
+        (inbound.as_slice(), "unix:///nonexistent.sock", "nothing is allowed"),
+        (outbound.as_slice(), "unix:///nonexistent.sock", "SPIFFE ID has no path"),
+    ];
+    for (args, endpoint, reason) in cases {
+        let out = std::process::Command::new(common::bin())
             .args(args)
-            .env("SPIFFE_ENDPOINT_SOCKET", env)
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
             .output()
-            .unwrap()
-    };
-    let out = run(
-        &["sidecar", "files", "--out", "/nonexistent"],
-        "unix://host/x.sock",
-    );
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("authority"));
-    let out = run(
-        &["sidecar", "files", "--out", "/nonexistent"],
-        "tcp://127.0.0.1:1",
-    );
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tcp endpoints are not supported"));
-    let out = run(
-        &[
-            "sidecar",
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
-            "127.0.0.1:1",
-        ],
-        "unix:///nonexistent.sock",
-    );
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is allowed"));
-    let out = run(
-        &[
-            "sidecar",
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            "127.0.0.1:1",
-            "--expect",
-            "spiffe://mesh-b.test",
-        ],
-        "unix:///nonexistent.sock",
-    );
-    assert_eq!(out.status.code(), Some(64));
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
 }
