@@ -8,9 +8,10 @@ use meshtrust::app::Daemon;
 use serde_json::Value;
 
 use crate::common;
+use crate::common::config::DaemonConfig;
 use crate::common::eventually;
 use crate::common::mesh::Mesh;
-use crate::harness::{ENDPOINT, PEER, PeerCa, with_sequence};
+use crate::harness::{ENDPOINT, OWN, PEER, PeerCa, with_sequence};
 use crate::hostile::{Behaviour, Hostile};
 use crate::support::*;
 
@@ -37,16 +38,11 @@ impl Controlled {
         server.route("/", Behaviour::ok(with_sequence(&peer.bundle(), 5)));
         std::fs::write(a.dir.join("peers/mesh-b.test.json"), peer.bundle_json()).unwrap();
         let mut extra = metrics_and_entry();
-        extra.push_str(&format!(
-            r#"[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "{}"
-profile = "https_spiffe"
-endpoint_spiffe_id = "{ENDPOINT}"
-bootstrap_bundle = "peers/mesh-b.test.json"
-"#,
-            server.url("/")
-        ));
+        extra.push_str(
+            &DaemonConfig::new(OWN)
+                .peer(PEER, server.url("/").as_str(), Some(ENDPOINT), true)
+                .sections(),
+        );
         a.write_config("", "5m", None, &extra);
         let da = a.start().await;
         let c = Self {

@@ -89,14 +89,9 @@ federates_with = ["mesh-b.test"]
 
 /// An https_spiffe relationship with `name` at `url` (no bootstrap bundle).
 pub fn peer_without_bootstrap(name: &str, url: &str) -> String {
-    format!(
-        r#"[[federation]]
-trust_domain = "{name}"
-bundle_endpoint_url = "{url}"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://{name}/meshtrust/server"
-"#
-    )
+    common::config::DaemonConfig::new("unused.test")
+        .peer(name, url, None, false)
+        .sections()
 }
 
 /// A TCP endpoint that accepts connections and never answers: each accepted connection is

@@ -13,13 +13,16 @@ pub struct DaemonConfig {
     sections: String,
 }
 
+/// The sockets every config has, in the daemon's folder.
+const SOCKETS: &str =
+    "[workload_api]\nsocket = \"workload.sock\"\n[admin_api]\nsocket = \"admin.sock\"\n";
+
 impl DaemonConfig {
     /// The minimal config of `trust_domain`.
     pub fn new(trust_domain: &str) -> Self {
         Self {
             head: format!("trust_domain = \"{trust_domain}\"\ndata_dir = \"data\"\n"),
-            sections: "[workload_api]\nsocket = \"workload.sock\"\n[admin_api]\nsocket = \"admin.sock\"\n"
-                .to_owned(),
+            sections: String::new(),
         }
     }
 
@@ -69,9 +72,14 @@ impl DaemonConfig {
         self
     }
 
+    /// The sections added so far, without the base config (to append to another config).
+    pub fn sections(&self) -> String {
+        self.sections.clone()
+    }
+
     /// The TOML text.
     pub fn text(&self) -> String {
-        format!("{}{}", self.head, self.sections)
+        format!("{}{SOCKETS}{}", self.head, self.sections)
     }
 
     /// Writes `<dir>/meshtrust.toml` (creating `dir` and `dir/peers`); returns its path.
