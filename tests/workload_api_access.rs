@@ -294,9 +294,11 @@ async fn the_socket_is_0777_and_replaces_a_stale_one() {
     drop(again);
     let regular = mesh.dir.path().join("file");
     std::fs::write(&regular, "x").unwrap();
-    assert!(
-        meshtrust::workload_api::bind(&regular).is_err(),
-        "never deletes other files"
+    let err = meshtrust::workload_api::bind(&regular).expect_err("not a socket: refused");
+    assert_eq!(
+        std::fs::read_to_string(&regular).unwrap(),
+        "x",
+        "never deletes other files ({err})"
     );
 }
 

@@ -36,7 +36,7 @@ async fn server_memory_per_stream() {
     // Warm up: SVIDs minted, allocator pools touched.
     let mut client = mesh.raw_client().await;
     let mut s = open_x509svid(&mut client).await;
-    s.message().await.unwrap().unwrap();
+    next_msg(&mut s).await;
     drop((s, client));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let before = rss_kib();
@@ -88,7 +88,7 @@ async fn child_holds_streams() {
     for i in 0..streams {
         let client = &mut clients[i % connections];
         let mut s = open_x509svid(client).await;
-        s.message().await.unwrap().unwrap();
+        next_msg(&mut s).await;
         held.push(s);
     }
     println!("READY {}", held.len());
