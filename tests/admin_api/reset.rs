@@ -229,7 +229,9 @@ async fn a_rollback_is_refused_until_a_reset_then_the_lower_sequence_is_pinned()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_daemon_that_lost_its_state_is_unstuck_by_a_reset_on_its_new_bootstrap_bundle() {
-    let pair = Pair::start(false).await;
+    let mut kept = None;
+    let pair = Pair::start_with(false, Some(&mut kept)).await;
+    let kept = kept.unwrap();
     pair.pinned().await;
     let Pair {
         root: _root,
@@ -243,11 +245,8 @@ async fn a_peer_daemon_that_lost_its_state_is_unstuck_by_a_reset_on_its_new_boot
     let old = da.peers.get(&td_b).unwrap();
     db.shutdown().await;
     std::fs::remove_dir_all(b.dir.join("data")).unwrap();
-    b.listener = Some(
-        tokio::net::TcpListener::bind(("127.0.0.1", b.port))
-            .await
-            .unwrap(),
-    );
+    // The same port as before (mesh-a is configured with it), never released in between.
+    b.reuse_port(&kept);
     let db = b.start().await;
     assert!(!old.same_authorities(&db.ca.snapshot().bundle), "a new CA");
 

@@ -145,6 +145,15 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start(more_peers: bool) -> Self {
+        Self::start_with(more_peers, None).await
+    }
+
+    /// [`Pair::start`]; with `keep_b_port`, a handle on mesh-b's port is kept there first (see
+    /// [`Mesh::keep_port`]).
+    pub async fn start_with(
+        more_peers: bool,
+        keep_b_port: Option<&mut Option<std::net::TcpListener>>,
+    ) -> Self {
         common::init();
         let root = tempfile::tempdir().unwrap();
         let a = Mesh::new(root.path(), "mesh-a").await;
@@ -161,6 +170,9 @@ impl Pair {
         a.write_config("", "5m", Some(&b), &extra);
         b.write_config("", "5m", None, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
         b.give_bootstrap_to(&a);
+        if let Some(keep) = keep_b_port {
+            *keep = Some(b.keep_port());
+        }
         let db = b.start().await;
         let mut a = a;
         let da = a.start().await;

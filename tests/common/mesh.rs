@@ -87,6 +87,21 @@ impl Mesh {
         .unwrap();
     }
 
+    /// A second handle on this mesh's bundle endpoint socket, taken before [`Mesh::start`]: once
+    /// the daemon has stopped, [`Mesh::reuse_port`] gives the same bound port to the next start,
+    /// with no window in which another test could take it. (While only the handle is open,
+    /// connections to the port wait in its backlog instead of being refused.)
+    pub fn keep_port(&self) -> std::net::TcpListener {
+        dup_listener(self.listener.as_ref().expect("called before the first start"))
+    }
+
+    /// Binds the next start to the port kept by [`Mesh::keep_port`].
+    pub fn reuse_port(&mut self, kept: &std::net::TcpListener) {
+        let clone = kept.try_clone().unwrap();
+        clone.set_nonblocking(true).unwrap();
+        self.listener = Some(TcpListener::from_std(clone).unwrap());
+    }
+
     pub async fn start(&mut self) -> Daemon {
         self.start_with_clock(Arc::new(SystemClock)).await
     }
@@ -102,3 +117,10 @@ impl Mesh {
     }
 }
 
+
+/// A duplicate (dup(2)) of a tokio listener's socket, as a std listener.
+fn dup_listener(listener: &TcpListener) -> std::net::TcpListener {
+    use std::os::fd::AsFd as _;
+    let fd = listener.as_fd().try_clone_to_owned().unwrap();
+    std::net::TcpListener::from(fd)
+}
