@@ -234,7 +234,10 @@ async fn the_daemon_serves_replaced_https_web_files_and_keeps_its_certificate_on
     let (conn, answer) = get(addr, client.clone(), "localhost").await.unwrap();
     assert_eq!(conn.leaf, leaf1);
     let bundle: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
-    assert!(bundle["keys"].as_array().is_some_and(|k| !k.is_empty()), "{bundle}");
+    assert!(
+        bundle["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "{bundle}"
+    );
 
     // New files: the daemon's task notices and serves them.
     let (leaf2, chain2, key2) = dev.leaf();
@@ -256,7 +259,10 @@ async fn the_daemon_serves_replaced_https_web_files_and_keeps_its_certificate_on
     let line = daemon
         .wait_for_nth_log("bundle endpoint certificate not reloaded", failures)
         .await;
-    assert!(line.contains("server.pem"), "the log names the file: {line}");
+    assert!(
+        line.contains("server.pem"),
+        "the log names the file: {line}"
+    );
     assert_eq!(served_leaf(addr, client.clone()).await, Some(leaf2));
     assert_eq!(daemon.stop().code(), Some(0));
 }

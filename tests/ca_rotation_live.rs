@@ -29,7 +29,11 @@ fn served(addr: SocketAddr) -> (Vec<Vec<u8>>, u64) {
         .output()
         .expect("curl is installed");
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{body}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     let certs = doc["keys"]
         .as_array()
@@ -81,7 +85,10 @@ async fn a_rotation_reaches_the_bundle_endpoint_and_open_workload_streams() {
     // Half-life: the prepared CA is published next to the signing one, on the open stream...
     let both = loop {
         let cas = split_der(&next(&mut bundles).await.bundles[OWN]);
-        assert!(cas.contains(&old), "the old CA stays until its successor signs");
+        assert!(
+            cas.contains(&old),
+            "the old CA stays until its successor signs"
+        );
         if cas.len() == 2 {
             break cas;
         }

@@ -81,10 +81,10 @@ fn keep_running_leaves_live_daemons_to_poke_at_and_stops_on_sigterm() {
         .map(|l| l.split_whitespace().last().unwrap().to_owned())
         .collect();
     assert_eq!(sockets.len(), 2, "{}", demo.log());
-    for (socket, (own, peer)) in sockets
-        .iter()
-        .zip([("mesh-a.test", "mesh-b.test"), ("mesh-b.test", "mesh-a.test")])
-    {
+    for (socket, (own, peer)) in sockets.iter().zip([
+        ("mesh-a.test", "mesh-b.test"),
+        ("mesh-b.test", "mesh-a.test"),
+    ]) {
         let out = common::cli(&["status", "--json", "--admin-socket", socket]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -92,7 +92,10 @@ fn keep_running_leaves_live_daemons_to_poke_at_and_stops_on_sigterm() {
         let p = common::peer_status(&status, peer);
         assert_eq!(p["state"], "ok", "{p}");
         assert!(p["last_error"].is_null(), "{p}");
-        assert!(p["authorities"].as_array().is_some_and(|a| !a.is_empty()), "{p}");
+        assert!(
+            p["authorities"].as_array().is_some_and(|a| !a.is_empty()),
+            "{p}"
+        );
     }
 
     let status = demo.stop();

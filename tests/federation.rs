@@ -99,7 +99,11 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
     })
     .await;
     let now_b = db.ca.snapshot();
-    assert_eq!(now_b.active().map(|a| &a.cert), Some(&first_b_ca), "still the first signs");
+    assert_eq!(
+        now_b.active().map(|a| &a.cert),
+        Some(&first_b_ca),
+        "still the first signs"
+    );
     assert_eq!(da.peers.get(&td_b).unwrap().x509_authorities.len(), 2);
 
     // The cap lifts: mesh-b's new CA signs and its old one leaves; mesh-a follows, and keeps
@@ -117,7 +121,10 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
         })
     })
     .await;
-    assert_ne!(db.ca.snapshot().active().map(|a| &a.cert), Some(&first_b_ca));
+    assert_ne!(
+        db.ca.snapshot().active().map(|a| &a.cert),
+        Some(&first_b_ca)
+    );
     let st = da.status.get(&td_b).unwrap();
     assert_eq!(st.state.as_str(), "ok", "{:?}", st.last_error);
     assert!(st.fetches.get("ok").copied().unwrap_or(0) >= 3);
@@ -137,10 +144,7 @@ async fn a_restarted_daemon_serves_its_pinned_bundles_before_the_peer_answers() 
     let db = b.start().await;
     let da = a.start().await;
     let td_b = TrustDomain::new("mesh-b.test").unwrap();
-    eventually("mesh-a pins mesh-b", || {
-        da.peers.get(&td_b).is_some()
-    })
-    .await;
+    eventually("mesh-a pins mesh-b", || da.peers.get(&td_b).is_some()).await;
     let pinned = da.peers.get(&td_b).unwrap();
     da.shutdown().await;
     db.shutdown().await;
@@ -150,14 +154,11 @@ async fn a_restarted_daemon_serves_its_pinned_bundles_before_the_peer_answers() 
     let da = a.start().await;
     // Before any fetch can succeed (mesh-b is down), the pinned bundle is there.
     assert_eq!(da.peers.get(&td_b).as_deref(), Some(&*pinned));
-    eventually(
-        "the fetch to a dead peer fails",
-        || {
-            da.status
-                .get(&td_b)
-                .is_some_and(|s| s.state.as_str() == "failing")
-        },
-    )
+    eventually("the fetch to a dead peer fails", || {
+        da.status
+            .get(&td_b)
+            .is_some_and(|s| s.state.as_str() == "failing")
+    })
     .await;
     assert_eq!(
         da.peers.get(&td_b).as_deref(),

@@ -19,7 +19,12 @@ use common::wait_for_peer;
 /// and an entry for this test's uid that federates with mesh-b.
 fn write_mesh_a_config(dir: &Path, port: u16) -> PathBuf {
     DaemonConfig::new("mesh-a.test")
-        .peer("mesh-b.test", &format!("https://127.0.0.1:{port}/"), None, true)
+        .peer(
+            "mesh-b.test",
+            &format!("https://127.0.0.1:{port}/"),
+            None,
+            true,
+        )
         .entry("spiffe://mesh-a.test/restart-test", &["mesh-b.test"])
         .write(dir)
 }
@@ -42,7 +47,10 @@ async fn kill_9_and_restart_keeps_the_pinned_bundle_and_serves_it_before_the_pee
     let mesh_b_certs = db.ca.snapshot().bundle.x509_authorities.clone();
 
     let a = Proc::serve(&config).await;
-    let pinned = wait_for_peer(&admin, "mesh-b.test", "mesh-a pins mesh-b", |p| p["state"] == "ok").await;
+    let pinned = wait_for_peer(&admin, "mesh-b.test", "mesh-a pins mesh-b", |p| {
+        p["state"] == "ok"
+    })
+    .await;
     let before = x509_bundles(&workload).await;
     let ids: Vec<_> = before.keys().map(String::as_str).collect();
     assert_eq!(ids, ["spiffe://mesh-a.test", "spiffe://mesh-b.test"]);
@@ -65,9 +73,12 @@ async fn kill_9_and_restart_keeps_the_pinned_bundle_and_serves_it_before_the_pee
         before,
         "the same own and pinned peer certificates right after the restart"
     );
-    let failing = wait_for_peer(&admin, "mesh-b.test", "the fetch to the dead peer fails", |p| {
-        p["state"] == "failing"
-    })
+    let failing = wait_for_peer(
+        &admin,
+        "mesh-b.test",
+        "the fetch to the dead peer fails",
+        |p| p["state"] == "failing",
+    )
     .await;
     // (Not asserted to be "connect": mesh-b's released port may be taken by another test.)
     let error = failing["last_error"].as_str().unwrap_or_default();

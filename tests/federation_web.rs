@@ -32,7 +32,12 @@ fn mesh_b_td() -> TrustDomain {
 }
 
 /// Writes `config` as `<root>/<name>/meshtrust.toml` and starts a daemon on it.
-async fn start(root: &Path, name: &str, config: DaemonConfig, listener: Option<TcpListener>) -> Daemon {
+async fn start(
+    root: &Path,
+    name: &str,
+    config: DaemonConfig,
+    listener: Option<TcpListener>,
+) -> Daemon {
     let path = config.write(&root.join(name));
     let opts = DaemonOptions {
         bundle_listener: listener,
@@ -82,14 +87,11 @@ async fn start_mesh_a(root: &Path, name: &str, url: &str, ca_file: Option<&Path>
 
 /// Waits for the first fetch to finish either way, then returns the status.
 async fn first_outcome(d: &Daemon) -> PeerStatus {
-    eventually(
-        "the first fetch of mesh-b finishes",
-        || {
-            d.status
-                .get(&mesh_b_td())
-                .is_some_and(|s| s.state.as_str() != "never_fetched")
-        },
-    )
+    eventually("the first fetch of mesh-b finishes", || {
+        d.status
+            .get(&mesh_b_td())
+            .is_some_and(|s| s.state.as_str() != "never_fetched")
+    })
     .await;
     d.status.get(&mesh_b_td()).unwrap()
 }
@@ -163,9 +165,12 @@ async fn without_system_roots_the_daemon_starts_and_the_web_peer_fails_with_the_
             .env("SSL_CERT_DIR", &missing);
     });
     daemon.wait_for_log(READY).await;
-    let failing = wait_for_peer(&dir.join("admin.sock"), "mesh-b.test", "a failing status", |p| {
-        p["state"] == "failing"
-    })
+    let failing = wait_for_peer(
+        &dir.join("admin.sock"),
+        "mesh-b.test",
+        "a failing status",
+        |p| p["state"] == "failing",
+    )
     .await;
     let got = serde_json::json!({ "federation": [failing] });
     let error = got["federation"][0]["last_error"].as_str().unwrap();

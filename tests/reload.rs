@@ -42,14 +42,20 @@ fn sighup_applies_new_entries_and_a_broken_config_changes_nothing() {
         "the log names the key at fault: {refused}"
     );
     let reply = workload_get(&socket, "/v1/x509-svid");
-    assert_eq!(reply.status, 200, "still serving after a broken reload: {reply:?}");
+    assert_eq!(
+        reply.status, 200,
+        "still serving after a broken reload: {reply:?}"
+    );
     assert!(reply.body.contains("spiffe://mesh-a.test/reloaded"));
 
     base.write(dir.path());
     daemon.signal("HUP");
     daemon.wait_for_nth_log_blocking("config reloaded", 1);
     let reply = workload_get(&socket, "/v1/x509-svid");
-    assert_eq!(reply.status, 403, "the removed entry is no longer served: {reply:?}");
+    assert_eq!(
+        reply.status, 403,
+        "the removed entry is no longer served: {reply:?}"
+    );
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
@@ -87,14 +93,22 @@ async fn sighup_adds_changes_and_removes_a_federation_relationship_under_an_open
         .peer("mesh-b.test", &refused, None, true)
         .write(&a_dir);
     daemon.signal("HUP");
-    let line = daemon.wait_for_log("federation relationships updated").await;
+    let line = daemon
+        .wait_for_log("federation relationships updated")
+        .await;
     assert!(line.contains("mesh-b.test"), "{line}");
-    let failing = wait_for_peer(&admin, "mesh-b.test", "the fetch to a refusing URL fails", |p| {
-        p["state"] == "failing"
-    })
+    let failing = wait_for_peer(
+        &admin,
+        "mesh-b.test",
+        "the fetch to a refusing URL fails",
+        |p| p["state"] == "failing",
+    )
     .await;
     assert_eq!(failing["url"], refused);
-    assert!(failing["last_error"].as_str().unwrap().contains("connect"), "{failing}");
+    assert!(
+        failing["last_error"].as_str().unwrap().contains("connect"),
+        "{failing}"
+    );
 
     // Changed to mesh-b's real URL: the fetcher restarts on it and pins mesh-b's bundle, which
     // the open stream receives.
@@ -102,8 +116,13 @@ async fn sighup_adds_changes_and_removes_a_federation_relationship_under_an_open
         .peer("mesh-b.test", &b.url(), None, true)
         .write(&a_dir);
     daemon.signal("HUP");
-    daemon.wait_for_nth_log("federation relationships updated", 1).await;
-    let ok = wait_for_peer(&admin, "mesh-b.test", "mesh-a pins mesh-b", |p| p["state"] == "ok").await;
+    daemon
+        .wait_for_nth_log("federation relationships updated", 1)
+        .await;
+    let ok = wait_for_peer(&admin, "mesh-b.test", "mesh-a pins mesh-b", |p| {
+        p["state"] == "ok"
+    })
+    .await;
     assert_eq!(ok["url"], b.url());
     let pinned = loop {
         let m = next(&mut stream).await;
@@ -116,7 +135,13 @@ async fn sighup_adds_changes_and_removes_a_federation_relationship_under_an_open
     let served = parse_x509_bundles(&workload_get(&workload, "/v1/x509-bundles"));
     assert_eq!(served["spiffe://mesh-b.test"], b_certs);
     let admin_arg = admin.to_str().unwrap();
-    let refresh = ["federation", "refresh", "mesh-b.test", "--admin-socket", admin_arg];
+    let refresh = [
+        "federation",
+        "refresh",
+        "mesh-b.test",
+        "--admin-socket",
+        admin_arg,
+    ];
     let out = cli_async(&refresh).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.starts_with("mesh-b.test: ok"), "{}", out.stdout);
@@ -124,10 +149,15 @@ async fn sighup_adds_changes_and_removes_a_federation_relationship_under_an_open
     // Removed: no fetcher, no status, and the same stream gets mesh-b's bundle withdrawn.
     base.write(&a_dir);
     daemon.signal("HUP");
-    daemon.wait_for_nth_log("federation relationships updated", 2).await;
+    daemon
+        .wait_for_nth_log("federation relationships updated", 2)
+        .await;
     loop {
         let m = next(&mut stream).await;
-        assert!(m.bundles.contains_key("spiffe://mesh-a.test"), "our own stays");
+        assert!(
+            m.bundles.contains_key("spiffe://mesh-a.test"),
+            "our own stays"
+        );
         if !m.bundles.contains_key("spiffe://mesh-b.test") {
             break;
         }
@@ -138,9 +168,18 @@ async fn sighup_adds_changes_and_removes_a_federation_relationship_under_an_open
     assert!(!served.contains_key("spiffe://mesh-b.test"), "{served:?}");
     let out = cli_async(&refresh).await;
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("mesh-b.test is not a federation peer"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("mesh-b.test is not a federation peer"),
+        "{}",
+        out.stderr
+    );
     // Every change above applied live: none was deferred to a restart.
-    assert_eq!(daemon.count("apply only after a restart"), 0, "{}", daemon.log());
+    assert_eq!(
+        daemon.count("apply only after a restart"),
+        0,
+        "{}",
+        daemon.log()
+    );
     assert_eq!(daemon.stop().code(), Some(0));
     db.shutdown().await;
 }

@@ -237,9 +237,11 @@ async fn proxies_let_the_allowed_caller_through_and_refuse_the_others() {
         .await;
 
     // Not on --allow: the handshake fails and the inbound proxy names who it refused.
-    assert_refused(&refused_caller, &closed, b"let me in", |l| l.starts_with("inbound: refused"))
-        .await
-        .contains_or_panic("spiffe://mesh-a.test/frontend is not allowed");
+    assert_refused(&refused_caller, &closed, b"let me in", |l| {
+        l.starts_with("inbound: refused")
+    })
+    .await
+    .contains_or_panic("spiffe://mesh-a.test/frontend is not allowed");
     // The server is authentic but not the expected ID: the outbound proxy refuses it.
     assert_refused(&wrong_expectation, &wrong_expectation, b"hello?", |l| {
         l.contains(" refused ")
@@ -342,7 +344,14 @@ fn the_command_line_refuses_bad_addresses_and_empty_policies_with_exit_64() {
     // Workload Endpoint 1.6.5 (strict unix: URIs), an inbound proxy never allows everyone, and
     // an outbound proxy expects a workload ID. (args, SPIFFE_ENDPOINT_SOCKET, the reason given)
     let files = ["sidecar", "files", "--out", "/nonexistent"].as_slice();
-    let inbound = ["sidecar", "inbound", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1"];
+    let inbound = [
+        "sidecar",
+        "inbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        "127.0.0.1:1",
+    ];
     let outbound = [
         "sidecar",
         "outbound",
@@ -355,9 +364,21 @@ fn the_command_line_refuses_bad_addresses_and_empty_policies_with_exit_64() {
     ];
     let cases = [
         (files, "unix://host/x.sock", "authority"),
-        (files, "tcp://127.0.0.1:1", "tcp endpoints are not supported"),
-        (inbound.as_slice(), "unix:///nonexistent.sock", "nothing is allowed"),
-        (outbound.as_slice(), "unix:///nonexistent.sock", "SPIFFE ID has no path"),
+        (
+            files,
+            "tcp://127.0.0.1:1",
+            "tcp endpoints are not supported",
+        ),
+        (
+            inbound.as_slice(),
+            "unix:///nonexistent.sock",
+            "nothing is allowed",
+        ),
+        (
+            outbound.as_slice(),
+            "unix:///nonexistent.sock",
+            "SPIFFE ID has no path",
+        ),
     ];
     for (args, endpoint, reason) in cases {
         let out = std::process::Command::new(common::bin())

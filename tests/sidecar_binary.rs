@@ -30,7 +30,8 @@ fn sidecar(socket: &Path, args: &[&str]) -> Proc {
     let mut argv = vec!["sidecar"];
     argv.extend_from_slice(args);
     Proc::spawn_with(&argv, |c| {
-        c.stdout(Stdio::piped()).env("SPIFFE_ENDPOINT_SOCKET", endpoint);
+        c.stdout(Stdio::piped())
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint);
     })
 }
 
@@ -115,7 +116,9 @@ async fn allow_trust_domain_admits_the_peer_until_the_peer_trust_domain_is_revok
     assert!(update.contains("federated: mesh-b.test (1 CA)"), "{update}");
 
     // Any ID of mesh-a.test is admitted: the frontend's call goes through both proxies.
-    let back = round_trip(outbound_addr, b"hello from mesh-a").await.unwrap();
+    let back = round_trip(outbound_addr, b"hello from mesh-a")
+        .await
+        .unwrap();
     assert_eq!(back, b"hello from mesh-a");
     let line = inbound.wait_for_log("inbound: accepted").await;
     assert!(line.contains("spiffe://mesh-a.test/frontend"), "{line}");

@@ -40,7 +40,6 @@ impl Trigger {
         let mut stdin = self.stdin.take().expect("fired once");
         writeln!(stdin, "{pid}").unwrap();
     }
-
 }
 
 impl Drop for Trigger {
@@ -107,12 +106,19 @@ fn answers(admin: &Path) -> bool {
 fn assert_graceful_exit(mut proc: Proc, signal: &str) {
     let status = proc.wait_exit();
     let log = proc.log();
-    assert_eq!(status.code(), Some(0), "{status} after {signal}; log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status} after {signal}; log:\n{log}"
+    );
     assert!(
         log.contains("shutting down") && log.contains(&format!("signal=\"{signal}\"")),
         "the shutdown names {signal}:\n{log}"
     );
-    assert!(log.contains("stopped"), "the graceful path ran to its end:\n{log}");
+    assert!(
+        log.contains("stopped"),
+        "the graceful path ran to its end:\n{log}"
+    );
 }
 
 #[test]
@@ -125,8 +131,14 @@ fn sighup_the_instant_the_daemon_is_ready_reloads_and_it_keeps_serving() {
         proc.wait_for_log_blocking(READY);
         // The SIGHUP was handled (a reload), not fatal: the daemon logs the reload and answers.
         let line = proc.wait_for_log_blocking("config reloaded");
-        assert!(line.contains("entries_changed=false"), "round {round}: {line}");
-        assert!(answers(&admin), "round {round}: the daemon answers after SIGHUP");
+        assert!(
+            line.contains("entries_changed=false"),
+            "round {round}: {line}"
+        );
+        assert!(
+            answers(&admin),
+            "round {round}: the daemon answers after SIGHUP"
+        );
         proc.signal("INT");
         assert_graceful_exit(proc, "SIGINT");
     }

@@ -196,7 +196,9 @@ async fn the_json_view_serves_the_same_content_as_grpc() {
 async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     // Workload Endpoint 1.6.6-1.6.7: kernel attestation; no entry = PermissionDenied / 403.
     // Runs clients as another uid with setpriv.
-    if !common::daemon::root_or_skip("another_uid_gets_permission_denied_or_its_own_path_bound_identity") {
+    if !common::daemon::root_or_skip(
+        "another_uid_gets_permission_denied_or_its_own_path_bound_identity",
+    ) {
         return;
     }
     let mut entries = default_entries();

@@ -17,15 +17,16 @@ async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodifi
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let entry = common::config::entry("spiffe://mesh-a.test/py", common::own_uid(), &["mesh-b.test"]);
+    let entry = common::config::entry(
+        "spiffe://mesh-a.test/py",
+        common::own_uid(),
+        &["mesh-b.test"],
+    );
     let (mut a, mut b) = Mesh::pair(root.path(), &entry, "", false).await;
     let db = b.start().await;
     let da = a.start().await;
     let td_b = common::td("mesh-b.test");
-    eventually("mesh-a pins mesh-b", || {
-        da.peers.get(&td_b).is_some()
-    })
-    .await;
+    eventually("mesh-a pins mesh-b", || da.peers.get(&td_b).is_some()).await;
 
     let socket = format!("unix://{}", da.workload_socket.display());
     let out = tokio::process::Command::new(&python)

@@ -161,7 +161,10 @@ impl Pair {
         let silent = Silent::start().await;
         let mut extra = metrics_and_entry();
         if more_peers {
-            extra.push_str(&peer_without_bootstrap("mesh-c.test", &common::refused_url()));
+            extra.push_str(&peer_without_bootstrap(
+                "mesh-c.test",
+                &common::refused_url(),
+            ));
             extra.push_str(&peer_without_bootstrap(
                 "mesh-d.test",
                 &format!("https://127.0.0.1:{}/", silent.port),

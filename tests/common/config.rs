@@ -47,7 +47,8 @@ impl DaemonConfig {
     /// `spiffe://td/meshtrust/server` unless `endpoint_id` says otherwise, bootstrapped from
     /// `peers/<td>.json` when `bootstrap` is set.
     pub fn peer(self, td: &str, url: &str, endpoint_id: Option<&str>, bootstrap: bool) -> Self {
-        let id = endpoint_id.map_or_else(|| format!("spiffe://{td}/meshtrust/server"), str::to_owned);
+        let id =
+            endpoint_id.map_or_else(|| format!("spiffe://{td}/meshtrust/server"), str::to_owned);
         let mut text = format!(
             "[[federation]]\ntrust_domain = \"{td}\"\nbundle_endpoint_url = \"{url}\"\nprofile = \"https_spiffe\"\nendpoint_spiffe_id = \"{id}\"\n"
         );

@@ -92,7 +92,11 @@ impl Mesh {
     /// with no window in which another test could take it. (While only the handle is open,
     /// connections to the port wait in its backlog instead of being refused.)
     pub fn keep_port(&self) -> std::net::TcpListener {
-        dup_listener(self.listener.as_ref().expect("called before the first start"))
+        dup_listener(
+            self.listener
+                .as_ref()
+                .expect("called before the first start"),
+        )
     }
 
     /// Binds the next start to the port kept by [`Mesh::keep_port`].
@@ -113,10 +117,11 @@ impl Mesh {
             bundle_listener: self.listener.take(),
             ..Default::default()
         };
-        Daemon::start_with(self.config(), clock, opts).await.unwrap()
+        Daemon::start_with(self.config(), clock, opts)
+            .await
+            .unwrap()
     }
 }
-
 
 /// A duplicate (dup(2)) of a tokio listener's socket, as a std listener.
 fn dup_listener(listener: &TcpListener) -> std::net::TcpListener {

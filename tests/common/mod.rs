@@ -96,7 +96,10 @@ pub async fn guard<F: std::future::Future>(f: F) -> F::Output {
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + GUARD;
     while !f() {
-        assert!(Instant::now() < deadline, "hang guard: waited {GUARD:?} for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: waited {GUARD:?} for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -112,7 +115,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "hang guard: waited {GUARD:?} for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: waited {GUARD:?} for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -121,7 +127,10 @@ where
 pub fn eventually_blocking(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + GUARD;
     while !f() {
-        assert!(Instant::now() < deadline, "hang guard: waited {GUARD:?} for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: waited {GUARD:?} for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -165,8 +174,13 @@ pub async fn cli_async(args: &[&str]) -> CliOutput {
 
 /// `meshtrust status --json` on `admin_socket` (which must succeed), parsed.
 pub async fn status_json(admin_socket: &Path) -> serde_json::Value {
-    let out = cli_async(&["status", "--json", "--admin-socket", admin_socket.to_str().unwrap()])
-        .await;
+    let out = cli_async(&[
+        "status",
+        "--json",
+        "--admin-socket",
+        admin_socket.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     serde_json::from_str(&out.stdout).unwrap()
 }
