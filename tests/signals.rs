@@ -94,12 +94,7 @@ socket = "admin.sock"
 
 /// `meshtrust status` against the daemon's admin socket succeeds: the daemon answers.
 fn answers(admin: &Path) -> bool {
-    Command::new(common::bin())
-        .args(["status", "--admin-socket", admin.to_str().unwrap()])
-        .output()
-        .unwrap()
-        .status
-        .success()
+    common::cli(&["status", "--admin-socket", admin.to_str().unwrap()]).code == 0
 }
 
 /// The graceful path ran and the daemon exited 0.

@@ -8,8 +8,9 @@
 mod common;
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::http::{Curl, curl_program};
 use common::workload::*;
 use meshtrust::config::Selector;
 use meshtrust::workload_api::proto::{
@@ -18,14 +19,10 @@ use meshtrust::workload_api::proto::{
 };
 use tonic::Code;
 
-const NOBODY: &str = "65534";
+const NOBODY: u32 = 65534;
 const CHILD_ENV: &str = "MESHTRUST_TEST_WORKLOAD_ENDPOINT";
 
-fn curl_path() -> PathBuf {
-    std::fs::canonicalize("/usr/bin/curl").unwrap()
-}
-
-/// `curl` against the JSON view, as this process's uid or as uid 65534. Returns (status, JSON body).
+/// `curl` against the JSON view, as this process's uid or as uid 65534: (status, JSON body).
 async fn curl(
     socket: &Path,
     as_nobody: bool,
@@ -33,28 +30,17 @@ async fn curl(
     extra: &[&str],
     path: &str,
 ) -> (u16, serde_json::Value) {
-    let mut cmd = if as_nobody {
-        let mut c = tokio::process::Command::new("setpriv");
-        c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
-            .arg(curl_path());
-        c
-    } else {
-        tokio::process::Command::new(curl_path())
-    };
-    cmd.args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(socket)
-        .args(extra);
-    if header {
-        cmd.args(["-H", "workload.spiffe.io: true"]);
+    let mut request = Curl::get(socket, path).args(extra);
+    if as_nobody {
+        request = request.as_uid(NOBODY);
     }
-    let out = guard(cmd.arg(format!("http://localhost{path}")).output())
-        .await
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
+    if !header {
+        request = request.without_header();
+    }
+    let reply = request.send().await;
     (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        reply.status,
+        serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -204,7 +190,7 @@ async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     let mut entries = default_entries();
     entries.push(entry(
         "spiffe://mesh-a.test/curl",
-        vec![Selector::Uid(65534), Selector::Path(curl_path())],
+        vec![Selector::Uid(65534), Selector::Path(curl_program())],
         &["*"],
         "curl",
     ));
@@ -234,7 +220,7 @@ async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     // The test binary as uid 65534 matches nothing: the spiffe crate sees NoIdentityIssued.
     let out = guard(
         tokio::process::Command::new("setpriv")
-            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
             .arg(std::env::current_exe().unwrap())
             .args([
                 "--ignored",

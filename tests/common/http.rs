@@ -4,8 +4,8 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use meshtrust::bundle::pem::parse_certs_pem;
 use rustls_pki_types::CertificateDer;
@@ -17,65 +17,120 @@ pub struct Reply {
     pub body: String,
 }
 
-fn curl_args(socket: &Path, path: &str, header: bool) -> Vec<String> {
-    let mut args = vec![
-        "-sS".to_owned(),
-        "--max-time".to_owned(),
-        "30".to_owned(),
-        "-w".to_owned(),
-        "\n%{http_code}".to_owned(),
-        "--unix-socket".to_owned(),
-        socket.display().to_string(),
-    ];
-    if header {
-        args.extend(["-H".to_owned(), "workload.spiffe.io: true".to_owned()]);
-    }
-    args.push(format!("http://localhost{path}"));
-    args
+/// curl itself, resolved (what a `unix:path` selector for curl names).
+pub fn curl_program() -> PathBuf {
+    std::fs::canonicalize("/usr/bin/curl").expect("curl is installed")
 }
 
-fn reply(out: &Output, socket: &Path, path: &str) -> Reply {
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "curl {path} on {} failed ({}): {}{text}",
-        socket.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    Reply {
-        status: code.trim().parse().unwrap(),
-        body: body.to_owned(),
+/// One curl request on the Workload API socket.
+#[derive(Debug, Clone)]
+pub struct Curl<'a> {
+    socket: &'a Path,
+    path: &'a str,
+    header: bool,
+    extra: Vec<&'a str>,
+    as_uid: Option<u32>,
+}
+
+impl<'a> Curl<'a> {
+    /// `GET path` on `socket`, with the security header, as this process.
+    pub fn get(socket: &'a Path, path: &'a str) -> Self {
+        Self {
+            socket,
+            path,
+            header: true,
+            extra: Vec::new(),
+            as_uid: None,
+        }
+    }
+
+    /// Without the security header.
+    pub fn without_header(mut self) -> Self {
+        self.header = false;
+        self
+    }
+
+    /// More curl arguments (`-X POST`, ...).
+    pub fn args(mut self, extra: &[&'a str]) -> Self {
+        self.extra.extend_from_slice(extra);
+        self
+    }
+
+    /// Run as `uid` (gid the same, no groups) with setpriv: needs root.
+    pub fn as_uid(mut self, uid: u32) -> Self {
+        self.as_uid = Some(uid);
+        self
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut cmd = match self.as_uid {
+            Some(uid) => {
+                let mut c = tokio::process::Command::new("setpriv");
+                let id = uid.to_string();
+                c.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+                    .arg(curl_program());
+                c
+            }
+            None => tokio::process::Command::new(curl_program()),
+        };
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(self.socket)
+        .args(&self.extra);
+        if self.header {
+            cmd.args(["-H", "workload.spiffe.io: true"]);
+        }
+        cmd.arg(format!("http://localhost{}", self.path))
+            .kill_on_drop(true);
+        cmd
+    }
+
+    fn reply(&self, out: &Output) -> Reply {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {} on {} failed ({}): {}{text}",
+            self.path,
+            self.socket.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        Reply {
+            status: code.trim().parse().unwrap(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// Runs it from an async test, under the hang guard.
+    pub async fn send(&self) -> Reply {
+        let out = super::guard(self.command().output()).await.unwrap();
+        self.reply(&out)
+    }
+
+    /// Runs it from a test without a runtime.
+    pub fn send_blocking(&self) -> Reply {
+        let out = std::process::Command::from(self.command().into_std())
+            .output()
+            .unwrap();
+        self.reply(&out)
     }
 }
 
 /// `GET path` on the Workload API JSON view at `socket`, with the security header.
 pub fn workload_get(socket: &Path, path: &str) -> Reply {
-    let out = Command::new("curl")
-        .args(curl_args(socket, path, true))
-        .output()
-        .expect("curl is installed");
-    reply(&out, socket, path)
-}
-
-/// [`workload_get`] without the security header.
-pub fn workload_get_without_header(socket: &Path, path: &str) -> Reply {
-    let out = Command::new("curl")
-        .args(curl_args(socket, path, false))
-        .output()
-        .expect("curl is installed");
-    reply(&out, socket, path)
+    Curl::get(socket, path).send_blocking()
 }
 
 /// [`workload_get`] from an async test (the curl child does not block a runtime worker).
 pub async fn workload_get_async(socket: &Path, path: &str) -> Reply {
-    let out = tokio::process::Command::new("curl")
-        .args(curl_args(socket, path, true))
-        .kill_on_drop(true)
-        .output();
-    let out = super::guard(out).await.expect("curl is installed");
-    reply(&out, socket, path)
+    Curl::get(socket, path).send().await
 }
 
 /// The X.509 bundles of `GET /v1/x509-bundles` (which must answer 200), by trust domain ID.
