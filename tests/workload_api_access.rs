@@ -32,7 +32,7 @@ async fn curl(
 ) -> (u16, serde_json::Value) {
     let mut request = Curl::get(socket, path).args(extra);
     if as_nobody {
-        request = request.as_uid(NOBODY);
+        request = request.run_as(NOBODY);
     }
     if !header {
         request = request.without_header();

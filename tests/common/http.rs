@@ -57,7 +57,7 @@ impl<'a> Curl<'a> {
     }
 
     /// Run as `uid` (gid the same, no groups) with setpriv: needs root.
-    pub fn as_uid(mut self, uid: u32) -> Self {
+    pub fn run_as(mut self, uid: u32) -> Self {
         self.as_uid = Some(uid);
         self
     }
@@ -116,9 +116,7 @@ impl<'a> Curl<'a> {
 
     /// Runs it from a test without a runtime.
     pub fn send_blocking(&self) -> Reply {
-        let out = std::process::Command::from(self.command().into_std())
-            .output()
-            .unwrap();
+        let out = self.command().into_std().output().unwrap();
         self.reply(&out)
     }
 }
