@@ -17,7 +17,8 @@ use crate::common::mesh::Mesh;
 use crate::common::{eventually, guard};
 
 pub use crate::common::grpc::{next, x509_bundles};
-pub use crate::common::td;
+#[allow(unused_imports)]
+pub use crate::common::{GUARD, td};
 
 /// One admin API request over the daemon's Unix socket.
 pub async fn admin(socket: &Path, method: &str, path: &str) -> (u16, Value) {

@@ -123,6 +123,10 @@ impl Mesh {
     }
 }
 
+/// The wait of tests written before the harness had one: [`super::eventually_within`].
+#[allow(unused_imports)]
+pub use super::eventually_within as eventually;
+
 /// A duplicate (dup(2)) of a tokio listener's socket, as a std listener.
 fn dup_listener(listener: &TcpListener) -> std::net::TcpListener {
     use std::os::fd::AsFd as _;

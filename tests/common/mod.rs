@@ -93,12 +93,17 @@ pub async fn guard<F: std::future::Future>(f: F) -> F::Output {
 
 /// Polls `f` every 50 ms until it is true; panics naming `what` after [`GUARD`] (a hang guard,
 /// never a timing assertion).
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GUARD;
+pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_within(what, GUARD, f).await;
+}
+
+/// [`eventually`] with another hang guard than [`GUARD`].
+pub async fn eventually_within(what: &str, guard: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + guard;
     while !f() {
         assert!(
             Instant::now() < deadline,
-            "hang guard: waited {GUARD:?} for: {what}"
+            "hang guard: waited {guard:?} for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
