@@ -591,7 +591,10 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until `shutdown` resolves.
+/// Runs the daemon until `shutdown` resolves. The caller installs the handlers behind `shutdown`
+/// before calling; the SIGHUP handler is installed here before the daemon starts, so once it
+/// logs `meshtrust ready` no signal it handles can take its default action (a SIGHUP received
+/// during the start reloads right after it).
 ///
 /// # Errors
 /// [`AppError`] when the daemon cannot start.

@@ -101,10 +101,16 @@ fn serve(config: Config, state: StateOptions) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        // Installed before the daemon starts (and says it is ready): a stop request from then
+        // on takes the graceful path.
+        let signals = crate::signal::ShutdownSignals::install();
         let shutdown = async {
-            if let Err(e) = crate::signal::shutdown_signal().await {
-                tracing::error!(error = %e, "cannot listen for signals");
-                std::future::pending::<()>().await;
+            match signals {
+                Ok(signals) => signals.recv().await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for signals");
+                    std::future::pending::<()>().await;
+                }
             }
         };
         app::run_with(config, Arc::new(SystemClock), state, shutdown).await

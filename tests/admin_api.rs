@@ -18,7 +18,8 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use common::mesh::eventually;
+use common::guard;
+use common::peer_status as peer;
 use serde_json::Value;
 use support::*;
 
@@ -37,21 +38,18 @@ const PEER_KEYS: [&str; 11] = [
     "earliest_expiry",
 ];
 
-fn peer<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["federation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["trust_domain"] == name)
-        .unwrap_or_else(|| panic!("{name} in {status}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_every_contract_key_with_rfc3339_times_and_the_three_states() {
-    let pair = Pair::start(true).await;
-    // mesh-d.test's endpoint accepts TCP and never answers, so its first fetch is still in
-    // flight (until the 15 s fetch deadline): no fetch has finished.
+    let mut pair = Pair::start(true).await;
+    // mesh-d.test's endpoint accepts the first fetch's connection and never answers. The
+    // status read while that connection is still held open (checked after the read) is taken
+    // while the fetch is in flight: no fetch has finished.
+    let held = guard(pair.silent.accepted.recv()).await.unwrap();
     let (code, status) = admin(pair.admin_a(), "GET", "/v1/status").await;
+    assert!(
+        still_open(&held),
+        "the first fetch of mesh-d.test gave up before the status was read (its 15 s deadline)"
+    );
     assert_eq!(code, 200, "{status}");
     let d = peer(&status, "mesh-d.test");
     assert_eq!(d["state"], "never_fetched", "{d}");
@@ -60,13 +58,7 @@ async fn status_names_every_contract_key_with_rfc3339_times_and_the_three_states
     }
 
     pair.pinned().await;
-    eventually("mesh-c.test fails", GUARD, || {
-        pair.da
-            .status
-            .get(&td("mesh-c.test"))
-            .is_some_and(|s| s.state.as_str() == "failing")
-    })
-    .await;
+    pair.failing("mesh-c.test").await;
     let (code, status) = admin(pair.admin_a(), "GET", "/v1/status").await;
     assert_eq!(code, 200);
     assert_eq!(status["trust_domain"], "mesh-a.test");
@@ -223,17 +215,13 @@ async fn refresh_answers_the_fetch_outcome_and_the_cli_exits_accordingly() {
 async fn metrics_healthz_and_readyz_report_the_daemon_and_its_peers() {
     let pair = Pair::start(true).await;
     pair.pinned().await;
-    eventually("mesh-c.test fails", GUARD, || {
-        pair.da
-            .status
-            .get(&td("mesh-c.test"))
-            .is_some_and(|s| s.state.as_str() == "failing")
-    })
-    .await;
+    pair.failing("mesh-c.test").await;
     let (code, _) = admin(pair.admin_a(), "POST", "/v1/federation/mesh-b.test/refresh").await;
     assert_eq!(code, 200);
     let addr = pair.da.metrics_addr.unwrap();
+    let before = std::time::SystemTime::now();
     let (code, text) = http_get(addr, "/metrics").await;
+    let after = std::time::SystemTime::now();
     assert_eq!(code, 200);
     // Prometheus text format: a family's samples directly follow its own HELP/TYPE lines.
     let mut current = "";
@@ -279,8 +267,16 @@ async fn metrics_healthz_and_readyz_report_the_daemon_and_its_peers() {
         m(r#"meshtrust_federation_up{trust_domain="mesh-c.test"}"#.into()),
         0.0
     );
+    // The age is the time since the last successful fetch the status names (truncated there
+    // to the second), measured while the metrics were rendered.
     let age = m(format!("meshtrust_federation_bundle_age_seconds{b}"));
-    assert!(age >= 0.0, "{age}");
+    let last_success = secs(time(&peer(&status, "mesh-b.test")["last_success"]));
+    assert!(
+        age > secs(before) - last_success - 1.0 && age <= secs(after) - last_success + 1.0,
+        "age {age} for last_success {last_success} read between {} and {}",
+        secs(before),
+        secs(after)
+    );
     assert!(
         metric(
             &text,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
 mod endpoint_client;
 
 use std::time::Duration;
@@ -18,16 +19,24 @@ use tokio::io::AsyncReadExt as _;
 /// 30 s default header timeout, so a timeout that was not applied fails the test.
 const SILENT_GUARD: Duration = Duration::from_secs(10);
 
+/// The server ended the handshake with an alert (access denied): it had no certificate to
+/// present.
+fn assert_handshake_refused<T>(result: anyhow::Result<T>) {
+    let Err(err) = result else {
+        panic!("the handshake succeeded without a certificate")
+    };
+    assert!(
+        format!("{err:#}").contains("received fatal alert: AccessDenied"),
+        "{err:#}"
+    );
+}
+
 /// Never an invented or expired certificate: with none installed, handshakes fail closed.
 #[tokio::test]
 async fn without_a_certificate_handshakes_fail_closed() {
     let f = start(ServeOptions::default(), Certs::Nothing).await;
     assert!(f.certs.current().is_none());
-    assert!(
-        connect(f.addr, f.bundle_client(H1), "localhost")
-            .await
-            .is_err()
-    );
+    assert_handshake_refused(connect(f.addr, f.bundle_client(H1), "localhost").await);
     // An SVID past its NotAfter (by the CA's clock) is not presented either.
     let svid =
         f.ca.snapshot()
@@ -38,11 +47,7 @@ async fn without_a_certificate_handshakes_fail_closed() {
     assert!(get(f.addr, f.bundle_client(H1), "localhost").await.is_ok());
     f.clock.set(svid.not_after);
     assert!(f.certs.current().is_none());
-    assert!(
-        connect(f.addr, f.bundle_client(H1), "localhost")
-            .await
-            .is_err()
-    );
+    assert_handshake_refused(connect(f.addr, f.bundle_client(H1), "localhost").await);
 }
 
 /// Cancellation stops accepting and `serve` returns once connections are closed.
@@ -56,7 +61,10 @@ async fn cancel_stops_the_listener_and_serve_returns() {
         .unwrap()
         .unwrap();
     assert!(result.is_ok());
-    assert!(tokio::net::TcpStream::connect(f.addr).await.is_err());
+    let err = tokio::net::TcpStream::connect(f.addr)
+        .await
+        .expect_err("the listener is closed");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
 
 /// Slow clients hold no slot forever: a silent TCP client is dropped after the handshake

@@ -12,16 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::config::DaemonConfig;
+use common::daemon::Proc;
 use endpoint_client::{eventually, get, web_client};
-use meshtrust::ca::{Ca, CaPolicy, KeyType};
 use meshtrust::clock::SystemClock;
 use meshtrust::config::EndpointProfile;
 use meshtrust::federation::endpoint;
 use meshtrust::federation::server_tls::ServerTlsError;
 use meshtrust::federation::server_tls::{ServerCerts, load_web_files, reload_web_files};
-use meshtrust::spiffe_id::TrustDomain;
-use meshtrust::store::Storage;
-use meshtrust::store::sqlite::SqliteStorage;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -82,22 +80,12 @@ async fn served_leaf(
 async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad_file() {
     common::init();
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> =
-        Arc::new(SqliteStorage::open(&dir.path().join("state")).unwrap());
-    let policy = CaPolicy {
-        key_type: KeyType::EcP256,
-        ca_ttl: Duration::from_secs(24 * 3600),
-        x509_svid_ttl: Duration::from_secs(3600),
-        jwt_svid_ttl: Duration::from_secs(300),
-        refresh_hint: Duration::from_secs(300),
-    };
-    let ca = Ca::open(
-        TrustDomain::new("mesh-a.test").unwrap(),
-        policy,
+    let ca = common::workload::open_ca(
+        common::workload::storage(&dir.path().join("state")),
+        "mesh-a.test",
         Arc::new(SystemClock),
-        storage,
-    )
-    .unwrap();
+        common::workload::HOUR,
+    );
 
     let dev = DevCa::new();
     let (leaf1, chain1, key1) = dev.leaf();
@@ -154,10 +142,19 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     assert_eq!(answer.body, ca.snapshot().bundle_json);
     assert_eq!(answer.headers["content-type"], "application/json");
     // The name is checked: another host name fails.
-    assert!(get(addr, client.clone(), "example.org").await.is_err());
+    let err = get(addr, client.clone(), "example.org")
+        .await
+        .err()
+        .expect("another host name fails");
+    assert!(format!("{err:#}").contains("not valid for name"), "{err:#}");
     // A client not trusting the dev root fails.
     let stranger = web_client(&[DevCa::new().root()], &[b"http/1.1"]);
-    assert!(get(addr, stranger, "localhost").await.is_err());
+    let err = get(addr, stranger, "localhost")
+        .await
+        .err()
+        .expect("a client not trusting the dev root fails");
+    // Both dev roots have the same (empty) name: the chain builds, its signature fails.
+    assert!(format!("{err:#}").contains("BadSignature"), "{err:#}");
 
     // New files (key as SEC1 this time): served without a restart.
     let (leaf2, chain2, key2) = dev.leaf();
@@ -188,7 +185,11 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     })
     .await;
     assert_eq!(served_leaf(addr, client.clone()).await, Some(leaf2.clone()));
-    assert!(load_web_files(&cert_file, &key_file).is_err());
+    let err = load_web_files(&cert_file, &key_file).expect_err("the key does not match");
+    assert!(
+        matches!(&err, ServerTlsError::Key { path, .. } if path.ends_with("server.key")),
+        "{err}"
+    );
 
     // Then the matching key arrives: recovered.
     std::fs::write(&key_file, &key3).unwrap();
@@ -199,4 +200,69 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     })
     .await;
     cancel.cancel();
+}
+
+/// The same through the real daemon and its own reload task (`meshtrust serve` with an
+/// https_web `[bundle_endpoint]`): files replaced on disk are served without a restart, and a
+/// broken replacement is logged while the previous certificate stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_replaced_https_web_files_and_keeps_its_certificate_on_a_bad_file() {
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevCa::new();
+    let (cert_file, key_file) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let (leaf1, chain1, key1) = dev.leaf();
+    std::fs::write(&key_file, &key1).unwrap();
+    std::fs::write(&cert_file, &chain1).unwrap();
+    let config = DaemonConfig::new("mesh-a.test")
+        .section(&format!(
+            "[bundle_endpoint]\nlisten = \"127.0.0.1:0\"\nprofile = \"https_web\"\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert_file.display().to_string(),
+            key_file.display().to_string()
+        ))
+        .write(dir.path());
+    let daemon = Proc::serve(&config).await;
+    let ready = daemon.log();
+    let addr: std::net::SocketAddr = ready
+        .split("bundle_endpoint=Some(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("the ready line names the endpoint's address: {ready}"))
+        .parse()
+        .unwrap();
+    let client = web_client(&[dev.root()], &[b"h2", b"http/1.1"]);
+    let (conn, answer) = get(addr, client.clone(), "localhost").await.unwrap();
+    assert_eq!(conn.leaf, leaf1);
+    let bundle: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert!(
+        bundle["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "{bundle}"
+    );
+
+    // New files: the daemon's task notices and serves them.
+    let (leaf2, chain2, key2) = dev.leaf();
+    std::fs::write(&key_file, &key2).unwrap();
+    std::fs::write(&cert_file, &chain2).unwrap();
+    daemon
+        .wait_for_log("bundle endpoint certificate reloaded")
+        .await;
+    eventually("the daemon serves the new certificate", || {
+        let client = client.clone();
+        let leaf2 = leaf2.clone();
+        async move { served_leaf(addr, client).await.filter(|l| *l == leaf2) }
+    })
+    .await;
+
+    // A broken certificate file: logged, and the certificate served stays.
+    let failures = daemon.count("bundle endpoint certificate not reloaded");
+    std::fs::write(&cert_file, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let line = daemon
+        .wait_for_nth_log("bundle endpoint certificate not reloaded", failures)
+        .await;
+    assert!(
+        line.contains("server.pem"),
+        "the log names the file: {line}"
+    );
+    assert_eq!(served_leaf(addr, client.clone()).await, Some(leaf2));
+    assert_eq!(daemon.stop().code(), Some(0));
 }

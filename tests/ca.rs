@@ -54,26 +54,10 @@ fn has_ext_critical(
         .map(|e| e.critical)
 }
 
-fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
-    cert.subject_alternative_name()
-        .unwrap()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn check_ca_profile(ca_der: &[u8], td: &str) {
     let (_, ca) = parse_x509_certificate(ca_der).unwrap();
     // X509-SVID 1.2.5, SPIFFE-ID 1.1.8: the CA's SPIFFE ID is the trust domain, no path.
-    assert_eq!(uri_sans(&ca), vec![format!("spiffe://{td}")]);
+    assert_eq!(common::uri_sans(ca_der), vec![format!("spiffe://{td}")]);
     // 1.2.4, 1.2.7: cA=true.
     let bc = ca.basic_constraints().unwrap().unwrap();
     assert!(bc.value.ca);
@@ -94,7 +78,7 @@ fn check_leaf_profile(leaf_der: &[u8], ca_der: &[u8], id: &str, now: SystemTime,
     let (_, leaf) = parse_x509_certificate(leaf_der).unwrap();
     let (_, ca) = parse_x509_certificate(ca_der).unwrap();
     // X509-SVID 1.2.1: exactly one URI SAN, the SPIFFE ID; 1.2.2 non-root path.
-    assert_eq!(uri_sans(&leaf), vec![id.to_owned()]);
+    assert_eq!(common::uri_sans(leaf_der), vec![id.to_owned()]);
     // 1.2.3: subject non-empty here, so SAN criticality is free.
     assert!(leaf.subject().iter_attributes().count() > 0);
     // 1.2.7: cA=false with the extension present.
@@ -205,8 +189,12 @@ fn a_root_path_id_gets_no_svid() {
     let ca = open(dir.path(), clock.clone(), KeyType::EcP256);
     let err = ca
         .snapshot()
-        .issue_x509_svid(&SpiffeId::new("spiffe://mesh-a.test").unwrap(), clock.now());
-    assert!(err.is_err(), "X509-SVID 1.2.2");
+        .issue_x509_svid(&SpiffeId::new("spiffe://mesh-a.test").unwrap(), clock.now())
+        .expect_err("X509-SVID 1.2.2");
+    assert!(
+        matches!(&err, meshtrust::ca::CaError::NotAWorkloadId(id) if id.to_string() == "spiffe://mesh-a.test"),
+        "{err}"
+    );
 }
 
 fn states(snap: &CaSnapshot) -> Vec<(u64, AuthorityState)> {

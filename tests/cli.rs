@@ -7,16 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::config::DaemonConfig;
+use common::daemon::Proc;
+
 fn meshtrust(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(common::bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::cli(args);
+    (out.code, out.stdout, out.stderr)
 }
 
 fn repo() -> PathBuf {
@@ -73,25 +71,11 @@ fn a_missing_config_file_or_bad_arguments_exit_64() {
 
 /// A minimal config in `dir` with the given `[ca]` TTLs.
 fn write_config(dir: &Path, ca_ttl: &str, svid_ttl: &str) -> PathBuf {
-    let path = dir.join("meshtrust.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[ca]
-ca_ttl = "{ca_ttl}"
-x509_svid_ttl = "{svid_ttl}"
-jwt_svid_ttl = "{svid_ttl}"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-"#
-        ),
-    )
-    .unwrap();
-    path
+    DaemonConfig::new("mesh-a.test")
+        .ca(&format!(
+            "ca_ttl = \"{ca_ttl}\"\nx509_svid_ttl = \"{svid_ttl}\"\njwt_svid_ttl = \"{svid_ttl}\""
+        ))
+        .write(dir)
 }
 
 fn bundle_json(config: &Path) -> serde_json::Value {
@@ -147,67 +131,20 @@ fn bundle_show_prints_spiffe_json_and_pem_of_the_same_ca() {
     assert_eq!(pem, common::pem(&[der.into()]));
 }
 
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let child = Command::new(common::bin())
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut d = Daemon(child);
-        d.wait_for_log("meshtrust ready");
-        d
-    }
-
-    fn wait_for_log(&mut self, needle: &str) {
-        use std::io::{BufRead, BufReader};
-        let stderr = self.0.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains(needle) => break,
-                Some(Ok(_)) => {}
-                _ => panic!("daemon exited before logging {needle:?}"),
-            }
-        }
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn serve_stops_cleanly_on_sigterm_and_a_restart_after_kill_9_keeps_ca_bundle_and_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "24h", "1h");
-    let mut daemon = Daemon::start(&config);
+    let daemon = Proc::serve_blocking(&config);
     let before = bundle_json(&config);
     // SIGTERM: graceful, exit 0.
-    Command::new("kill")
-        .arg(daemon.0.id().to_string())
-        .status()
-        .unwrap();
-    let status = daemon.0.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(daemon.stop().code(), Some(0));
 
-    let mut daemon = Daemon::start(&config);
+    let daemon = Proc::serve_blocking(&config);
     assert_eq!(bundle_json(&config), before);
     // kill -9 at an arbitrary moment, then start again on the same data dir.
-    Command::new("kill")
-        .args(["-9", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    daemon.0.wait().unwrap();
-    let _daemon = Daemon::start(&config);
+    daemon.kill_9();
+    let _daemon = Proc::serve_blocking(&config);
     let after = bundle_json(&config);
     assert_eq!(after, before, "same CA, same bundle, same sequence");
 }
@@ -220,7 +157,7 @@ fn serve_stops_cleanly_on_sigterm_and_a_restart_after_kill_9_keeps_ca_bundle_and
 fn a_daemon_rotates_its_ca_for_real_with_a_20s_ca_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "20s", "2s");
-    let _daemon = Daemon::start(&config);
+    let _daemon = Proc::serve_blocking(&config);
     let first = bundle_json(&config);
     assert_eq!(first["spiffe_sequence"], 1);
     let old_ca = x5c(&first);
@@ -273,7 +210,7 @@ fn kill_9_during_rotations_always_leaves_a_state_that_starts_and_never_rolls_bac
     let config = write_config(dir.path(), "3s", "1s");
     let mut last_sequence = 0;
     for round in 0..6u64 {
-        let mut daemon = Daemon::start(&config);
+        let daemon = Proc::serve_blocking(&config);
         // Spread the kills over a rotation period, differently each round.
         let nanos = u64::from(
             std::time::SystemTime::now()
@@ -282,11 +219,7 @@ fn kill_9_during_rotations_always_leaves_a_state_that_starts_and_never_rolls_bac
                 .subsec_nanos(),
         );
         std::thread::sleep(Duration::from_millis((nanos + round * 337) % 1500));
-        Command::new("kill")
-            .args(["-9", &daemon.0.id().to_string()])
-            .status()
-            .unwrap();
-        daemon.0.wait().unwrap();
+        daemon.kill_9();
         let bundle = bundle_json(&config);
         let sequence = bundle["spiffe_sequence"].as_u64().unwrap();
         assert!(
@@ -299,14 +232,8 @@ fn kill_9_during_rotations_always_leaves_a_state_that_starts_and_never_rolls_bac
         );
         last_sequence = sequence;
     }
-    let mut daemon = Daemon::start(&config);
-    Command::new("kill")
-        .args(["-INT", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(
-        daemon.0.wait().unwrap().code(),
-        Some(0),
-        "SIGINT is a clean stop"
-    );
+    let mut daemon = Proc::serve_blocking(&config);
+    daemon.signal("INT");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "SIGINT is a clean stop");
+    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
 }

@@ -5,85 +5,29 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::Duration;
 
-/// A hang guard, not a timing assertion.
+use common::daemon::Proc;
+
+/// `meshtrust demo ARGS`, its report (stdout) and log (stderr) drained into one log.
+fn demo(args: &[&str]) -> Proc {
+    let mut argv = vec!["demo"];
+    argv.extend_from_slice(args);
+    Proc::spawn_with(&argv, |c| {
+        c.stdout(Stdio::piped());
+    })
+}
+
+/// A hang guard for a whole demo run (two daemons, sidecars, a call), not a timing check.
 const LIMIT: Duration = Duration::from_secs(120);
-
-struct Demo {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Demo {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(common::bin())
-            .arg("demo")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads lines until one satisfies `f`; panics with the output so far on EOF or timeout.
-    fn until(&mut self, f: impl Fn(&str) -> bool) -> String {
-        loop {
-            match self.lines.recv_timeout(LIMIT) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if f(&line) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("{e}; output so far:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn rest(&mut self) {
-        while let Ok(line) = self.lines.recv_timeout(LIMIT) {
-            self.seen.push(line);
-        }
-    }
-
-    fn output(&self) -> String {
-        self.seen.join("\n")
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn the_demo_federates_two_meshes_calls_across_them_refuses_a_stranger_and_says_ok() {
-    let mut demo = Demo::start(&[]);
-    demo.until(|l| l.starts_with("demo: OK"));
-    demo.rest();
-    let status = demo.child.wait().unwrap();
-    let out = demo.output();
+    let mut demo = demo(&[]).with_guard(LIMIT);
+    demo.wait_for_log_blocking("demo: OK");
+    let status = demo.wait_exit();
+    let out = demo.log();
     assert_eq!(status.code(), Some(0), "{out}");
     // Each mesh pinned the other's bundle (Federation 1.5.4) after an https_spiffe fetch.
     assert!(
@@ -117,37 +61,45 @@ fn the_demo_federates_two_meshes_calls_across_them_refuses_a_stranger_and_says_o
 
 #[test]
 fn keep_running_leaves_live_daemons_to_poke_at_and_stops_on_sigterm() {
-    let mut demo = Demo::start(&["--keep-running"]);
-    demo.until(|l| l.starts_with("demo: OK"));
-    let status_line = demo.until(|l| {
-        l.trim_start()
-            .starts_with("meshtrust status --admin-socket")
-    });
+    let demo = demo(&["--keep-running"]).with_guard(LIMIT);
+    demo.wait_for_log_blocking("demo: OK");
+    let status_line = demo.wait_for_log_blocking("meshtrust status --admin-socket");
     let admin_socket = status_line.split_whitespace().last().unwrap().to_owned();
     let work = std::path::Path::new(&admin_socket)
         .ancestors()
         .nth(2)
         .unwrap()
         .to_owned();
-    demo.until(|l| l.contains("the frontend's proxy"));
+    demo.wait_for_log_blocking("the frontend's proxy");
 
-    // The printed admin socket answers, and the federation is healthy.
-    let out = Command::new(common::bin())
-        .args(["status", "--json", "--admin-socket", &admin_socket])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let text = status.to_string();
-    assert!(text.contains("mesh-b.test"), "{text}");
+    // The printed admin socket answers, and the federation is healthy: each mesh's peer is
+    // pinned and its last fetch succeeded.
+    let sockets: Vec<String> = demo
+        .log()
+        .lines()
+        .filter(|l| l.contains("meshtrust status --admin-socket"))
+        .map(|l| l.split_whitespace().last().unwrap().to_owned())
+        .collect();
+    assert_eq!(sockets.len(), 2, "{}", demo.log());
+    for (socket, (own, peer)) in sockets.iter().zip([
+        ("mesh-a.test", "mesh-b.test"),
+        ("mesh-b.test", "mesh-a.test"),
+    ]) {
+        let out = common::cli(&["status", "--json", "--admin-socket", socket]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(status["trust_domain"], own, "{status}");
+        let p = common::peer_status(&status, peer);
+        assert_eq!(p["state"], "ok", "{p}");
+        assert!(p["last_error"].is_null(), "{p}");
+        assert!(
+            p["authorities"].as_array().is_some_and(|a| !a.is_empty()),
+            "{p}"
+        );
+    }
 
-    Command::new("kill")
-        .arg(demo.child.id().to_string())
-        .status()
-        .unwrap();
-    demo.rest();
-    let code = demo.child.wait().unwrap().code();
-    assert_eq!(code, Some(0), "{}", demo.output());
+    let status = demo.stop();
+    assert_eq!(status.code(), Some(0), "{status}");
     assert!(
         !work.exists(),
         "the work folder {} is removed",

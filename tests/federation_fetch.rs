@@ -27,8 +27,8 @@ use hostile::{Behaviour, Hostile};
 const MIN: Duration = Duration::from_secs(60);
 
 /// A peer serving its bundle at `/` with its endpoint SVID; our fetcher bootstrapped with that
-/// bundle (JSON) and one good fetch done.
-pub async fn good_setup(limits: FetchLimits) -> (PeerCa, Hostile, Ours) {
+/// bundle (JSON), started.
+async fn bootstrapped(limits: FetchLimits) -> (PeerCa, Hostile, Ours) {
     let peer = PeerCa::now(PEER);
     let server = Hostile::start(peer.endpoint_tls(ENDPOINT)).await;
     server.route("/", Behaviour::ok(peer.bundle_json()));
@@ -36,6 +36,12 @@ pub async fn good_setup(limits: FetchLimits) -> (PeerCa, Hostile, Ours) {
     let bootstrap = Ours::write(&dir, "bootstrap.json", &peer.bundle_json());
     let peers = [spiffe_peer(server.url("/"), Some(bootstrap))];
     let ours = Ours::start(dir, &peers, no_own_roots(), limits).unwrap();
+    (peer, server, ours)
+}
+
+/// [`bootstrapped`] with one good fetch done.
+pub async fn good_setup(limits: FetchLimits) -> (PeerCa, Hostile, Ours) {
+    let (peer, server, ours) = bootstrapped(limits).await;
     let first = ours.refresh(PEER).await;
     assert!(first.ok, "{first:?}");
     assert_eq!(first.sequence, Some(1));
@@ -92,13 +98,7 @@ async fn a_bootstrapped_fetch_pins_the_bundle_and_the_pinned_bundle_carries_the_
 
 #[tokio::test]
 async fn the_first_fetch_happens_at_start() {
-    let peer = PeerCa::now(PEER);
-    let server = Hostile::start(peer.endpoint_tls(ENDPOINT)).await;
-    server.route("/", Behaviour::ok(peer.bundle_json()));
-    let dir = Ours::dir();
-    let bootstrap = Ours::write(&dir, "bootstrap.json", &peer.bundle_json());
-    let peers = [spiffe_peer(server.url("/"), Some(bootstrap))];
-    let ours = Ours::start(dir, &peers, no_own_roots(), FetchLimits::default()).unwrap();
+    let (peer, _server, ours) = bootstrapped(FetchLimits::default()).await;
     let mut changes = ours.store.subscribe();
     tokio::time::timeout(Duration::from_secs(30), changes.wait_for(|m| !m.is_empty()))
         .await

@@ -15,67 +15,30 @@ mod harness;
 mod hostile;
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::workload::{der_list, guard, with_header};
-use harness::{ENDPOINT, PEER, PeerCa, td};
+use common::config::DaemonConfig;
+use common::grpc::{next, x509_bundles, x509_svids};
+use common::workload::der_list;
+use common::{guard, td};
+use harness::{ENDPOINT, PEER, PeerCa};
 use hostile::{Behaviour, Hostile};
-use hyper_util::rt::TokioIo;
 use meshtrust::app::Daemon;
 use meshtrust::clock::SystemClock;
 use meshtrust::config::Config;
-use meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use meshtrust::workload_api::proto::{X509BundlesRequest, X509svidRequest};
-use tokio::net::UnixStream;
-use tonic::transport::Channel;
 
 const PEER_ID: &str = "spiffe://mesh-b.test";
 const OWN_ID: &str = "spiffe://mesh-a.test";
 
-/// Our generated client on the daemon's Workload API socket.
-async fn client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let socket = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
-}
-
 /// mesh-a in-process: one https_spiffe peer (mesh-b at `url`, bootstrapped with `bootstrap`), and
 /// an entry for this process's uid that federates with it.
 async fn start_mesh_a(dir: &Path, url: &url::Url, bootstrap: &[u8]) -> Daemon {
-    std::fs::write(dir.join("mesh-b.json"), bootstrap).unwrap();
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    let path = dir.join("meshtrust.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[[federation]]
-trust_domain = "{PEER}"
-bundle_endpoint_url = "{url}"
-profile = "https_spiffe"
-endpoint_spiffe_id = "{ENDPOINT}"
-bootstrap_bundle = "mesh-b.json"
-[[entry]]
-spiffe_id = "spiffe://mesh-a.test/revocation-test"
-selectors = ["unix:uid:{uid}"]
-federates_with = ["{PEER}"]
-"#
-        ),
-    )
-    .unwrap();
+    let path = DaemonConfig::new("mesh-a.test")
+        .peer(PEER, url.as_str(), Some(ENDPOINT), true)
+        .entry("spiffe://mesh-a.test/revocation-test", &[PEER])
+        .write(dir);
+    std::fs::write(dir.join(format!("peers/{PEER}.json")), bootstrap).unwrap();
     Daemon::start(Config::load(&path).unwrap(), Arc::new(SystemClock))
         .await
         .unwrap()
@@ -100,21 +63,12 @@ async fn keys_empty_served_by_the_peer_reaches_open_workload_streams_as_an_empty
     let first = guard(da.refresh.refresh(&td(PEER))).await.unwrap();
     assert!(first.ok, "{first:?}");
 
-    let mut api = client(&da.workload_socket).await;
-    let mut bundles = api
-        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut svids = api
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut bundles = x509_bundles(&da.workload_socket).await;
+    let mut svids = x509_svids(&da.workload_socket).await;
     let peer_der = der_list(&peer.bundle().x509_authorities).concat();
-    let msg = guard(bundles.message()).await.unwrap().unwrap();
+    let msg = next(&mut bundles).await;
     assert_eq!(peer_entry(&msg.bundles, "bundles, before"), peer_der);
-    let msg = guard(svids.message()).await.unwrap().unwrap();
+    let msg = next(&mut svids).await;
     assert_eq!(
         peer_entry(&msg.federated_bundles, "svids, before"),
         peer_der
@@ -132,14 +86,14 @@ async fn keys_empty_served_by_the_peer_reaches_open_workload_streams_as_an_empty
     // Both streams push it. Other messages may come first (an SVID renewal), each with the
     // peer's entry still there.
     loop {
-        let msg = guard(bundles.message()).await.unwrap().unwrap();
+        let msg = next(&mut bundles).await;
         assert!(!msg.bundles[OWN_ID].is_empty(), "our own bundle stays");
         if peer_entry(&msg.bundles, "bundles, after").is_empty() {
             break;
         }
     }
     let revoked = loop {
-        let msg = guard(svids.message()).await.unwrap().unwrap();
+        let msg = next(&mut svids).await;
         if peer_entry(&msg.federated_bundles, "svids, after").is_empty() {
             break msg;
         }
@@ -148,13 +102,8 @@ async fn keys_empty_served_by_the_peer_reaches_open_workload_streams_as_an_empty
     assert!(!revoked.svids[0].bundle.is_empty(), "our own bundle stays");
 
     // A new client sees the same state at once.
-    let mut api = client(&da.workload_socket).await;
-    let mut fresh = api
-        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let msg = guard(fresh.message()).await.unwrap().unwrap();
+    let mut fresh = x509_bundles(&da.workload_socket).await;
+    let msg = next(&mut fresh).await;
     assert!(peer_entry(&msg.bundles, "a new stream").is_empty());
     da.shutdown().await;
 }

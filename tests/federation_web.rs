@@ -10,9 +10,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::mesh::eventually;
+use common::config::DaemonConfig;
+use common::daemon::{Proc, READY};
+use common::{eventually, wait_for_peer};
 use meshtrust::app::{Daemon, DaemonOptions};
 use meshtrust::clock::SystemClock;
 use meshtrust::config::Config;
@@ -30,12 +31,14 @@ fn mesh_b_td() -> TrustDomain {
     TrustDomain::new("mesh-b.test").unwrap()
 }
 
-/// Writes `text` as `<root>/<name>/meshtrust.toml` and starts a daemon on it.
-async fn start(root: &Path, name: &str, text: &str, listener: Option<TcpListener>) -> Daemon {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("meshtrust.toml");
-    std::fs::write(&path, text).unwrap();
+/// Writes `config` as `<root>/<name>/meshtrust.toml` and starts a daemon on it.
+async fn start(
+    root: &Path,
+    name: &str,
+    config: DaemonConfig,
+    listener: Option<TcpListener>,
+) -> Daemon {
+    let path = config.write(&root.join(name));
     let opts = DaemonOptions {
         bundle_listener: listener,
         ..Default::default()
@@ -45,63 +48,50 @@ async fn start(root: &Path, name: &str, text: &str, listener: Option<TcpListener
         .unwrap()
 }
 
+/// The `[bundle_endpoint]` of mesh-b: https_web on 127.0.0.1:`port` with the files given.
+fn web_endpoint(port: u16, cert: &Path, key: &Path) -> String {
+    format!(
+        "[bundle_endpoint]\nlisten = \"127.0.0.1:{port}\"\nprofile = \"https_web\"\ncert_file = {:?}\nkey_file = {:?}\nrefresh_hint = \"1s\"\n",
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
 /// mesh-b with an https_web bundle endpoint on 127.0.0.1:0 presenting the dev certificate.
 async fn start_mesh_b(root: &Path) -> (Daemon, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let text = format!(
-        r#"trust_domain = "mesh-b.test"
-data_dir = "data"
-[bundle_endpoint]
-listen = "127.0.0.1:{port}"
-profile = "https_web"
-cert_file = {cert:?}
-key_file = {key:?}
-refresh_hint = "1s"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-"#,
-        cert = certs_dev("mesh-b-endpoint.pem").display().to_string(),
-        key = certs_dev("mesh-b-endpoint.key").display().to_string(),
-    );
-    (start(root, "mesh-b", &text, Some(listener)).await, port)
+    let config = DaemonConfig::new("mesh-b.test").section(&web_endpoint(
+        port,
+        &certs_dev("mesh-b-endpoint.pem"),
+        &certs_dev("mesh-b-endpoint.key"),
+    ));
+    (start(root, "mesh-b", config, Some(listener)).await, port)
 }
 
-/// A mesh-a (its own data dir under `root/name`) fetching mesh-b over https_web from `url`,
-/// trusting `ca_file`, or the system roots without one.
-async fn start_mesh_a(root: &Path, name: &str, url: &str, ca_file: Option<&Path>) -> Daemon {
+/// mesh-a's config fetching mesh-b over https_web from `url`, trusting `ca_file`, or the
+/// system roots without one.
+fn mesh_a_config(url: &str, ca_file: Option<&Path>) -> DaemonConfig {
     let ca_file = ca_file.map_or(String::new(), |f| {
         format!("ca_file = {:?}\n", f.display().to_string())
     });
-    let text = format!(
-        r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "{url}"
-profile = "https_web"
-{ca_file}"#
-    );
-    start(root, name, &text, None).await
+    DaemonConfig::new("mesh-a.test").section(&format!(
+        "[[federation]]\ntrust_domain = \"mesh-b.test\"\nbundle_endpoint_url = \"{url}\"\nprofile = \"https_web\"\n{ca_file}"
+    ))
+}
+
+/// A mesh-a (its own data dir under `root/name`) fetching mesh-b over https_web from `url`.
+async fn start_mesh_a(root: &Path, name: &str, url: &str, ca_file: Option<&Path>) -> Daemon {
+    start(root, name, mesh_a_config(url, ca_file), None).await
 }
 
 /// Waits for the first fetch to finish either way, then returns the status.
 async fn first_outcome(d: &Daemon) -> PeerStatus {
-    eventually(
-        "the first fetch of mesh-b finishes",
-        Duration::from_secs(30),
-        || {
-            d.status
-                .get(&mesh_b_td())
-                .is_some_and(|s| s.state.as_str() != "never_fetched")
-        },
-    )
+    eventually("the first fetch of mesh-b finishes", || {
+        d.status
+            .get(&mesh_b_td())
+            .is_some_and(|s| s.state.as_str() != "never_fetched")
+    })
     .await;
     d.status.get(&mesh_b_td()).unwrap()
 }
@@ -168,60 +158,23 @@ async fn without_system_roots_the_daemon_starts_and_the_web_peer_fails_with_the_
     let root = tempfile::tempdir().unwrap();
     let (db, port) = start_mesh_b(root.path()).await;
     let dir = root.path().join("mesh-a");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("meshtrust.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "https://localhost:{port}/"
-profile = "https_web"
-"#
-        ),
-    )
-    .unwrap();
+    let config = mesh_a_config(&format!("https://localhost:{port}/"), None).write(&dir);
     let missing = root.path().join("no-such-roots");
-    let mut child = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("SSL_CERT_FILE", missing.join("ca.pem"))
-        .env("SSL_CERT_DIR", &missing)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let admin = dir.join("admin.sock");
-    let status = || -> Option<serde_json::Value> {
-        let out = std::process::Command::new(common::bin())
-            .args(["status", "--json", "--admin-socket"])
-            .arg(&admin)
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["federation"][0]["state"] == "failing").then_some(v)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the daemon exited instead of running without roots"
-        );
-        if let Some(v) = status() {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "no failing status");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let daemon = Proc::spawn_with(&["serve", "--config", config.to_str().unwrap()], |c| {
+        c.env("SSL_CERT_FILE", missing.join("ca.pem"))
+            .env("SSL_CERT_DIR", &missing);
+    });
+    daemon.wait_for_log(READY).await;
+    let failing = wait_for_peer(
+        &dir.join("admin.sock"),
+        "mesh-b.test",
+        "a failing status",
+        |p| p["state"] == "failing",
+    )
+    .await;
+    let got = serde_json::json!({ "federation": [failing] });
     let error = got["federation"][0]["last_error"].as_str().unwrap();
     assert!(error.contains("no system root certificates"), "{error}");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(daemon.stop().code(), Some(0), "it ran to a graceful stop");
     db.shutdown().await;
 }

@@ -16,7 +16,8 @@ mod sidecar_support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::mesh::{Mesh, eventually};
+use common::eventually;
+use common::mesh::Mesh;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use sidecar_support::*;
@@ -92,7 +93,7 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
     };
 
     // The rotation reaches the files: a leaf signed by a CA that was not in the first bundle.
-    eventually("a leaf from the rotated CA is written", GUARD, || {
+    eventually("a leaf from the rotated CA is written", || {
         read_version(&out).is_some_and(|(cert, _, bundle)| {
             let leaf = CertificateDer::pem_slice_iter(&cert)
                 .next()
@@ -126,7 +127,7 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
         hook_runs.lines().all(|l| l == out.to_str().unwrap()),
         "{hook_runs}"
     );
-    eventually("the workload got SIGHUP", GUARD, || {
+    eventually("the workload got SIGHUP", || {
         std::fs::read_to_string(&hups).is_ok_and(|t| t.lines().count() >= 2)
     })
     .await;
@@ -236,30 +237,17 @@ async fn proxies_let_the_allowed_caller_through_and_refuse_the_others() {
         .await;
 
     // Not on --allow: the handshake fails and the inbound proxy names who it refused.
-    let back = round_trip(refused_caller.listen_addr().await, b"let me in").await;
-    assert!(back.map_or(true, |b| b.is_empty()));
-    let line = closed
-        .wait_line("the refusal is logged", |l| {
-            l.starts_with("inbound: refused")
-        })
-        .await;
-    assert!(
-        line.contains("spiffe://mesh-a.test/frontend is not allowed"),
-        "{line}"
-    );
-
+    assert_refused(&refused_caller, &closed, b"let me in", |l| {
+        l.starts_with("inbound: refused")
+    })
+    .await
+    .contains_or_panic("spiffe://mesh-a.test/frontend is not allowed");
     // The server is authentic but not the expected ID: the outbound proxy refuses it.
-    let back = round_trip(wrong_expectation.listen_addr().await, b"hello?").await;
-    assert!(back.map_or(true, |b| b.is_empty()));
-    let line = wrong_expectation
-        .wait_line("the outbound refusal is logged", |l| {
-            l.contains(" refused ")
-        })
-        .await;
-    assert!(
-        line.contains("spiffe://mesh-b.test/echo is not allowed"),
-        "{line}"
-    );
+    assert_refused(&wrong_expectation, &wrong_expectation, b"hello?", |l| {
+        l.contains(" refused ")
+    })
+    .await
+    .contains_or_panic("spiffe://mesh-b.test/echo is not allowed");
 
     for s in [open, closed, caller, refused_caller, wrong_expectation] {
         s.stop().await;
@@ -281,7 +269,7 @@ async fn openssl_speaks_mtls_across_the_meshes_with_the_written_files() {
         &m.db.workload_socket,
         &["files", "--out", dir_b.to_str().unwrap()],
     );
-    eventually("both sidecars wrote the peer's bundle", GUARD, || {
+    eventually("both sidecars wrote the peer's bundle", || {
         dir_a.join("federated/mesh-b.test.pem").exists()
             && dir_b.join("federated/mesh-a.test.pem").exists()
     })
@@ -314,53 +302,92 @@ async fn openssl_speaks_mtls_across_the_meshes_with_the_written_files() {
     m.db.shutdown().await;
 }
 
+/// Sends `msg` through the outbound proxy `caller`: no answer comes back, and `logger` logs a
+/// refusal line matching `is_refusal`, which is returned.
+async fn assert_refused(
+    caller: &Sidecar,
+    logger: &Sidecar,
+    msg: &[u8],
+    is_refusal: impl Fn(&str) -> bool,
+) -> String {
+    assert_no_answer(round_trip(caller.listen_addr().await, msg).await);
+    logger.wait_line("the refusal is logged", is_refusal).await
+}
+
+trait ContainsOrPanic {
+    fn contains_or_panic(&self, needle: &str);
+}
+
+impl ContainsOrPanic for String {
+    fn contains_or_panic(&self, needle: &str) {
+        assert!(self.contains(needle), "{needle:?} not in {self:?}");
+    }
+}
+
+/// A refused connection gets no answer: closed empty, or reset (never another error, such as
+/// the proxy not listening at all).
+fn assert_no_answer(back: std::io::Result<Vec<u8>>) {
+    match back {
+        Ok(bytes) => assert!(bytes.is_empty(), "an answer came back: {bytes:?}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        ),
+    }
+}
+
 #[test]
 fn the_command_line_refuses_bad_addresses_and_empty_policies_with_exit_64() {
-    // Workload Endpoint 1.6.5 (strict unix: URIs), and an inbound proxy never allows everyone.
-    let run = |args: &[&str], env: &str| {
-        std::process::Command::new(common::bin())
+    // Workload Endpoint 1.6.5 (strict unix: URIs), an inbound proxy never allows everyone, and
+    // an outbound proxy expects a workload ID. (args, SPIFFE_ENDPOINT_SOCKET, the reason given)
+    let files = ["sidecar", "files", "--out", "/nonexistent"].as_slice();
+    let inbound = [
+        "sidecar",
+        "inbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        "127.0.0.1:1",
+    ];
+    let outbound = [
+        "sidecar",
+        "outbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        "127.0.0.1:1",
+        "--expect",
+        "spiffe://mesh-b.test",
+    ];
+    let cases = [
+        (files, "unix://host/x.sock", "authority"),
+        (
+            files,
+            "tcp://127.0.0.1:1",
+            "tcp endpoints are not supported",
+        ),
+        (
+            inbound.as_slice(),
+            "unix:///nonexistent.sock",
+            "nothing is allowed",
+        ),
+        (
+            outbound.as_slice(),
+            "unix:///nonexistent.sock",
+            "SPIFFE ID has no path",
+        ),
+    ];
+    for (args, endpoint, reason) in cases {
+        let out = std::process::Command::new(common::bin())
             .args(args)
-            .env("SPIFFE_ENDPOINT_SOCKET", env)
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
             .output()
-            .unwrap()
-    };
-    let out = run(
-        &["sidecar", "files", "--out", "/nonexistent"],
-        "unix://host/x.sock",
-    );
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("authority"));
-    let out = run(
-        &["sidecar", "files", "--out", "/nonexistent"],
-        "tcp://127.0.0.1:1",
-    );
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tcp endpoints are not supported"));
-    let out = run(
-        &[
-            "sidecar",
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
-            "127.0.0.1:1",
-        ],
-        "unix:///nonexistent.sock",
-    );
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is allowed"));
-    let out = run(
-        &[
-            "sidecar",
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            "127.0.0.1:1",
-            "--expect",
-            "spiffe://mesh-b.test",
-        ],
-        "unix:///nonexistent.sock",
-    );
-    assert_eq!(out.status.code(), Some(64));
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
 }

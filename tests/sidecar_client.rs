@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -13,11 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
 use meshtrust::bundle::pem::certs_to_der_concat;
-use meshtrust::ca::{Ca, CaPolicy, KeyType};
+use meshtrust::ca::Ca;
 use meshtrust::clock::SystemClock;
 use meshtrust::sidecar::{ClientError, Reporter, X509Watcher};
-use meshtrust::spiffe_id::{SpiffeId, TrustDomain};
-use meshtrust::store::sqlite::SqliteStorage;
+use meshtrust::spiffe_id::SpiffeId;
 use meshtrust::workload_api::proto::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -143,21 +144,12 @@ fn spawn_server(dir: &Path, script: Arc<Script>) -> PathBuf {
 }
 
 fn ca(dir: &Path) -> Ca {
-    let policy = CaPolicy {
-        key_type: KeyType::EcP256,
-        ca_ttl: Duration::from_secs(24 * 3600),
-        x509_svid_ttl: Duration::from_secs(3600),
-        jwt_svid_ttl: Duration::from_secs(300),
-        refresh_hint: Duration::from_secs(300),
-    };
-    let storage = Arc::new(SqliteStorage::open(dir).unwrap());
-    Ca::open(
-        TrustDomain::new("mesh-a.test").unwrap(),
-        policy,
+    common::workload::open_ca(
+        common::workload::storage(dir),
+        "mesh-a.test",
         Arc::new(SystemClock),
-        storage,
+        common::workload::HOUR,
     )
-    .unwrap()
 }
 
 fn message(ca: &Ca, path: &str) -> X509svidResponse {

@@ -1,15 +1,16 @@
 //! Who may call the Workload API (Workload Endpoint §3, §5, §6; SPIFFE.md 1.6.3, 1.6.6, 1.6.7,
 //! 1.7.12) and the JSON view on the same socket (CONTRACT.md "Workload API"). Other callers are
-//! real processes run as uid 65534 with `setpriv` (the tests run as root; without root they are
-//! skipped with a printed reason).
+//! real processes run as uid 65534 with `setpriv` (that test needs root: required in CI, skipped
+//! with a printed note elsewhere).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
 
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::Path;
 
+use common::http::{Curl, curl_program};
 use common::workload::*;
 use meshtrust::config::Selector;
 use meshtrust::workload_api::proto::{
@@ -18,18 +19,10 @@ use meshtrust::workload_api::proto::{
 };
 use tonic::Code;
 
-const NOBODY: &str = "65534";
+const NOBODY: u32 = 65534;
 const CHILD_ENV: &str = "MESHTRUST_TEST_WORKLOAD_ENDPOINT";
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").unwrap().uid() == 0
-}
-
-fn curl_path() -> PathBuf {
-    std::fs::canonicalize("/usr/bin/curl").unwrap()
-}
-
-/// `curl` against the JSON view, as root or as uid 65534. Returns (status, JSON body).
+/// `curl` against the JSON view, as this process's uid or as uid 65534: (status, JSON body).
 async fn curl(
     socket: &Path,
     as_nobody: bool,
@@ -37,28 +30,17 @@ async fn curl(
     extra: &[&str],
     path: &str,
 ) -> (u16, serde_json::Value) {
-    let mut cmd = if as_nobody {
-        let mut c = tokio::process::Command::new("setpriv");
-        c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
-            .arg(curl_path());
-        c
-    } else {
-        tokio::process::Command::new(curl_path())
-    };
-    cmd.args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(socket)
-        .args(extra);
-    if header {
-        cmd.args(["-H", "workload.spiffe.io: true"]);
+    let mut request = Curl::get(socket, path).args(extra);
+    if as_nobody {
+        request = request.run_as(NOBODY);
     }
-    let out = guard(cmd.arg(format!("http://localhost{path}")).output())
-        .await
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
+    if !header {
+        request = request.without_header();
+    }
+    let reply = request.send().await;
     (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        reply.status,
+        serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -141,12 +123,8 @@ async fn the_json_view_serves_the_same_content_as_grpc() {
     // CONTRACT "Workload API": same header, attestation and content; the SVID is the cached one.
     let mesh = Mesh::start(default_entries()).await;
     let mut c = mesh.raw_client().await;
-    let mut stream = c
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let grpc = guard(stream.message()).await.unwrap().unwrap();
+    let mut stream = open_x509svid(&mut c).await;
+    let grpc = next_msg(&mut stream).await;
 
     let (code, json) = curl(&mesh.socket, false, true, &[], "/v1/x509-svid").await;
     assert_eq!(code, 200, "{json}");
@@ -203,14 +181,16 @@ async fn the_json_view_serves_the_same_content_as_grpc() {
 #[tokio::test]
 async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     // Workload Endpoint 1.6.6-1.6.7: kernel attestation; no entry = PermissionDenied / 403.
-    if !is_root() {
-        eprintln!("skipped: needs root to run clients as another uid with setpriv");
+    // Runs clients as another uid with setpriv.
+    if !common::daemon::root_or_skip(
+        "another_uid_gets_permission_denied_or_its_own_path_bound_identity",
+    ) {
         return;
     }
     let mut entries = default_entries();
     entries.push(entry(
         "spiffe://mesh-a.test/curl",
-        vec![Selector::Uid(65534), Selector::Path(curl_path())],
+        vec![Selector::Uid(65534), Selector::Path(curl_program())],
         &["*"],
         "curl",
     ));
@@ -240,7 +220,7 @@ async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     // The test binary as uid 65534 matches nothing: the spiffe crate sees NoIdentityIssued.
     let out = guard(
         tokio::process::Command::new("setpriv")
-            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
             .arg(std::env::current_exe().unwrap())
             .args([
                 "--ignored",
@@ -302,9 +282,11 @@ async fn the_socket_is_0777_and_replaces_a_stale_one() {
     drop(again);
     let regular = mesh.dir.path().join("file");
     std::fs::write(&regular, "x").unwrap();
-    assert!(
-        meshtrust::workload_api::bind(&regular).is_err(),
-        "never deletes other files"
+    let err = meshtrust::workload_api::bind(&regular).expect_err("not a socket: refused");
+    assert_eq!(
+        std::fs::read_to_string(&regular).unwrap(),
+        "x",
+        "never deletes other files ({err})"
     );
 }
 
@@ -332,5 +314,13 @@ async fn a_service_without_attestation_answers_unavailable() {
         .await
         .unwrap();
     let err = guard(client.fetch_x509_svid()).await.unwrap_err();
-    assert!(format!("{err:?}").contains("Unavailable"), "{err:?}");
+    use spiffe::transport::{GrpcStatusCode, TransportError};
+    assert!(
+        matches!(
+            &err,
+            spiffe::WorkloadApiError::Transport(TransportError::Status(s))
+                if s.code() == GrpcStatusCode::Unavailable
+        ),
+        "{err:?}"
+    );
 }

@@ -10,7 +10,6 @@ mod common;
 use std::process::Stdio;
 
 use common::workload::*;
-use meshtrust::workload_api::proto::X509svidRequest;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const CHILD_ENV: &str = "MESHTRUST_TEST_WORKLOAD_ENDPOINT";
@@ -36,12 +35,8 @@ async fn server_memory_per_stream() {
     let mesh = Mesh::start(default_entries()).await;
     // Warm up: SVIDs minted, allocator pools touched.
     let mut client = mesh.raw_client().await;
-    let mut s = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    s.message().await.unwrap().unwrap();
+    let mut s = open_x509svid(&mut client).await;
+    next_msg(&mut s).await;
     drop((s, client));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let before = rss_kib();
@@ -54,11 +49,20 @@ async fn server_memory_per_stream() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains("READY") {
-            break;
+    // The child says how many streams it holds, each with its first message received.
+    // A long hang guard: a debug build opens 10 000 streams slowly.
+    let held = tokio::time::timeout(std::time::Duration::from_secs(600), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(n) = line.strip_prefix("READY ") {
+                return n.trim().parse::<usize>().unwrap();
+            }
         }
-    }
+        panic!("the child exited before holding its streams");
+    })
+    .await
+    .expect("hang guard");
+    assert_eq!(held, streams, "every stream is open");
+    // Let the server's RSS settle after the last stream (a measurement, not an assertion).
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let after = rss_kib();
     let per_stream = (after.saturating_sub(before)) as f64 * 1024.0 / streams as f64;
@@ -66,7 +70,8 @@ async fn server_memory_per_stream() {
         "server RSS {before} KiB -> {after} KiB for {streams} streams over {connections} connections: {per_stream:.0} bytes/stream"
     );
     drop(child.stdin.take());
-    child.wait().await.unwrap();
+    let status = guard(child.wait()).await.unwrap();
+    assert!(status.success(), "the client process failed: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,33 +82,13 @@ async fn child_holds_streams() {
     let connections = env_usize("MESHTRUST_CONNECTIONS", 100).max(1);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let socket = socket.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .unwrap();
-        clients.push(
-            meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
-                channel,
-            ),
-        );
+        clients.push(common::grpc::workload_client(&socket).await);
     }
     let mut held = Vec::with_capacity(streams);
     for i in 0..streams {
         let client = &mut clients[i % connections];
-        let mut s = client
-            .fetch_x509svid(with_header(X509svidRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        s.message().await.unwrap().unwrap();
+        let mut s = open_x509svid(client).await;
+        next_msg(&mut s).await;
         held.push(s);
     }
     println!("READY {}", held.len());

@@ -7,11 +7,8 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt as _;
-use std::time::Duration;
-
-use common::mesh::{Mesh, eventually};
-use meshtrust::spiffe_id::TrustDomain;
+use common::eventually;
+use common::mesh::Mesh;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodified() {
@@ -19,40 +16,25 @@ async fn the_python_spiffe_package_fetches_svid_bundles_context_and_jwt_unmodifi
     let Some(python) = common::python::interpreter() else {
         return;
     };
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
     let root = tempfile::tempdir().unwrap();
-    let mut a = Mesh::new(root.path(), "mesh-a").await;
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    a.write_config(
-        "",
-        "1s",
-        Some(&b),
-        &format!(
-            r#"
-[[entry]]
-spiffe_id = "spiffe://mesh-a.test/py"
-selectors = ["unix:uid:{uid}"]
-federates_with = ["mesh-b.test"]
-"#
-        ),
+    let entry = common::config::entry(
+        "spiffe://mesh-a.test/py",
+        common::own_uid(),
+        &["mesh-b.test"],
     );
-    b.write_config("", "1s", None, "");
-    b.give_bootstrap_to(&a);
+    let (mut a, mut b) = Mesh::pair(root.path(), &entry, "", false).await;
     let db = b.start().await;
     let da = a.start().await;
-    let td_b = TrustDomain::new("mesh-b.test").unwrap();
-    eventually("mesh-a pins mesh-b", Duration::from_secs(20), || {
-        da.peers.get(&td_b).is_some()
-    })
-    .await;
+    let td_b = common::td("mesh-b.test");
+    eventually("mesh-a pins mesh-b", || da.peers.get(&td_b).is_some()).await;
 
     let socket = format!("unix://{}", da.workload_socket.display());
     let out = tokio::process::Command::new(&python)
         .arg(common::python::script("fetch.py"))
         .arg(&socket)
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = common::guard(out).await.unwrap();
     assert!(
         out.status.success(),
         "{}",

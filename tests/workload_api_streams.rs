@@ -12,25 +12,14 @@ use std::time::{Duration, SystemTime};
 use common::workload::*;
 use futures_util::StreamExt as _;
 use meshtrust::clock::SystemClock;
-use meshtrust::workload_api::proto::{
-    JwtBundlesRequest, X509BundlesRequest, X509svidRequest, X509svidResponse,
-};
+use meshtrust::workload_api::proto::X509svidResponse;
 use tonic::Code;
 
 fn peer_b_key() -> String {
     "spiffe://mesh-b.test".to_owned()
 }
 
-fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    let mut out = Vec::new();
-    while !der.is_empty() {
-        let (rest, _) = X509Certificate::from_der(der).unwrap();
-        out.push(der[..der.len() - rest.len()].to_vec());
-        der = rest;
-    }
-    out
-}
+use common::split_der;
 
 fn federated_b(msg: &X509svidResponse) -> Vec<Vec<u8>> {
     split_der(&msg.federated_bundles[&peer_b_key()])
@@ -42,18 +31,14 @@ async fn a_stream_pushes_peer_rotations_only_for_trust_domains_it_federates_with
     // business (no message); a mesh-b rotation arrives as the full state.
     let mesh = Mesh::start(default_entries()).await;
     let mut client = mesh.raw_client().await;
-    let mut stream = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = guard(stream.message()).await.unwrap().unwrap();
+    let mut stream = open_x509svid(&mut client).await;
+    let first = next_msg(&mut stream).await;
     assert_eq!(federated_b(&first), mesh.peer_b_certs());
     assert!(!first.federated_bundles.contains_key("spiffe://mesh-c.test"));
 
     mesh.rotate_peer_c();
     mesh.rotate_peer_b();
-    let next = guard(stream.message()).await.unwrap().unwrap();
+    let next = next_msg(&mut stream).await;
     // Had the mesh-c change produced a message, this one would still show one mesh-b CA.
     assert_eq!(federated_b(&next).len(), 2);
     assert_eq!(federated_b(&next), mesh.peer_b_certs());
@@ -88,18 +73,10 @@ async fn identical_bundle_messages_are_not_resent() {
     // moved) sends nothing; our CA preparing its next authority is a change for both streams.
     let mesh = Mesh::start(default_entries()).await;
     let mut client = mesh.raw_client().await;
-    let mut x509 = client
-        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut jwt = client
-        .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let x1 = guard(x509.message()).await.unwrap().unwrap();
-    let j1 = guard(jwt.message()).await.unwrap().unwrap();
+    let mut x509 = open_x509_bundles(&mut client).await;
+    let mut jwt = open_jwt_bundles(&mut client).await;
+    let x1 = next_msg(&mut x509).await;
+    let j1 = next_msg(&mut jwt).await;
     assert_eq!(x1.bundles.len(), 2);
     assert_eq!(j1.bundles.len(), 2);
 
@@ -112,10 +89,10 @@ async fn identical_bundle_messages_are_not_resent() {
         .advance(12 * HOUR + Duration::from_secs(1));
     assert!(mesh.ca.tick().unwrap());
 
-    let x2 = guard(x509.message()).await.unwrap().unwrap();
+    let x2 = next_msg(&mut x509).await;
     assert_eq!(split_der(&x2.bundles["spiffe://mesh-a.test"]).len(), 2);
     assert_eq!(x2.bundles[&peer_b_key()], x1.bundles[&peer_b_key()]);
-    let j2 = guard(jwt.message()).await.unwrap().unwrap();
+    let j2 = next_msg(&mut jwt).await;
     let own: serde_json::Value =
         serde_json::from_slice(&j2.bundles["spiffe://mesh-a.test"]).unwrap();
     assert_eq!(own["keys"].as_array().unwrap().len(), 2);
@@ -126,12 +103,8 @@ async fn losing_every_identity_ends_the_stream_with_permission_denied() {
     // Workload Endpoint 1.6.7: PermissionDenied = no identity (the client retries).
     let mesh = Mesh::start(default_entries()).await;
     let mut client = mesh.raw_client().await;
-    let mut stream = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    guard(stream.message()).await.unwrap().unwrap();
+    let mut stream = open_x509svid(&mut client).await;
+    next_msg(&mut stream).await;
     mesh.set_entries(vec![entry(
         "spiffe://mesh-a.test/someone-else",
         vec![meshtrust::config::Selector::Uid(4242)],
@@ -149,19 +122,11 @@ async fn a_reader_that_stops_reading_holds_back_nobody_and_later_gets_the_latest
     // but ends on the latest. 120 changes of ~1.5 KiB overflow its HTTP/2 window (64 KiB).
     let mesh = Mesh::start(default_entries()).await;
     let mut slow_client = mesh.raw_client().await;
-    let mut slow = slow_client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    guard(slow.message()).await.unwrap().unwrap();
+    let mut slow = open_x509svid(&mut slow_client).await;
+    next_msg(&mut slow).await;
     let mut fast_client = mesh.raw_client().await;
-    let mut fast = fast_client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    guard(fast.message()).await.unwrap().unwrap();
+    let mut fast = open_x509svid(&mut fast_client).await;
+    next_msg(&mut fast).await;
 
     let base = (*mesh.peer_b.snapshot().bundle).clone();
     let extra = mesh.peer_c.snapshot().bundle.x509_authorities[0].clone();
@@ -176,7 +141,7 @@ async fn a_reader_that_stops_reading_holds_back_nobody_and_later_gets_the_latest
         }
         expected = der_list(&bundle.x509_authorities);
         mesh.peers.pin(bundle, SystemTime::now()).unwrap();
-        let msg = guard(fast.message()).await.unwrap().unwrap();
+        let msg = next_msg(&mut fast).await;
         assert_eq!(federated_b(&msg), expected, "round {round}");
     }
     guard(async {
@@ -196,20 +161,12 @@ async fn cancelled_streams_leave_the_server_serving_and_shutdown_ends_the_rest()
     let mesh = Mesh::start(default_entries()).await;
     let mut client = mesh.raw_client().await;
     for _ in 0..20 {
-        let mut stream = client
-            .fetch_x509svid(with_header(X509svidRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        guard(stream.message()).await.unwrap().unwrap();
+        let mut stream = open_x509svid(&mut client).await;
+        next_msg(&mut stream).await;
         drop(stream); // RST_STREAM(CANCEL) from the client
     }
-    let mut stream = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    guard(stream.message()).await.unwrap().unwrap();
+    let mut stream = open_x509svid(&mut client).await;
+    next_msg(&mut stream).await;
     assert!(!mesh.server.is_finished());
 
     mesh.cancel.cancel();

@@ -1,175 +1,102 @@
-//! Wire-compatibility check of the generated Workload API bindings (`workload_api::proto`).
-//!
-//! A throwaway service built on the generated tonic server listens on a real Unix socket and
-//! answers FetchX509SVID with PermissionDenied. The unmodified `spiffe` crate client (what
-//! sidecars and other Rust workloads use) must see exactly that denial: it can only get there if
-//! the service name, the method path `/SpiffeWorkloadAPI/FetchX509SVID` and the message types of
-//! our proto match the standard. The real service lives elsewhere; this one only proves the wire.
+//! Wire compatibility of the Workload API as the daemon serves it: the real `meshtrust serve`
+//! on a real Unix socket, called by the unmodified `spiffe` crate client (what sidecars and other
+//! Rust workloads use) and by our generated client. A denial or an identity can only reach
+//! those clients if the service name, the method paths (`/SpiffeWorkloadAPI/FetchX509SVID`, ...)
+//! and the message types of our proto match the standard; the header check and the codes are
+//! the daemon's own (Workload Endpoint 1.6: InvalidArgument without `workload.spiffe.io: true`,
+//! PermissionDenied for a caller with no identity; SPIFFE.md §3.4).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use hyper_util::rt::TokioIo;
-use meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use meshtrust::workload_api::proto::spiffe_workload_api_server::{
-    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-};
-use meshtrust::workload_api::proto::{
-    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, WitBundlesRequest, WitBundlesResponse, WitsvidRequest,
-    WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
-};
-use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Code, Request, Response, Status};
+use std::path::PathBuf;
 
-/// SPIRE's wording for "no identity for this caller"; the `spiffe` crate maps it to
-/// `WorkloadApiError::NoIdentityIssued`.
+use common::config::DaemonConfig;
+use common::daemon::Proc;
+use common::grpc::{with_header, workload_client};
+use meshtrust::workload_api::proto::{WitsvidRequest, X509svidRequest};
+use tonic::Code;
+
+/// The daemon's words for "no identity for this caller"; the `spiffe` crate maps
+/// PermissionDenied with them to `WorkloadApiError::NoIdentityIssued`.
 const NO_IDENTITY: &str = "no identity issued";
 
-/// Test-only Workload API: checks the security header like a real server must, then denies.
-#[derive(Debug)]
-struct DenyingWorkloadApi;
+const ENTRY_ID: &str = "spiffe://mesh-a.test/wire";
 
-/// The Workload Endpoint spec's security header check (SPIFFE.md §3.4): InvalidArgument if absent,
-/// so a denial seen by the client also proves that the client sent the header.
-fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.metadata().get("workload.spiffe.io") {
-        Some(v) if v == "true" => Ok(()),
-        _ => Err(Status::invalid_argument(
-            "security header missing from request",
-        )),
-    }
+/// A daemon whose one entry is for `uid` (this process's uid: an identity for us; another: none).
+async fn daemon(uid: u32) -> (tempfile::TempDir, Proc, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DaemonConfig::new("mesh-a.test")
+        .section(&common::config::entry(ENTRY_ID, uid, &[]))
+        .write(dir.path());
+    let socket = dir.path().join("workload.sock");
+    let proc = Proc::serve(&config).await;
+    (dir, proc, socket)
 }
 
-type Empty<T> = tokio_stream::Empty<Result<T, Status>>;
-
-#[tonic::async_trait]
-impl SpiffeWorkloadApi for DenyingWorkloadApi {
-    type FetchX509SVIDStream = Empty<X509svidResponse>;
-    type FetchX509BundlesStream = Empty<X509BundlesResponse>;
-    type FetchJWTBundlesStream = Empty<JwtBundlesResponse>;
-    type FetchWITSVIDStream = Empty<WitsvidResponse>;
-    type FetchWITBundlesStream = Empty<WitBundlesResponse>;
-
-    async fn fetch_x509svid(
-        &self,
-        request: Request<X509svidRequest>,
-    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        check_header(&request)?;
-        Err(Status::permission_denied(NO_IDENTITY))
-    }
-
-    async fn fetch_x509_bundles(
-        &self,
-        _: Request<X509BundlesRequest>,
-    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn fetch_jwtsvid(
-        &self,
-        _: Request<JwtsvidRequest>,
-    ) -> Result<Response<JwtsvidResponse>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn fetch_jwt_bundles(
-        &self,
-        _: Request<JwtBundlesRequest>,
-    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn validate_jwtsvid(
-        &self,
-        _: Request<ValidateJwtsvidRequest>,
-    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn fetch_witsvid(
-        &self,
-        _: Request<WitsvidRequest>,
-    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn fetch_wit_bundles(
-        &self,
-        _: Request<WitBundlesRequest>,
-    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
+/// A uid that is not this process's: an entry for it gives this process no identity.
+fn other_uid() -> u32 {
+    common::own_uid() + 4242
 }
 
-/// Serves [`DenyingWorkloadApi`] on `<dir>/workload.sock` until the test's runtime ends.
-fn spawn_server(dir: &Path) -> PathBuf {
-    let path = dir.join("workload.sock");
-    let listener = UnixListener::bind(&path).expect("bind unix socket");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(DenyingWorkloadApi))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
-    path
-}
-
-#[tokio::test]
-async fn spiffe_crate_client_sees_permission_denied_from_generated_server() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let socket = spawn_server(dir.path());
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spiffe_crate_client_gets_an_identity_or_no_identity_issued_from_the_daemon() {
+    let (_dir, _daemon, socket) = daemon(common::own_uid()).await;
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
         .await
         .expect("spiffe client connects over the unix socket");
-    let err = client
-        .fetch_x509_svid()
-        .await
-        .expect_err("the test service denies every caller");
+    let svid = common::guard(client.fetch_x509_svid()).await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), ENTRY_ID);
 
+    let (_dir, _daemon, socket) = daemon(other_uid()).await;
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .expect("spiffe client connects over the unix socket");
+    let err = common::guard(client.fetch_x509_svid())
+        .await
+        .expect_err("no entry for this caller");
     assert!(
         matches!(err, spiffe::WorkloadApiError::NoIdentityIssued),
         "expected PermissionDenied(\"{NO_IDENTITY}\") to surface as NoIdentityIssued, got {err:?}"
     );
 }
 
-#[tokio::test]
-async fn generated_client_reaches_generated_server_over_unix_socket() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let socket = spawn_server(dir.path());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_client_reaches_the_daemon_and_the_daemon_checks_the_header() {
+    let (_dir, _daemon, socket) = daemon(other_uid()).await;
+    let mut client = workload_client(&socket).await;
 
-    // The URI is a placeholder: the connector below ignores it and dials the socket.
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
-        .await
-        .expect("connect over the unix socket");
-    let mut client = SpiffeWorkloadApiClient::new(channel);
-
-    let mut request = Request::new(X509svidRequest {});
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().expect("ascii value"));
     let status = client
-        .fetch_x509svid(request)
+        .fetch_x509svid(with_header(X509svidRequest {}))
         .await
-        .expect_err("the test service denies every caller");
-    assert_eq!(status.code(), Code::PermissionDenied);
+        .expect_err("no entry for this caller");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert_eq!(status.message(), NO_IDENTITY);
 
+    // The daemon's own check of the security header, before anything else.
     let status = client
         .fetch_x509svid(X509svidRequest {})
         .await
         .expect_err("no security header");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.message(), "security header missing from request");
 
     let status = client
-        .fetch_witsvid(WitsvidRequest::default())
+        .fetch_witsvid(with_header(WitsvidRequest::default()))
         .await
         .expect_err("WIT is not served");
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+
+    // With an identity, the same client gets its X509-SVID over the same method path.
+    let (_dir, _daemon, socket) = daemon(common::own_uid()).await;
+    let mut client = workload_client(&socket).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = common::grpc::next(&mut stream).await;
+    assert_eq!(first.svids.len(), 1);
+    assert_eq!(first.svids[0].spiffe_id, ENTRY_ID);
 }

@@ -57,8 +57,10 @@ async fn two_meshes(keep_running: bool) -> anyhow::Result<()> {
         }
     };
     if keep_running {
+        // Caught before the endpoints are printed: a stop sent on reading them is graceful.
+        let signals = crate::signal::ShutdownSignals::install()?;
         running.print_endpoints();
-        crate::signal::shutdown_signal().await?;
+        signals.recv().await;
         println!("stopping");
     }
     running.shutdown().await;

@@ -244,11 +244,14 @@ pub fn command(args: SidecarArgs) -> Result<(), SidecarError> {
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         let on_signal = cancel.clone();
-        tokio::spawn(async move {
-            if crate::signal::shutdown_signal().await.is_ok() {
+        // Installed before the sidecar reports anything: a stop sent on reading a report is
+        // graceful.
+        if let Ok(signals) = crate::signal::ShutdownSignals::install() {
+            tokio::spawn(async move {
+                signals.recv().await;
                 on_signal.cancel();
-            }
-        });
+            });
+        }
         let env = std::env::var(endpoint::ENDPOINT_ENV).ok();
         run(args, env, Reporter::stdout(), cancel).await
     })

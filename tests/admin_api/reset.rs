@@ -8,8 +8,10 @@ use meshtrust::app::Daemon;
 use serde_json::Value;
 
 use crate::common;
-use crate::common::mesh::{Mesh, eventually};
-use crate::harness::{ENDPOINT, PEER, PeerCa, with_sequence};
+use crate::common::config::DaemonConfig;
+use crate::common::eventually;
+use crate::common::mesh::Mesh;
+use crate::harness::{ENDPOINT, OWN, PEER, PeerCa, with_sequence};
 use crate::hostile::{Behaviour, Hostile};
 use crate::support::*;
 
@@ -35,17 +37,12 @@ impl Controlled {
         let server = Hostile::start(peer.endpoint_tls(ENDPOINT)).await;
         server.route("/", Behaviour::ok(with_sequence(&peer.bundle(), 5)));
         std::fs::write(a.dir.join("peers/mesh-b.test.json"), peer.bundle_json()).unwrap();
-        let mut extra = metrics_and_entry(root.path());
-        extra.push_str(&format!(
-            r#"[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "{}"
-profile = "https_spiffe"
-endpoint_spiffe_id = "{ENDPOINT}"
-bootstrap_bundle = "peers/mesh-b.test.json"
-"#,
-            server.url("/")
-        ));
+        let mut extra = metrics_and_entry();
+        extra.push_str(
+            &DaemonConfig::new(OWN)
+                .peer(PEER, server.url("/").as_str(), Some(ENDPOINT), true)
+                .sections(),
+        );
         a.write_config("", "5m", None, &extra);
         let da = a.start().await;
         let c = Self {
@@ -55,8 +52,13 @@ bootstrap_bundle = "peers/mesh-b.test.json"
             peer,
             server,
         };
-        eventually("mesh-a pins sequence 5", GUARD, || {
+        // The status is written after the pin: wait for both.
+        eventually("mesh-a pins sequence 5 and says so in its status", || {
             c.pinned_sequence() == Some(Some(5))
+                && c.da
+                    .status
+                    .get(&td(PEER))
+                    .is_some_and(|s| s.state.as_str() == "ok" && s.last_success.is_some())
         })
         .await;
         c
@@ -227,7 +229,9 @@ async fn a_rollback_is_refused_until_a_reset_then_the_lower_sequence_is_pinned()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_daemon_that_lost_its_state_is_unstuck_by_a_reset_on_its_new_bootstrap_bundle() {
-    let pair = Pair::start(false).await;
+    let mut kept = None;
+    let pair = Pair::start_with(false, Some(&mut kept)).await;
+    let kept = kept.unwrap();
     pair.pinned().await;
     let Pair {
         root: _root,
@@ -241,11 +245,8 @@ async fn a_peer_daemon_that_lost_its_state_is_unstuck_by_a_reset_on_its_new_boot
     let old = da.peers.get(&td_b).unwrap();
     db.shutdown().await;
     std::fs::remove_dir_all(b.dir.join("data")).unwrap();
-    b.listener = Some(
-        tokio::net::TcpListener::bind(("127.0.0.1", b.port))
-            .await
-            .unwrap(),
-    );
+    // The same port as before (mesh-a is configured with it), never released in between.
+    b.reuse_port(&kept);
     let db = b.start().await;
     assert!(!old.same_authorities(&db.ca.snapshot().bundle), "a new CA");
 
@@ -340,7 +341,7 @@ async fn after_a_restart_the_status_and_the_metrics_keep_the_pinned_bundles_fetc
     );
 
     // A failing fetch keeps the time of the last success.
-    eventually("the fetch to the stopped peer fails", GUARD, || {
+    eventually("the fetch to the stopped peer fails", || {
         da.status
             .get(&td("mesh-b.test"))
             .is_some_and(|s| s.state.as_str() == "failing")

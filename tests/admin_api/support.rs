@@ -3,33 +3,22 @@
 //! daemon `mesh-b.test` (plus, on demand, a failing and a silent peer).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use hyper_util::rt::TokioIo;
 use meshtrust::app::Daemon;
-use meshtrust::spiffe_id::TrustDomain;
-use meshtrust::workload_api::proto::X509BundlesResponse;
-use meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use crate::common;
-use crate::common::mesh::{Mesh, eventually};
+use crate::common::mesh::Mesh;
+use crate::common::{eventually, guard};
 
-/// Hang guard for anything awaited here (never a timing assertion).
-pub const GUARD: Duration = Duration::from_secs(30);
-
-pub fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
-}
-
-/// Awaits `f` under the hang guard.
-pub async fn guard<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f).await.expect("hang guard")
-}
+pub use crate::common::grpc::{next, x509_bundles};
+#[allow(unused_imports)]
+pub use crate::common::{GUARD, td};
 
 /// One admin API request over the daemon's Unix socket.
 pub async fn admin(socket: &Path, method: &str, path: &str) -> (u16, Value) {
@@ -40,19 +29,8 @@ pub async fn admin(socket: &Path, method: &str, path: &str) -> (u16, Value) {
 
 /// Runs the real `meshtrust` binary: (exit code, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = guard(
-        tokio::process::Command::new(common::bin())
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::cli_async(args).await;
+    (out.code, out.stdout, out.stderr)
 }
 
 /// `GET path` over plain HTTP/1.1: (status, body).
@@ -95,14 +73,9 @@ pub fn secs(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-/// The uid of this test process (the owner of a file it creates): what the Workload API attests.
-pub fn own_uid(dir: &Path) -> u32 {
-    std::fs::metadata(dir).unwrap().uid()
-}
-
 /// `[metrics]` on an ephemeral port and a registration entry for this process that receives
 /// mesh-b.test's bundle.
-pub fn metrics_and_entry(dir: &Path) -> String {
+pub fn metrics_and_entry() -> String {
     format!(
         r#"[metrics]
 listen = "127.0.0.1:0"
@@ -111,82 +84,99 @@ spiffe_id = "spiffe://mesh-a.test/workload/admin-test"
 selectors = ["unix:uid:{}"]
 federates_with = ["mesh-b.test"]
 "#,
-        own_uid(dir)
+        common::own_uid()
     )
 }
 
 /// An https_spiffe relationship with `name` at `url` (no bootstrap bundle).
 pub fn peer_without_bootstrap(name: &str, url: &str) -> String {
-    format!(
-        r#"[[federation]]
-trust_domain = "{name}"
-bundle_endpoint_url = "{url}"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://{name}/meshtrust/server"
-"#
-    )
+    common::config::DaemonConfig::new("unused.test")
+        .peer(name, url, None, false)
+        .sections()
 }
 
-/// The FetchX509Bundles stream of the daemon's Workload API, as this process.
-pub async fn x509_bundles(socket: &Path) -> tonic::Streaming<X509BundlesResponse> {
-    let socket = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
-        .await
-        .unwrap();
-    let request =
-        common::workload::with_header(meshtrust::workload_api::proto::X509BundlesRequest {});
-    guard(SpiffeWorkloadApiClient::new(channel).fetch_x509_bundles(request))
-        .await
-        .unwrap()
-        .into_inner()
+/// A TCP endpoint that accepts connections and never answers: each accepted connection is
+/// handed to the test, which can tell whether the client is still waiting on it.
+pub struct Silent {
+    pub port: u16,
+    pub accepted: mpsc::UnboundedReceiver<TcpStream>,
 }
 
-/// The next message of a bundle stream.
-pub async fn next(stream: &mut tonic::Streaming<X509BundlesResponse>) -> X509BundlesResponse {
-    guard(stream.message()).await.unwrap().unwrap()
+impl Silent {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, accepted) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                if tx.send(conn).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { port, accepted }
+    }
+}
+
+/// Whether the client of `conn` still holds it open (what it sent so far is read and dropped).
+pub fn still_open(conn: &TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Two daemons: mesh-b.test (no peers) and mesh-a.test federating with it (and, with
-/// `more_peers`, with mesh-c.test at a closed port and mesh-d.test at a port that never answers).
+/// `more_peers`, with mesh-c.test at a URL that refuses connections and mesh-d.test at an
+/// endpoint that accepts and never answers).
 pub struct Pair {
     pub root: tempfile::TempDir,
     pub a: Mesh,
     pub b: Mesh,
     pub da: Daemon,
     pub db: Daemon,
-    /// Accepts TCP connections (kernel backlog) and never answers: mesh-d.test's endpoint.
-    pub _silent: TcpListener,
+    /// mesh-d.test's endpoint: accepts TCP connections and never answers.
+    pub silent: Silent,
 }
 
 impl Pair {
     pub async fn start(more_peers: bool) -> Self {
+        Self::start_with(more_peers, None).await
+    }
+
+    /// [`Pair::start`]; with `keep_b_port`, a handle on mesh-b's port is kept there first (see
+    /// [`Mesh::keep_port`]).
+    pub async fn start_with(
+        more_peers: bool,
+        keep_b_port: Option<&mut Option<std::net::TcpListener>>,
+    ) -> Self {
         common::init();
         let root = tempfile::tempdir().unwrap();
         let a = Mesh::new(root.path(), "mesh-a").await;
         let mut b = Mesh::new(root.path(), "mesh-b").await;
-        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut extra = metrics_and_entry(root.path());
+        let silent = Silent::start().await;
+        let mut extra = metrics_and_entry();
         if more_peers {
-            let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let closed_port = closed.local_addr().unwrap().port();
-            drop(closed);
-            let silent_port = silent.local_addr().unwrap().port();
             extra.push_str(&peer_without_bootstrap(
                 "mesh-c.test",
-                &format!("https://127.0.0.1:{closed_port}/"),
+                &common::refused_url(),
             ));
             extra.push_str(&peer_without_bootstrap(
                 "mesh-d.test",
-                &format!("https://127.0.0.1:{silent_port}/"),
+                &format!("https://127.0.0.1:{}/", silent.port),
             ));
         }
         a.write_config("", "5m", Some(&b), &extra);
         b.write_config("", "5m", None, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
         b.give_bootstrap_to(&a);
+        if let Some(keep) = keep_b_port {
+            *keep = Some(b.keep_port());
+        }
         let db = b.start().await;
         let mut a = a;
         let da = a.start().await;
@@ -196,18 +186,35 @@ impl Pair {
             b,
             da,
             db,
-            _silent: silent,
+            silent,
         }
     }
 
-    /// Waits until mesh-a has pinned mesh-b's current bundle.
+    /// Waits until mesh-a has pinned mesh-b's current bundle and recorded that fetch in its
+    /// status (written after the pin).
     pub async fn pinned(&self) {
         let td_b = td("mesh-b.test");
-        eventually("mesh-a pins mesh-b", GUARD, || {
+        eventually("mesh-a pins mesh-b and says so in its status", || {
             self.da
                 .peers
                 .get(&td_b)
                 .is_some_and(|p| p.same_authorities(&self.db.ca.snapshot().bundle))
+                && self
+                    .da
+                    .status
+                    .get(&td_b)
+                    .is_some_and(|s| s.state.as_str() == "ok" && s.last_success.is_some())
+        })
+        .await;
+    }
+
+    /// Waits until mesh-a's fetches of `peer` fail.
+    pub async fn failing(&self, peer: &str) {
+        eventually(&format!("{peer} fails"), || {
+            self.da
+                .status
+                .get(&td(peer))
+                .is_some_and(|s| s.state.as_str() == "failing")
         })
         .await;
     }

@@ -19,6 +19,7 @@ pub const READY: &str = "meshtrust ready";
 pub struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
+    guard: Duration,
 }
 
 impl std::fmt::Debug for Proc {
@@ -33,8 +34,19 @@ impl Proc {
         Self::spawn_with(args, |_| {})
     }
 
-    /// [`Proc::spawn`] with a hook to adjust the command (environment, uid, limits).
+    /// [`Proc::spawn`] with a hook to adjust the command (environment, uid, limits). If the hook
+    /// pipes stdout, stdout is drained into the same log.
     pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
+        Self::spawn_watching(args, adjust, |_| {})
+    }
+
+    /// [`Proc::spawn_with`], calling `on_line` with each line on the draining thread the moment it
+    /// is read (before any waiter can see it): for reacting to a line with no polling delay.
+    pub fn spawn_watching(
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+        on_line: impl FnMut(&str) + Send + 'static,
+    ) -> Self {
         let mut cmd = Command::new(super::bin());
         cmd.args(args)
             .stdin(Stdio::null())
@@ -47,19 +59,26 @@ impl Proc {
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("the meshtrust binary runs");
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        // A plain thread: the drain must go on whatever runtime (or none) the test uses, so the
+        let on_line = Arc::new(Mutex::new(on_line));
+        // Plain threads: the drain must go on whatever runtime (or none) the test uses, so the
         // child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
+        if let Some(stdout) = child.stdout.take() {
+            drain(stdout, log.clone(), on_line.clone());
+        }
+        if let Some(stderr) = child.stderr.take() {
+            drain(stderr, log.clone(), on_line);
+        }
+        Self {
+            child,
+            log,
+            guard: GUARD,
+        }
+    }
+
+    /// A longer hang guard than [`GUARD`] for this process's waits (a whole demo, say).
+    pub fn with_guard(mut self, guard: Duration) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// `meshtrust serve --config FILE`, waited for until it is ready.
@@ -99,7 +118,7 @@ impl Proc {
 
     /// Waits for the `nth` (0-based) line containing `needle`.
     pub async fn wait_for_nth_log(&self, needle: &str, nth: usize) -> String {
-        let deadline = Instant::now() + GUARD;
+        let deadline = Instant::now() + self.guard;
         loop {
             if let Some(line) = self.poll(needle, nth, deadline) {
                 return line;
@@ -110,9 +129,14 @@ impl Proc {
 
     /// [`Proc::wait_for_log`] for tests without an async runtime.
     pub fn wait_for_log_blocking(&self, needle: &str) -> String {
-        let deadline = Instant::now() + GUARD;
+        self.wait_for_nth_log_blocking(needle, 0)
+    }
+
+    /// [`Proc::wait_for_nth_log`] for tests without an async runtime.
+    pub fn wait_for_nth_log_blocking(&self, needle: &str, nth: usize) -> String {
+        let deadline = Instant::now() + self.guard;
         loop {
-            if let Some(line) = self.poll(needle, 0, deadline) {
+            if let Some(line) = self.poll(needle, nth, deadline) {
                 return line;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -134,7 +158,8 @@ impl Proc {
         }
         assert!(
             Instant::now() < deadline,
-            "hang guard: no log line {needle:?} within {GUARD:?}; the log:\n{log}"
+            "hang guard: no log line {needle:?} within {:?}; the log:\n{log}",
+            self.guard
         );
         None
     }
@@ -159,7 +184,7 @@ impl Proc {
 
     /// Waits (under [`GUARD`]) for the child to exit; returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + GUARD;
+        let deadline = Instant::now() + self.guard;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -184,6 +209,23 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Appends every line of `pipe` to `log` (calling `on_line` first) until EOF.
+fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    on_line: Arc<Mutex<impl FnMut(&str) + Send + 'static>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            (on_line.lock().unwrap())(&line);
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
 }
 
 impl Drop for Proc {

@@ -4,10 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use meshtrust::app::{Daemon, DaemonOptions};
-use meshtrust::clock::SystemClock;
+use meshtrust::clock::{Clock, SystemClock};
 use meshtrust::config::Config;
 use tokio::net::TcpListener;
 
@@ -33,6 +32,21 @@ impl Mesh {
         }
     }
 
+    /// mesh-a and mesh-b under `root`, configs written (1 s refresh hints, `a_extra` and
+    /// `b_extra` appended): mesh-a federates with mesh-b, and mesh-b with mesh-a when
+    /// `both_ways`; the bootstrap bundles handed over. Not started.
+    pub async fn pair(root: &Path, a_extra: &str, b_extra: &str, both_ways: bool) -> (Self, Self) {
+        let a = Self::new(root, "mesh-a").await;
+        let b = Self::new(root, "mesh-b").await;
+        a.write_config("", "1s", Some(&b), a_extra);
+        b.write_config("", "1s", both_ways.then_some(&a), b_extra);
+        if both_ways {
+            a.give_bootstrap_to(&b);
+        }
+        b.give_bootstrap_to(&a);
+        (a, b)
+    }
+
     pub fn td(&self) -> String {
         format!("{}.test", self.name)
     }
@@ -41,40 +55,21 @@ impl Mesh {
         self.dir.join("meshtrust.toml")
     }
 
-    /// Writes the config: `ca` holds `[ca]` lines, `peer` the peer mesh (https_spiffe), `extra`
-    /// more TOML appended.
+    /// Writes the config: `ca` holds `[ca]` lines, `peer` the peer mesh (https_spiffe,
+    /// bootstrapped from `peers/`), `extra` more TOML appended.
     pub fn write_config(&self, ca: &str, refresh_hint: &str, peer: Option<&Mesh>, extra: &str) {
-        let td = self.td();
-        let mut text = format!(
-            r#"trust_domain = "{td}"
-data_dir = "data"
-[ca]
-{ca}
-[bundle_endpoint]
-listen = "127.0.0.1:{port}"
-refresh_hint = "{refresh_hint}"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-"#,
-            port = self.port
-        );
+        let mut config = super::config::DaemonConfig::new(&self.td())
+            .ca(ca)
+            .bundle_endpoint(self.port, refresh_hint);
         if let Some(p) = peer {
-            let ptd = p.td();
-            text.push_str(&format!(
-                r#"[[federation]]
-trust_domain = "{ptd}"
-bundle_endpoint_url = "https://127.0.0.1:{port}/"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://{ptd}/meshtrust/server"
-bootstrap_bundle = "peers/{ptd}.json"
-"#,
-                port = p.port
-            ));
+            config = config.peer(&p.td(), &p.url(), None, true);
         }
-        text.push_str(extra);
-        std::fs::write(self.config_path(), text).unwrap();
+        config.section(extra).write(&self.dir);
+    }
+
+    /// This mesh's bundle endpoint URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.port)
     }
 
     pub fn config(&self) -> Config {
@@ -92,26 +87,49 @@ bootstrap_bundle = "peers/{ptd}.json"
         .unwrap();
     }
 
+    /// A second handle on this mesh's bundle endpoint socket, taken before [`Mesh::start`]: once
+    /// the daemon has stopped, [`Mesh::reuse_port`] gives the same bound port to the next start,
+    /// with no window in which another test could take it. (While only the handle is open,
+    /// connections to the port wait in its backlog instead of being refused.)
+    pub fn keep_port(&self) -> std::net::TcpListener {
+        dup_listener(
+            self.listener
+                .as_ref()
+                .expect("called before the first start"),
+        )
+    }
+
+    /// Binds the next start to the port kept by [`Mesh::keep_port`].
+    pub fn reuse_port(&mut self, kept: &std::net::TcpListener) {
+        let clone = kept.try_clone().unwrap();
+        clone.set_nonblocking(true).unwrap();
+        self.listener = Some(TcpListener::from_std(clone).unwrap());
+    }
+
     pub async fn start(&mut self) -> Daemon {
+        self.start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// [`Mesh::start`] on `clock` (which must stay close to real time: peers verify this
+    /// daemon's certificates against the real clock).
+    pub async fn start_with_clock(&mut self, clock: Arc<dyn Clock>) -> Daemon {
         let opts = DaemonOptions {
             bundle_listener: self.listener.take(),
             ..Default::default()
         };
-        Daemon::start_with(self.config(), Arc::new(SystemClock), opts)
+        Daemon::start_with(self.config(), clock, opts)
             .await
             .unwrap()
     }
 }
 
-/// Polls `f` every 100 ms until it is true; panics after `limit` (a hang guard, not a timing
-/// assertion).
-pub async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The wait of tests written before the harness had one: [`super::eventually_within`].
+#[allow(unused_imports)]
+pub use super::eventually_within as eventually;
+
+/// A duplicate (dup(2)) of a tokio listener's socket, as a std listener.
+fn dup_listener(listener: &TcpListener) -> std::net::TcpListener {
+    use std::os::fd::AsFd as _;
+    let fd = listener.as_fd().try_clone_to_owned().unwrap();
+    std::net::TcpListener::from(fd)
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use meshtrust::ca::{Ca, CaPolicy, KeyType};
 use meshtrust::clock::{Clock, ManualClock};
 use meshtrust::config::{EntryConfig, FederatesWith, Selector};
@@ -17,14 +16,11 @@ use meshtrust::store::Storage;
 use meshtrust::store::sqlite::SqliteStorage;
 use meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use meshtrust::workload_api::{WorkloadApiDeps, bind, serve};
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 pub const HOUR: Duration = Duration::from_secs(3600);
-/// Hang guard for anything awaited in these tests (never a timing assertion).
-pub const GUARD: Duration = Duration::from_secs(30);
 
 pub fn td(name: &str) -> TrustDomain {
     TrustDomain::new(name).unwrap()
@@ -58,8 +54,9 @@ pub fn own_exe() -> PathBuf {
     std::fs::read_link("/proc/self/exe").unwrap()
 }
 
-pub fn uid0() -> Selector {
-    Selector::Uid(0)
+/// This test process's uid (root in CI, anyone elsewhere): what attestation sees for it.
+pub fn own_uid_selector() -> Selector {
+    Selector::Uid(super::own_uid())
 }
 
 pub fn entry(spiffe_id: &str, selectors: Vec<Selector>, fw: &[&str], hint: &str) -> EntryConfig {
@@ -75,19 +72,19 @@ pub fn entry(spiffe_id: &str, selectors: Vec<Selector>, fw: &[&str], hint: &str)
     }
 }
 
-/// The usual registrations of the test process (uid 0): `first` (default, federates with
+/// The usual registrations of the test process (its own uid): `first` (default, federates with
 /// mesh-b) and `second` (also needs the test binary's path, federates with nobody).
 pub fn default_entries() -> Vec<EntryConfig> {
     vec![
         entry(
             "spiffe://mesh-a.test/workload/first",
-            vec![uid0()],
+            vec![own_uid_selector()],
             &["mesh-b.test"],
             "first",
         ),
         entry(
             "spiffe://mesh-a.test/workload/second",
-            vec![uid0(), Selector::Path(own_exe())],
+            vec![own_uid_selector(), Selector::Path(own_exe())],
             &[],
             "second",
         ),
@@ -200,15 +197,7 @@ impl Mesh {
 
     /// Our generated client; add the header per request with [`with_header`].
     pub async fn raw_client(&self) -> SpiffeWorkloadApiClient<Channel> {
-        let socket = self.socket.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-            }))
-            .await
-            .unwrap();
-        SpiffeWorkloadApiClient::new(channel)
+        super::grpc::workload_client(&self.socket).await
     }
 
     /// Rotates peer mesh-b's CA one step (a prepared authority joins its bundle) and pins the
@@ -247,15 +236,9 @@ pub fn der_list(certs: &[rustls_pki_types::CertificateDer<'_>]) -> Vec<Vec<u8>> 
     certs.iter().map(|c| c.to_vec()).collect()
 }
 
-pub fn with_header<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    request
-}
-
-/// Awaits `f` under the hang guard.
-pub async fn guard<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f).await.expect("hang guard")
-}
+#[allow(unused_imports)]
+pub use super::grpc::{
+    next as next_msg, open_jwt_bundles, open_x509_bundles, open_x509svid, with_header,
+};
+#[allow(unused_imports)]
+pub use super::{GUARD, guard};

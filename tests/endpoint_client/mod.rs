@@ -6,7 +6,7 @@ pub mod fixture;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -24,32 +24,16 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use x509_parser::prelude::*;
 
-/// A hang guard: long enough never to matter on a loaded machine.
-pub const GUARD: Duration = Duration::from_secs(30);
+#[allow(unused_imports)]
+pub use crate::common::GUARD;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The URI SANs of a certificate.
-pub fn uri_sans(der: &[u8]) -> Vec<String> {
-    let (_, cert) = parse_x509_certificate(der).unwrap();
-    cert.subject_alternative_name()
-        .unwrap()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+#[allow(unused_imports)]
+pub use crate::common::uri_sans;
 
 /// The https_spiffe check of SPIFFE.md §2 "Consuming": the chain verifies against `roots` at
 /// the test clock's time (no host name check), and the leaf's ID is exactly `id`.
@@ -296,21 +280,5 @@ pub async fn get(
     Ok((conn, answer))
 }
 
-/// Retries `f` until it returns `Some`, up to [`GUARD`] (a hang guard, not a timing check).
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use crate::common::eventually_some as eventually;

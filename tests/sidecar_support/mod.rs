@@ -13,7 +13,6 @@ use meshtrust::app::Daemon;
 use meshtrust::bundle::pem::parse_certs_pem;
 use meshtrust::cli::{Cli, Command};
 use meshtrust::sidecar::{Reporter, SidecarError};
-use meshtrust::spiffe_id::TrustDomain;
 use rustls::RootCertStore;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
@@ -24,23 +23,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
-use crate::common::mesh::{Mesh, eventually};
+use crate::common::eventually;
+use crate::common::mesh::Mesh;
 
-pub const GUARD: Duration = Duration::from_secs(60);
+pub use crate::common::GUARD;
 
-/// The effective uid of this process, for `unix:uid:` selectors.
-pub fn euid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
+/// An entry for this process's uid, federating with `peer` if given.
 pub fn entry(id: &str, peer: Option<&str>) -> String {
-    let fed = peer.map_or(String::new(), |p| format!("federates_with = [\"{p}\"]\n"));
-    format!(
-        "[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:{}\"]\n{fed}",
-        euid()
-    )
+    common::config::entry(id, common::own_uid(), peer.as_slice())
 }
 
 /// A sidecar running in-process through the real command line, its report lines collected.
@@ -85,7 +75,7 @@ impl Sidecar {
 
     pub async fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let mut found = None;
-        eventually(what, GUARD, || {
+        eventually(what, || {
             found = self.lines().into_iter().find(|l| f(l));
             found.is_some()
         })
@@ -139,7 +129,7 @@ pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>
         s.read_to_end(&mut out).await?;
         Ok(out)
     };
-    tokio::time::timeout(GUARD, work).await.expect("hang guard")
+    crate::common::guard(work).await
 }
 
 pub struct TwoMeshes {
@@ -153,29 +143,17 @@ pub struct TwoMeshes {
 pub async fn two_meshes() -> TwoMeshes {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut a = Mesh::new(root.path(), "mesh-a").await;
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    a.write_config(
-        "",
-        "1s",
-        Some(&b),
+    let (mut a, mut b) = Mesh::pair(
+        root.path(),
         &entry("spiffe://mesh-a.test/frontend", Some("mesh-b.test")),
-    );
-    b.write_config(
-        "",
-        "1s",
-        Some(&a),
         &entry("spiffe://mesh-b.test/echo", Some("mesh-a.test")),
-    );
-    a.give_bootstrap_to(&b);
-    b.give_bootstrap_to(&a);
+        true,
+    )
+    .await;
     let da = a.start().await;
     let db = b.start().await;
-    let (td_a, td_b) = (
-        TrustDomain::new("mesh-a.test").unwrap(),
-        TrustDomain::new("mesh-b.test").unwrap(),
-    );
-    eventually("each mesh pins the other's bundle", GUARD, || {
+    let (td_a, td_b) = (common::td("mesh-a.test"), common::td("mesh-b.test"));
+    eventually("each mesh pins the other's bundle", || {
         da.peers.get(&td_b).is_some() && db.peers.get(&td_a).is_some()
     })
     .await;
