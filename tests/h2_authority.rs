@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshtrust::workload_api::h2_authority::{
-    AuthorityRewrite, H2AuthorityError, HTTP2_PREFACE, is_http2_preface,
+    AuthorityRewrite, H2AuthorityError, HTTP2_PREFACE, MAX_HEADER_BLOCK, is_http2_preface,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -539,11 +539,16 @@ async fn oversized_header_blocks_are_refused() {
     // A CONTINUATION flood: empty frames, no end; the frame headers alone exceed the cap.
     let mut input = stream_start();
     input.extend(frame(HEADERS, 0, 1, &[0x82]));
-    for _ in 0..(1 << 20) / 9 {
+    for _ in 0..MAX_HEADER_BLOCK / 9 {
         input.extend(frame(CONTINUATION, 0, 1, &[]));
     }
     let (_, err) = filter_error(input).await;
-    assert_eq!(err, H2AuthorityError::HeaderBlockTooLarge { max: 1 << 20 });
+    assert_eq!(
+        err,
+        H2AuthorityError::HeaderBlockTooLarge {
+            max: MAX_HEADER_BLOCK
+        }
+    );
 
     // An HPACK bomb: one 4000-byte table entry referenced 400 times decodes to 1.6 MB.
     let mut block = vec![0x40, 5];
@@ -554,7 +559,12 @@ async fn oversized_header_blocks_are_refused() {
     let mut input = stream_start();
     input.extend(frame(HEADERS, END_HEADERS, 1, &block));
     let (_, err) = filter_error(input).await;
-    assert_eq!(err, H2AuthorityError::HeaderListTooLarge { max: 1 << 20 });
+    assert_eq!(
+        err,
+        H2AuthorityError::HeaderListTooLarge {
+            max: MAX_HEADER_BLOCK
+        }
+    );
 }
 
 #[test]
