@@ -362,3 +362,223 @@ async fn idle_http1_connections_of_another_uid_do_not_starve_root() {
     )
     .await;
 }
+
+// === raw clients ===
+
+/// `GET /v1/x509-svid` (keep-alive) on a raw connection: (status, lower-cased head, body).
+fn get_svid(s: &mut UnixStream) -> (u16, String, String) {
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    s.write_all(
+        b"GET /v1/x509-svid HTTP/1.1\r\nHost: localhost\r\nworkload.spiffe.io: true\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "EOF in the response head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (code, head, String::from_utf8(body).unwrap())
+}
+
+/// Whether the server closed `s`: the next read is EOF (under the guard).
+fn closed_by_server(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    matches!(s.read(&mut [0u8; 1]), Ok(0))
+}
+
+fn identity_word(body: &str) -> &'static str {
+    if body.contains("spiffe://mesh-a.test/tester") {
+        "identity"
+    } else {
+        "none"
+    }
+}
+
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// An entry for this test binary run by this uid (what the child processes below are).
+fn tester_entry() -> String {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    format!(
+        "[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/tester\"\nselectors = [\"unix:uid:{}\", \"unix:path:{}\"]\n",
+        own_uid(),
+        exe.display()
+    )
+}
+
+async fn run_child(test: &str, envs: &[(&str, &Path)]) -> String {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--ignored", "--nocapture"]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(GUARD, cmd.output())
+        .await
+        .expect("hang guard: child")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+// === per-request attestation ===
+
+#[tokio::test]
+async fn a_process_that_execs_another_binary_loses_its_identity_on_the_same_connection() {
+    // Issue 9 item 3: attestation is per request, so the connection a process opened and was
+    // served on does not carry its identity into another binary it execs (same pid).
+    let daemon = Daemon::start(&tester_entry()).await;
+    let copy = daemon.dir.path().join("another-binary");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let text = run_child(
+        "exec_child",
+        &[(SOCKET_ENV, &daemon.socket()), (COPY_ENV, &copy)],
+    )
+    .await;
+    assert!(text.contains("BEFORE 200 identity"), "{text}");
+    // PermissionDenied as 403, then the connection is closed (the caller may reconnect).
+    assert!(
+        text.contains("AFTER EXEC 403 none connection-close closed"),
+        "{text}"
+    );
+}
+
+/// Child of the test above: connects, is served, then execs a copy of this binary that
+/// inherits the connection as its stdin.
+#[test]
+#[ignore = "child process of a_process_that_execs_another_binary_loses_its_identity_on_the_same_connection"]
+fn exec_child() {
+    use std::os::unix::process::CommandExt as _;
+    let Ok(copy) = std::env::var(COPY_ENV) else {
+        return;
+    };
+    let mut s = UnixStream::connect(std::env::var(SOCKET_ENV).unwrap()).unwrap();
+    let (code, _, body) = get_svid(&mut s);
+    println!("BEFORE {code} {}", identity_word(&body));
+    std::io::stdout().flush().unwrap();
+    let err = Command::new(copy)
+        .args(["--exact", "exec_after", "--ignored", "--nocapture"])
+        .env_remove(COPY_ENV)
+        .env(PARENT_ENV, "exec")
+        .stdin(Stdio::from(OwnedFd::from(s)))
+        .exec();
+    panic!("exec failed: {err}");
+}
+
+/// The exec'd binary (same pid): asks again on the inherited connection.
+#[test]
+#[ignore = "child process of a_process_that_execs_another_binary_loses_its_identity_on_the_same_connection"]
+fn exec_after() {
+    if std::env::var(PARENT_ENV).as_deref() != Ok("exec") {
+        return;
+    }
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let mut s = UnixStream::from(fd);
+    let (code, head, body) = get_svid(&mut s);
+    let close = if head.contains("connection: close") {
+        "connection-close"
+    } else {
+        "keep-alive"
+    };
+    let closed = if closed_by_server(&mut s) {
+        "closed"
+    } else {
+        "open"
+    };
+    println!("AFTER EXEC {code} {} {close} {closed}", identity_word(&body));
+}
+
+#[tokio::test]
+async fn a_socket_handed_to_another_process_is_refused_once_the_connecting_one_is_gone() {
+    // The pid-reuse guard: the pid recorded at connect names a process that exited (or, if
+    // the pid was reused, another process): the holder of the socket is not attested as it.
+    let daemon = Daemon::start(&tester_entry()).await;
+    let result = daemon.dir.path().join("handover-result");
+    let text = run_child(
+        "handover_child",
+        &[(SOCKET_ENV, &daemon.socket()), (RESULT_ENV, &result)],
+    )
+    .await;
+    assert!(text.contains("BEFORE 200 identity"), "{text}");
+    // The child has exited and been reaped; its successor writes what it got.
+    let deadline = Instant::now() + GUARD;
+    let got = loop {
+        if let Ok(got) = std::fs::read_to_string(&result)
+            && got.ends_with('\n')
+        {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "hang guard: no handover result");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Unavailable (attestation failed) as 503, then the connection is closed.
+    assert_eq!(got, "AFTER HANDOVER 503 none closed\n");
+}
+
+/// Child of the test above: connects, is served, hands the connection to a new process (the
+/// same binary, so only the pid differs) and exits.
+#[test]
+#[ignore = "child process of a_socket_handed_to_another_process_is_refused_once_the_connecting_one_is_gone"]
+fn handover_child() {
+    let (Ok(result), Err(_)) = (std::env::var(RESULT_ENV), std::env::var(PARENT_ENV)) else {
+        return;
+    };
+    let mut s = UnixStream::connect(std::env::var(SOCKET_ENV).unwrap()).unwrap();
+    let (code, _, body) = get_svid(&mut s);
+    println!("BEFORE {code} {}", identity_word(&body));
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "handover_after", "--ignored", "--nocapture"])
+        .env(PARENT_ENV, std::process::id().to_string())
+        .env(RESULT_ENV, result)
+        .stdin(Stdio::from(OwnedFd::from(s)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+}
+
+/// The process the socket was handed to: waits until the connecting process is gone, asks.
+#[test]
+#[ignore = "child process of a_socket_handed_to_another_process_is_refused_once_the_connecting_one_is_gone"]
+fn handover_after() {
+    let Ok(parent) = std::env::var(PARENT_ENV) else {
+        return;
+    };
+    let Ok(result) = std::env::var(RESULT_ENV) else {
+        return;
+    };
+    let deadline = Instant::now() + GUARD;
+    while Path::new(&format!("/proc/{parent}")).exists() {
+        assert!(Instant::now() < deadline, "hang guard: parent still there");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let mut s = UnixStream::from(fd);
+    let (code, _, body) = get_svid(&mut s);
+    let closed = if closed_by_server(&mut s) {
+        "closed"
+    } else {
+        "open"
+    };
+    let line = format!("AFTER HANDOVER {code} {} {closed}\n", identity_word(&body));
+    std::fs::write(result, line).unwrap();
+}
