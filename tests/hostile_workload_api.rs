@@ -25,9 +25,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
 use common::daemon::{GUARD, Proc, root_or_skip};
+use meshtrust::workload_api::{
+    Limits, RefusalReason, Refusals, ServeOptions, WorkloadApiDeps, bind, serve_with,
+};
+use tokio_util::sync::CancellationToken;
 
 const NOBODY: &str = "65534";
 const ATTACK_ENV: &str = "HOSTILE_ATTACK";
@@ -148,7 +153,10 @@ impl Attacker {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if line.starts_with("ATTACKING") {
                     let _ = tx.send(line);
                 }
@@ -211,7 +219,11 @@ socket = "admin.sock"
     /// Lowers the daemon's fd limit (soft and hard), as `ulimit -n` before starting would.
     fn limit_fds(&self, n: usize) {
         let ok = Command::new("prlimit")
-            .args(["--pid", &self.pid().to_string(), &format!("--nofile={n}:{n}")])
+            .args([
+                "--pid",
+                &self.pid().to_string(),
+                &format!("--nofile={n}:{n}"),
+            ])
             .status()
             .unwrap()
             .success();
@@ -504,7 +516,10 @@ fn exec_after() {
     } else {
         "open"
     };
-    println!("AFTER EXEC {code} {} {close} {closed}", identity_word(&body));
+    println!(
+        "AFTER EXEC {code} {} {close} {closed}",
+        identity_word(&body)
+    );
 }
 
 #[tokio::test]
@@ -581,4 +596,301 @@ fn handover_after() {
     };
     let line = format!("AFTER HANDOVER {code} {} {closed}\n", identity_word(&body));
     std::fs::write(result, line).unwrap();
+}
+
+// === a caller with no entry is answered, then closed ===
+
+const DATA: u8 = 0x0;
+const PING: u8 = 0x6;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+/// What a raw HTTP/2 client saw until the server closed the connection.
+#[derive(Debug, Default)]
+struct H2Seen {
+    /// Frame types in order.
+    kinds: Vec<u8>,
+    /// The decoded header blocks the server sent.
+    headers: Vec<Vec<(String, String)>>,
+    /// The server's SETTINGS (identifier, value).
+    settings: Vec<(u16, u32)>,
+}
+
+/// Reads frames until EOF (under the guard), acknowledging SETTINGS and PINGs like a client.
+fn read_until_closed(s: &mut UnixStream) -> H2Seen {
+    read_frames_until_closed(s, true)
+}
+
+/// [`read_until_closed`], acknowledging only when `ack`.
+fn read_frames_until_closed(s: &mut UnixStream, ack: bool) -> H2Seen {
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    let mut seen = H2Seen::default();
+    let mut decoder = loona_hpack::Decoder::new();
+    loop {
+        let mut head = [0u8; 9];
+        match s.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return seen,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return seen,
+            Err(e) => panic!("hang guard or read error: {e}; saw {seen:?}"),
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        let (kind, flags) = (head[3], head[4]);
+        seen.kinds.push(kind);
+        match kind {
+            SETTINGS if ack && flags & ACK == 0 => {
+                for p in payload.chunks_exact(6) {
+                    let id = u16::from_be_bytes([p[0], p[1]]);
+                    seen.settings
+                        .push((id, u32::from_be_bytes([p[2], p[3], p[4], p[5]])));
+                }
+                let _ = s.write_all(&frame(SETTINGS, ACK, 0, &[]));
+            }
+            PING if ack && flags & ACK == 0 => {
+                let _ = s.write_all(&frame(PING, ACK, 0, &payload));
+            }
+            HEADERS => {
+                let fields = decoder.decode(&payload).unwrap();
+                seen.headers.push(
+                    fields
+                        .into_iter()
+                        .map(|(n, v)| {
+                            (
+                                String::from_utf8_lossy(&n).into_owned(),
+                                String::from_utf8_lossy(&v).into_owned(),
+                            )
+                        })
+                        .collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A FetchX509SVID call in raw frames (stream 1, request complete).
+fn fetch_x509_svid_frames() -> Vec<u8> {
+    let block = loona_hpack::Encoder::new().encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":path", b"/SpiffeWorkloadAPI/FetchX509SVID"),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"workload.spiffe.io", b"true"),
+    ]);
+    [
+        preface_and_settings(),
+        frame(HEADERS, END_HEADERS, 1, &block),
+        frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]),
+    ]
+    .concat()
+}
+
+#[tokio::test]
+async fn a_caller_with_no_entry_is_answered_then_its_connection_is_closed() {
+    // Only another uid has an entry: this process is a caller with none.
+    let daemon = Daemon::start(&format!(
+        "[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/other\"\nselectors = [\"unix:uid:{}\"]\n",
+        own_uid().wrapping_add(4242)
+    ))
+    .await;
+
+    // gRPC: PermissionDenied, then GOAWAY and the end of the connection.
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    s.write_all(&fetch_x509_svid_frames()).unwrap();
+    let seen = tokio::task::spawn_blocking(move || read_until_closed(&mut s))
+        .await
+        .unwrap();
+    let status = seen
+        .headers
+        .iter()
+        .flatten()
+        .find(|(n, _)| n == "grpc-status")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(status, Some("7"), "PermissionDenied: {seen:?}");
+    assert!(seen.kinds.contains(&GOAWAY), "{seen:?}");
+
+    // The JSON view: 403 with `Connection: close`, then EOF.
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    let (code, head, body) = tokio::task::spawn_blocking(move || {
+        let got = get_svid(&mut s);
+        assert!(closed_by_server(&mut s), "the connection stays open");
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, r#"{"error":"no identity issued"}"#);
+
+    // It may retry: a new connection is answered the same way.
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    let (code, _, _) = tokio::task::spawn_blocking(move || get_svid(&mut s))
+        .await
+        .unwrap();
+    assert_eq!(code, 403);
+    daemon.proc.wait_for_log("reason=\"no_identity\"").await;
+}
+
+// === deadlines (in-process, with short limits) ===
+
+struct ShortLimits {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    refusals: Arc<Refusals>,
+    cancel: CancellationToken,
+    _ca: meshtrust::ca::Ca,
+}
+
+impl Drop for ShortLimits {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The Workload API served in this process with a 3 s idle and a 1 s header timeout, this uid
+/// entitled to `spiffe://mesh-a.test/tester`.
+async fn serve_short_limits() -> ShortLimits {
+    use common::workload::{HOUR, entry, open_ca, storage};
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(meshtrust::clock::ManualClock::new(SystemTime::now()));
+    let own = storage(&dir.path().join("a"));
+    let ca = open_ca(own.clone(), "mesh-a.test", clock.clone(), HOUR);
+    let peers = meshtrust::federation::pinned::PeerStore::open(own, vec![]).unwrap();
+    let entries = vec![entry(
+        "spiffe://mesh-a.test/tester",
+        vec![meshtrust::config::Selector::Uid(own_uid())],
+        &[],
+        "",
+    )];
+    let deps = WorkloadApiDeps::new(ca.subscribe(), peers.subscribe(), entries, clock);
+    let socket = dir.path().join("workload.sock");
+    let listener = bind(&socket).unwrap();
+    let refusals = Arc::new(Refusals::new());
+    let options = ServeOptions {
+        limits: Limits {
+            // Longer than the header deadline, which must be what closes an unfinished block.
+            idle_timeout: Duration::from_secs(3),
+            header_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        refusals: refusals.clone(),
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve_with(listener, deps, options, cancel.clone()));
+    ShortLimits {
+        _dir: dir,
+        socket,
+        refusals,
+        cancel,
+        _ca: ca,
+    }
+}
+
+/// Sends `bytes` on a new connection and waits (under the guard) for the server to close it.
+async fn closed_after_sending(socket: &Path, bytes: Vec<u8>) -> H2Seen {
+    let mut s = UnixStream::connect(socket).unwrap();
+    tokio::task::spawn_blocking(move || {
+        s.write_all(&bytes).unwrap();
+        read_until_closed(&mut s)
+    })
+    .await
+    .unwrap()
+}
+
+/// [`closed_after_sending`] with a client that sends nothing more (no SETTINGS ACK).
+async fn closed_after_sending_silent(socket: &Path, bytes: Vec<u8>) -> H2Seen {
+    let mut s = UnixStream::connect(socket).unwrap();
+    tokio::task::spawn_blocking(move || {
+        s.write_all(&bytes).unwrap();
+        read_frames_until_closed(&mut s, false)
+    })
+    .await
+    .unwrap()
+}
+
+async fn eventually_counted(refusals: &Refusals, reason: RefusalReason, n: u64) {
+    let deadline = Instant::now() + GUARD;
+    while refusals.count(reason) < n {
+        assert!(Instant::now() < deadline, "hang guard: {reason:?} < {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_and_unfinished_requests_are_closed_by_their_deadlines() {
+    let api = serve_short_limits().await;
+    let socket = &api.socket;
+
+    // HTTP/2 after the preface and SETTINGS, then nothing: GOAWAY, then closed.
+    let seen = closed_after_sending(socket, preface_and_settings()).await;
+    assert!(seen.kinds.contains(&GOAWAY), "{seen:?}");
+    // What the server advertised: the stream cap and h2's header list size, both ours.
+    let max_streams = Limits::default().max_streams_per_connection;
+    assert!(seen.settings.contains(&(0x3, max_streams)), "{seen:?}");
+    assert!(seen.settings.contains(&(0x6, 16 * 1024)), "{seen:?}");
+    eventually_counted(&api.refusals, RefusalReason::Idle, 1).await;
+
+    // A header block never finished (below the cap): closed at the header deadline.
+    let unfinished = [
+        preface_and_settings(),
+        frame(HEADERS, 0, 1, &[0x82]),
+        frame(CONTINUATION, 0, 1, &[0x40; 1024]),
+    ]
+    .concat();
+    // (The client acknowledges nothing: any frame would interrupt its own header block.)
+    let seen = closed_after_sending_silent(socket, unfinished).await;
+    assert!(
+        !seen.kinds.contains(&GOAWAY),
+        "an error, not a graceful close: {seen:?}"
+    );
+    eventually_counted(&api.refusals, RefusalReason::HeaderTimeout, 1).await;
+
+    // Nothing at all, and an HTTP/1.1 request head never finished: the same deadline.
+    closed_after_sending(socket, Vec::new()).await;
+    eventually_counted(&api.refusals, RefusalReason::HeaderTimeout, 2).await;
+    closed_after_sending(socket, b"GET /v1/x509-svid HTTP/1.1\r\n".to_vec()).await;
+    eventually_counted(&api.refusals, RefusalReason::HeaderTimeout, 3).await;
+
+    // HTTP/1.1 kept alive after a served request, then idle: closed. hyper starts its
+    // header read timeout as soon as it waits for the next request head, so the (shorter)
+    // header deadline is what closes an idle HTTP/1.1 connection.
+    let mut s = UnixStream::connect(socket).unwrap();
+    let (code, closed) = tokio::task::spawn_blocking(move || {
+        let (code, _, _) = get_svid(&mut s);
+        (code, closed_by_server(&mut s))
+    })
+    .await
+    .unwrap();
+    assert_eq!((code, closed), (200, true));
+    eventually_counted(&api.refusals, RefusalReason::HeaderTimeout, 4).await;
+}
+
+#[tokio::test]
+async fn an_open_stream_keeps_its_connection_past_the_idle_timeout() {
+    // Only connections with nothing open idle out: a watcher's stream is not cut.
+    let api = serve_short_limits().await;
+    let endpoint = format!("unix://{}", api.socket.display());
+    let client = spiffe::WorkloadApiClient::connect_to(endpoint)
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    use futures_util::StreamExt as _;
+    let first = tokio::time::timeout(GUARD, stream.next())
+        .await
+        .expect("hang guard")
+        .unwrap();
+    assert!(first.is_ok(), "{first:?}");
+    // Longer than the idle timeout with the stream open, then one more connection idles out:
+    // the stream's connection was never counted idle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(api.refusals.count(RefusalReason::Idle), 0);
+    closed_after_sending(&api.socket, preface_and_settings()).await;
+    eventually_counted(&api.refusals, RefusalReason::Idle, 1).await;
+    assert_eq!(api.refusals.count(RefusalReason::Idle), 1);
 }

@@ -165,6 +165,9 @@ pub struct AuthorityRewrite<S> {
     header_timeout: Duration,
     /// Runs while a header block is open (allocated then only).
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Called once when a header block times out (to count it: the error itself reaches the
+    /// server's owner only as an opaque h2 error).
+    on_timeout: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<S> AuthorityRewrite<S> {
@@ -184,7 +187,14 @@ impl<S> AuthorityRewrite<S> {
             out: BytesMut::new(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             deadline: None,
+            on_timeout: None,
         }
+    }
+
+    /// Calls `f` once if a header block times out ([`AuthorityRewrite::header_timeout`]).
+    pub fn on_header_timeout(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_timeout = Some(Box::new(f));
+        self
     }
 
     /// Sets how long a header block (HEADERS up to the CONTINUATION with END_HEADERS) may take
@@ -234,6 +244,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
             out,
             header_timeout,
             deadline,
+            on_timeout,
         } = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -258,6 +269,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
                 if timer.as_mut().poll(cx).is_ready() {
                     filter.fail();
                     *deadline = None;
+                    if let Some(f) = on_timeout.take() {
+                        f();
+                    }
                     return Poll::Ready(Err(
                         H2AuthorityError::HeaderTimeout(*header_timeout).into()
                     ));

@@ -8,7 +8,7 @@
 //! | `max_connections` | 1024 | total; also at most half the soft `RLIMIT_NOFILE` at start, so the other listeners, the store and the fetchers keep descriptors |
 //! | `max_connections_per_uid` | 128 | a gRPC client multiplexes a process's calls on one connection; 128 processes of one uid each with its own connection; at most half the total |
 //! | `max_streams_per_connection` | 128 | an X509Source and a JWTSource hold one stream each; nginx's HTTP/2 default is 128 (RFC 9113 asks for at least 100) |
-//! | `idle_timeout` | 60 s | a connection with no open stream or request closes (HTTP/2 GOAWAY, clients reconnect transparently) |
+//! | `idle_timeout` | 60 s | a connection with no open stream or request closes (HTTP/2 GOAWAY, clients reconnect transparently); an idle HTTP/1.1 keep-alive closes at `header_timeout` already |
 //! | `header_timeout` | 10 s | to send the first bytes, to finish an HTTP/2 header block, to send an HTTP/1.1 request head |
 //!
 //! Not tunable: a header block is at most [`MAX_HEADER_BLOCK`](super::h2_authority::MAX_HEADER_BLOCK)
@@ -33,6 +33,8 @@ pub struct Limits {
     /// Concurrent HTTP/2 streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_streams_per_connection: u32,
     /// A connection with no open stream (HTTP/2) or request (HTTP/1.1) for this long is closed.
+    /// (An HTTP/1.1 connection waiting for its next request is closed sooner, at
+    /// `header_timeout`: hyper runs its header read timeout while it waits for a request head.)
     pub idle_timeout: Duration,
     /// Deadline for the first bytes of a connection, for completing an HTTP/2 header block
     /// (HEADERS + CONTINUATION), and for an HTTP/1.1 request head.

@@ -198,37 +198,24 @@ async fn connection(
     let result = if is_h2 {
         // gRPC C-core clients (Python grpcio, grpcurl) send the socket path percent-encoded as
         // :authority, which h2 rejects: rewrite it in the HPACK stream before h2 sees it.
+        let refusals = server.refusals.clone();
         let io = AuthorityRewrite::with_prefix(stream, prefix.into())
-            .header_timeout(limits.header_timeout);
+            .header_timeout(limits.header_timeout)
+            .on_header_timeout(move || refusals.record(RefusalReason::HeaderTimeout, Some(uid)));
         serve_grpc(io, &server, conn, &cancel).await
     } else {
         let io = Prefixed::new(prefix, stream);
         serve_json(io, &server, conn, &cancel).await
     };
     if let Err(e) = result {
-        if is_timeout(&e) {
+        // HTTP/1.1's header read timeout (HTTP/2's is counted by the filter).
+        if e.is_timeout() {
             server
                 .refusals
                 .record(RefusalReason::HeaderTimeout, Some(uid));
         }
         tracing::debug!(error = %e, "workload api connection ended with an error");
     }
-}
-
-/// Whether a connection failed on a header deadline: hyper's HTTP/1.1 header read timeout, or
-/// the HTTP/2 filter's header block deadline (an `io::Error` of kind `TimedOut`).
-fn is_timeout(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    e.is_timeout()
 }
 
 /// One connection's peer and activity, shared by its requests.
