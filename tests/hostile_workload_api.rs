@@ -83,7 +83,7 @@ fn attack(kind: &str, i: usize, s: &mut UnixStream) -> std::io::Result<()> {
             s.write_all(&preface_and_settings())?;
             s.write_all(&frame(HEADERS, 0, 1, &[0x82]))?;
             let chunk = frame(CONTINUATION, 0, 1, &[0x40; 16 * 1024 - 9]);
-            let (frames, chunk) = if i % 2 == 0 {
+            let (frames, chunk) = if i.is_multiple_of(2) {
                 (64, chunk)
             } else {
                 (1, frame(CONTINUATION, 0, 1, &[0x40; 8 * 1024]))
@@ -560,7 +560,9 @@ fn handover_child() {
     let mut s = UnixStream::connect(std::env::var(SOCKET_ENV).unwrap()).unwrap();
     let (code, _, body) = get_svid(&mut s);
     println!("BEFORE {code} {}", identity_word(&body));
-    Command::new(std::env::current_exe().unwrap())
+    // Not waited for on purpose: this process must be gone before its successor asks.
+    #[allow(clippy::zombie_processes)]
+    let _successor = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "handover_after", "--ignored", "--nocapture"])
         .env(PARENT_ENV, std::process::id().to_string())
         .env(RESULT_ENV, result)

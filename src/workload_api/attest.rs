@@ -15,6 +15,13 @@
 //! What this cannot see is a pid reused *before* the first read, by a process of the same uid:
 //! closing that gap needs `SO_PEERPIDFD` (Linux 6.5), which is out of reach without `unsafe` or a
 //! syscall crate.
+//!
+//! # Per request
+//! The server attests once per request or stream open, not once per connection
+//! ([`ConnectedPeer`]): the start time read at accept is the reference every later attestation
+//! must match, so a connection whose process exited (a zombie counts as gone) or whose pid now
+//! names another process is refused, and a process that exec'd another binary is matched as
+//! that binary.
 
 use std::fs;
 use std::io;
