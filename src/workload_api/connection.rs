@@ -7,20 +7,27 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::{CLOSE_GRACE, Limits};
+use super::limits::{CLOSE_GRACE, Limits, soft_nofile};
 use super::refusal::{RefusalReason, Refusals};
+
+/// How often the caps are recomputed from the fd limit, which may change while the daemon runs
+/// (`prlimit` by an operator, or the daemon raising its own soft limit).
+const FD_LIMIT_RECHECK: Duration = Duration::from_secs(1);
 
 /// Open connections, in total and per uid.
 #[derive(Debug)]
 pub(crate) struct ConnectionTable {
-    max_total: usize,
-    max_per_uid: usize,
+    /// The configured limits; the caps enforced are these clamped by the fd limit.
+    configured: Limits,
+    /// Where the fd limit comes from (`None`: unknown, no clamp).
+    fd_limit: fn() -> Option<u64>,
     open: Mutex<Counts>,
 }
 
@@ -28,13 +35,21 @@ pub(crate) struct ConnectionTable {
 struct Counts {
     total: usize,
     per_uid: HashMap<u32, usize>,
+    /// The caps in force (total, per uid) and when they were computed.
+    caps: (usize, usize),
+    checked_at: Option<Instant>,
 }
 
 impl ConnectionTable {
+    /// A table enforcing `limits` clamped by the process's soft `RLIMIT_NOFILE`.
     pub(crate) fn new(limits: &Limits) -> Arc<Self> {
+        Self::with_fd_limit(limits, soft_nofile)
+    }
+
+    fn with_fd_limit(limits: &Limits, fd_limit: fn() -> Option<u64>) -> Arc<Self> {
         Arc::new(Self {
-            max_total: limits.max_connections,
-            max_per_uid: limits.max_connections_per_uid,
+            configured: limits.clone(),
+            fd_limit,
             open: Mutex::new(Counts::default()),
         })
     }
@@ -43,11 +58,29 @@ impl ConnectionTable {
     /// first: a uid at its cap is refused as such even when the table is also full.
     pub(crate) fn admit(self: &Arc<Self>, uid: u32) -> Result<Slot, RefusalReason> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if open
+            .checked_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= FD_LIMIT_RECHECK)
+        {
+            let effective = self.configured.effective((self.fd_limit)());
+            let caps = (effective.max_connections, effective.max_connections_per_uid);
+            if caps != open.caps {
+                tracing::info!(
+                    max_connections = caps.0,
+                    max_connections_per_uid = caps.1,
+                    "workload api connection limits"
+                );
+                open.caps = caps;
+            }
+            open.checked_at = Some(now);
+        }
+        let (max_total, max_per_uid) = open.caps;
         let of_uid = open.per_uid.get(&uid).copied().unwrap_or(0);
-        if of_uid >= self.max_per_uid {
+        if of_uid >= max_per_uid {
             return Err(RefusalReason::TooManyConnectionsForUid);
         }
-        if open.total >= self.max_total {
+        if open.total >= max_total {
             return Err(RefusalReason::TooManyConnections);
         }
         open.total += 1;
@@ -222,27 +255,49 @@ mod tests {
     #[test]
     fn the_table_caps_each_uid_and_the_total() {
         let limits = Limits {
-            max_connections: 3,
+            max_connections: 4,
             max_connections_per_uid: 2,
             ..Limits::default()
         };
-        let table = ConnectionTable::new(&limits);
+        let table = ConnectionTable::with_fd_limit(&limits, || None);
         let a1 = table.admit(1).unwrap();
         let _a2 = table.admit(1).unwrap();
         assert_eq!(
             table.admit(1).unwrap_err(),
             RefusalReason::TooManyConnectionsForUid
         );
-        let _b1 = table.admit(2).unwrap();
+        let _b = table.admit(2).unwrap();
+        let _c = table.admit(3).unwrap();
         assert_eq!(
-            table.admit(3).unwrap_err(),
+            table.admit(4).unwrap_err(),
             RefusalReason::TooManyConnections
         );
-        assert_eq!(table.open(1), (3, 2));
+        assert_eq!(table.open(1), (4, 2));
         drop(a1);
-        assert_eq!(table.open(1), (2, 1));
-        let _c1 = table.admit(3).unwrap();
-        assert_eq!(table.open(3), (3, 1));
+        assert_eq!(table.open(1), (3, 1));
+        let _d = table.admit(4).unwrap();
+        assert_eq!(table.open(4), (4, 1));
+    }
+
+    #[test]
+    fn the_caps_follow_the_fd_limit() {
+        let limits = Limits {
+            max_connections: 100,
+            max_connections_per_uid: 100,
+            ..Limits::default()
+        };
+        // 8 descriptors: 4 connections in total, 2 per uid.
+        let table = ConnectionTable::with_fd_limit(&limits, || Some(8));
+        let _held: Vec<Slot> = (0..2).map(|_| table.admit(1).unwrap()).collect();
+        assert_eq!(
+            table.admit(1).unwrap_err(),
+            RefusalReason::TooManyConnectionsForUid
+        );
+        let _more: Vec<Slot> = (2..4).map(|uid| table.admit(uid).unwrap()).collect();
+        assert_eq!(
+            table.admit(9).unwrap_err(),
+            RefusalReason::TooManyConnections
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,8 +5,8 @@
 //!
 //! | limit | default | why this value |
 //! |---|---|---|
-//! | `max_connections` | 1024 | total; also at most half the soft `RLIMIT_NOFILE` at start, so the other listeners, the store and the fetchers keep descriptors |
-//! | `max_connections_per_uid` | 128 | a gRPC client multiplexes a process's calls on one connection; 128 processes of one uid each with its own connection; at most half the total |
+//! | `max_connections` | 8192 | total; also at most half the soft `RLIMIT_NOFILE` (re-read every second), so the other listeners, the store and the fetchers keep descriptors |
+//! | `max_connections_per_uid` | 1024 | a gRPC client multiplexes a process's calls on one connection: 1024 processes of one uid each with its own connection (a busy node where every pod runs as one uid); also at most half the total, so one uid never fills the table |
 //! | `max_streams_per_connection` | 128 | an X509Source and a JWTSource hold one stream each; nginx's HTTP/2 default is 128 (RFC 9113 asks for at least 100) |
 //! | `idle_timeout` | 60 s | a connection with no open stream or request closes (HTTP/2 GOAWAY, clients reconnect transparently); an idle HTTP/1.1 keep-alive closes at `header_timeout` already |
 //! | `header_timeout` | 10 s | to send the first bytes, to finish an HTTP/2 header block, to send an HTTP/1.1 request head |
@@ -25,7 +25,7 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Connections open at once, all callers together. Above it a new connection is closed at
-    /// once (the client retries).
+    /// once (the client retries). Clamped to half the soft `RLIMIT_NOFILE`, re-read every second.
     pub max_connections: usize,
     /// Connections open at once per attested uid (`SO_PEERCRED`). Above it a new connection of
     /// that uid is closed at once.
@@ -44,8 +44,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
-            max_connections_per_uid: 128,
+            max_connections: 8192,
+            max_connections_per_uid: 1024,
             max_streams_per_connection: 128,
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
@@ -101,6 +101,12 @@ mod tests {
         assert_eq!(
             (low.max_connections, low.max_connections_per_uid),
             (128, 64)
+        );
+        // systemd's default soft limit, when nothing raised it.
+        let systemd = d.effective(Some(1024));
+        assert_eq!(
+            (systemd.max_connections, systemd.max_connections_per_uid),
+            (512, 256)
         );
         let tiny = d.effective(Some(1));
         assert_eq!((tiny.max_connections, tiny.max_connections_per_uid), (1, 1));

@@ -42,7 +42,7 @@ use super::connection::{Activity, ConnectionTable, Guarded, Slot, drive};
 use super::grpc::WorkloadApiService;
 use super::h2_authority::{AuthorityRewrite, MAX_HEADER_BLOCK};
 use super::json;
-use super::limits::{self, Limits};
+use super::limits::Limits;
 use super::refusal::{LogLimiter, RefusalReason, Refusals};
 use super::service::WorkloadApi;
 use super::state::{Attestation, WorkloadApiDeps};
@@ -59,7 +59,8 @@ const GRPC_PERMISSION_DENIED: &[u8] = b"7";
 /// How [`serve_with`] runs: its limits, and where it counts refusals (for metrics).
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
-    /// Connection limits; clamped at start by the fd limit ([`Limits::effective`]).
+    /// Connection limits; the connection caps are clamped by the fd limit as it changes
+    /// ([`Limits::effective`]).
     pub limits: Limits,
     /// Refusal counts by reason, shared with whoever reports them.
     pub refusals: Arc<Refusals>,
@@ -89,7 +90,8 @@ pub async fn serve_with(
     options: ServeOptions,
     cancel: CancellationToken,
 ) {
-    let limits = options.limits.effective(limits::soft_nofile());
+    // The connection caps follow the fd limit as it changes (the table re-reads it).
+    let limits = options.limits;
     tracing::debug!(?limits, "workload api limits");
     let server = Arc::new(Server {
         api: WorkloadApi::new(deps, cancel.child_token()),
