@@ -219,12 +219,17 @@ socket = "admin.sock"
 
     /// Lowers the running daemon's fd limit (soft and hard) to `n`.
     fn limit_fds(&self, n: usize) {
+        self.prlimit(&format!("--nofile={n}:{n}"));
+    }
+
+    /// Sets the running daemon's soft fd limit only (so it can be raised again).
+    fn soft_limit_fds(&self, n: usize) {
+        self.prlimit(&format!("--nofile={n}:"));
+    }
+
+    fn prlimit(&self, arg: &str) {
         let ok = Command::new("prlimit")
-            .args([
-                "--pid",
-                &self.pid().to_string(),
-                &format!("--nofile={n}:{n}"),
-            ])
+            .args(["--pid", &self.pid().to_string(), arg])
             .status()
             .unwrap()
             .success();
@@ -908,4 +913,45 @@ async fn an_open_stream_keeps_its_connection_past_the_idle_timeout() {
     closed_after_sending(&api.socket, preface_and_settings()).await;
     eventually_counted(&api.refusals, RefusalReason::Idle, 1).await;
     assert_eq!(api.refusals.count(RefusalReason::Idle), 1);
+}
+
+// === accept errors ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_daemon_logs_one_accept_error_per_window_and_recovers() {
+    // The log flood: `accept failed: Too many open files` every 100 ms. Now one line
+    // per 10 s, with the count of the ones not written.
+    let test = "out_of_descriptors_the_daemon_logs_one_accept_error_per_window_and_recovers";
+    if !root_or_skip(test) {
+        return;
+    }
+    let daemon = Daemon::start(ROOT_ENTRY).await;
+    daemon.assert_serves_root().await;
+    // No descriptor left for an accepted connection: only 0-2 (stdio) are allowed, so even a
+    // descriptor closed meanwhile cannot be reused.
+    daemon.soft_limit_fds(3);
+    let pending: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(daemon.socket()).unwrap())
+        .collect();
+    daemon.proc.wait_for_log("workload api accept failed").await;
+    // The next line comes a window later and counts the failures in between (one per 100 ms
+    // backoff while a connection waits in the backlog).
+    let second = daemon
+        .proc
+        .wait_for_nth_log("workload api accept failed", 1)
+        .await;
+    let unlogged: u64 = second
+        .split("unlogged=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {second:?}"));
+    assert!(unlogged > 10, "{second}");
+    assert_eq!(daemon.proc.count("workload api accept failed"), 2);
+    eprintln!("{test}: {second}");
+
+    // Descriptors back: the waiting connections are served, and so is root.
+    daemon.soft_limit_fds(FD_LIMIT);
+    drop(pending);
+    daemon.assert_serves_root().await;
 }

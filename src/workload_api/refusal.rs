@@ -62,13 +62,18 @@ impl RefusalReason {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 
-    /// Whether a line is worth an operator's attention (a cap reached) rather than routine
-    /// (idle clients, callers without an entry).
-    fn is_warning(self) -> bool {
-        matches!(
-            self,
-            Self::TooManyConnections | Self::TooManyConnectionsForUid | Self::NoPeerCredentials
-        )
+    /// How loud its log line is: a cap reached is worth an operator's attention (warn); a
+    /// caller refused or too slow is info; an idle connection closed is routine (debug).
+    fn level(self) -> tracing::Level {
+        match self {
+            Self::TooManyConnections | Self::TooManyConnectionsForUid | Self::NoPeerCredentials => {
+                tracing::Level::WARN
+            }
+            Self::NoIdentity | Self::AttestationFailed | Self::HeaderTimeout => {
+                tracing::Level::INFO
+            }
+            Self::Idle => tracing::Level::DEBUG,
+        }
     }
 }
 
@@ -93,11 +98,14 @@ impl Refusals {
         let Some(unlogged) = self.logs[i].hit(Instant::now()) else {
             return;
         };
+        let level = reason.level();
         let reason = reason.as_str();
-        if RefusalReason::ALL[i].is_warning() {
+        if level == tracing::Level::WARN {
             tracing::warn!(reason, uid, unlogged, "workload api refused a connection");
-        } else {
+        } else if level == tracing::Level::INFO {
             tracing::info!(reason, uid, unlogged, "workload api closed a connection");
+        } else {
+            tracing::debug!(reason, uid, unlogged, "workload api closed a connection");
         }
     }
 
