@@ -275,6 +275,8 @@ where
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             let open = conn.activity.begin();
             request.extensions_mut().insert(conn.attest());
+            // Streams attest again before each update.
+            request.extensions_mut().insert(conn.peer.clone());
             let mut grpc = grpc.clone();
             let activity = conn.activity.clone();
             async move {
