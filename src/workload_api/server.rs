@@ -9,7 +9,8 @@
 //! Every request (every stream open) is attested anew ([`ConnectedPeer::attest`], Workload
 //! Endpoint §5): the process that connected is looked at again, so one that exec'd another
 //! binary is matched as that binary, and one that is gone (its socket handed over) is refused.
-//! The result rides on the request as an [`Attestation`] extension. A caller refused with
+//! The result rides on the request as an [`Attestation`] extension, with the connection's peer
+//! (an open stream attests again before each update it would send). A caller refused with
 //! PermissionDenied / 403 (no entry) or whose attestation failed is answered, then its
 //! connection is closed (GOAWAY / `Connection: close`); it may reconnect and retry.
 //!
