@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshtrust::workload_api::h2_authority::{
-    AuthorityRewrite, H2AuthorityError, HTTP2_PREFACE, is_http2_preface,
+    AuthorityRewrite, H2AuthorityError, HTTP2_PREFACE, MAX_HEADER_BLOCK, is_http2_preface,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -443,9 +443,11 @@ async fn dynamic_table_size_updates_are_honoured() {
 }
 
 #[tokio::test]
-async fn large_header_block_is_split_into_continuation_frames() {
+async fn a_large_header_block_passes_up_to_the_cap_and_not_above() {
+    // The cap is hyper's own max_header_list_size (16 KiB): a decoded list within it always
+    // re-encodes (no indexing, no Huffman) into at most one full HEADERS frame.
     let mut sent = request(C_CORE_AUTHORITY);
-    sent.push(("x-big".into(), "v".repeat(40_000)));
+    sent.push(("x-big".into(), "v".repeat(15_000)));
     let mut input = stream_start();
     input.extend(frame(
         HEADERS,
@@ -458,17 +460,27 @@ async fn large_header_block_is_split_into_continuation_frames() {
         .iter()
         .map(|f| (f.frame_type, f.flags))
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            (HEADERS, END_STREAM),
-            (CONTINUATION, 0),
-            (CONTINUATION, END_HEADERS)
-        ]
-    );
-    let mut expected = sent;
+    assert_eq!(kinds, [(HEADERS, END_STREAM | END_HEADERS)]);
+    let mut expected = sent.clone();
     expected[3].1 = "localhost".into();
     assert_eq!(header_blocks(&frames), [expected]);
+
+    // 40,000 bytes (accepted before the cap was lowered to h2's): refused.
+    sent.last_mut().unwrap().1 = "v".repeat(40_000);
+    let mut input = stream_start();
+    input.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &encode(&mut Default::default(), &sent),
+    ));
+    let (_, err) = filter_error(input).await;
+    assert_eq!(
+        err,
+        H2AuthorityError::HeaderBlockTooLarge {
+            max: MAX_HEADER_BLOCK
+        }
+    );
 }
 
 #[tokio::test]
@@ -539,11 +551,16 @@ async fn oversized_header_blocks_are_refused() {
     // A CONTINUATION flood: empty frames, no end; the frame headers alone exceed the cap.
     let mut input = stream_start();
     input.extend(frame(HEADERS, 0, 1, &[0x82]));
-    for _ in 0..(1 << 20) / 9 {
+    for _ in 0..MAX_HEADER_BLOCK / 9 {
         input.extend(frame(CONTINUATION, 0, 1, &[]));
     }
     let (_, err) = filter_error(input).await;
-    assert_eq!(err, H2AuthorityError::HeaderBlockTooLarge { max: 1 << 20 });
+    assert_eq!(
+        err,
+        H2AuthorityError::HeaderBlockTooLarge {
+            max: MAX_HEADER_BLOCK
+        }
+    );
 
     // An HPACK bomb: one 4000-byte table entry referenced 400 times decodes to 1.6 MB.
     let mut block = vec![0x40, 5];
@@ -554,7 +571,12 @@ async fn oversized_header_blocks_are_refused() {
     let mut input = stream_start();
     input.extend(frame(HEADERS, END_HEADERS, 1, &block));
     let (_, err) = filter_error(input).await;
-    assert_eq!(err, H2AuthorityError::HeaderListTooLarge { max: 1 << 20 });
+    assert_eq!(
+        err,
+        H2AuthorityError::HeaderListTooLarge {
+            max: MAX_HEADER_BLOCK
+        }
+    );
 }
 
 #[test]

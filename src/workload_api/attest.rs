@@ -15,6 +15,13 @@
 //! What this cannot see is a pid reused *before* the first read, by a process of the same uid:
 //! closing that gap needs `SO_PEERPIDFD` (Linux 6.5), which is out of reach without `unsafe` or a
 //! syscall crate.
+//!
+//! # Per request
+//! The server attests once per request or stream open, not once per connection
+//! ([`ConnectedPeer`]): the start time read at accept is the reference every later attestation
+//! must match, so a connection whose process exited (a zombie counts as gone) or whose pid now
+//! names another process is refused, and a process that exec'd another binary is matched as
+//! that binary.
 
 use std::fs;
 use std::io;
@@ -94,6 +101,79 @@ pub enum AttestError {
     },
 }
 
+/// The peer of an accepted connection as the kernel recorded it at `connect()`, plus the start
+/// time of its process then: what every request on the connection is attested against.
+///
+/// `SO_PEERCRED` is fixed at connect time, but the process behind the pid is not: it may exec
+/// another binary, exit and have its pid reused, or hand the socket to another process. So each
+/// request (each stream open) attests anew with [`ConnectedPeer::attest`], as SPIRE's peer
+/// tracker does: the exe is read again (an exec'd binary is what gets matched), and the start
+/// time must still be the one recorded at accept (a pid now naming another process, or a
+/// process that is gone, fails). What no procfs read can see is a socket handed to another
+/// process while the connecting one stays alive (SPIRE has the same limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedPeer {
+    /// Effective uid at connect time (`SO_PEERCRED`): what the per-uid connection cap counts.
+    pub uid: u32,
+    /// Effective gid at connect time.
+    pub gid: u32,
+    /// The pid at connect time (`None` outside our pid namespace).
+    pub pid: Option<i32>,
+    /// The start time of `pid` read at accept; `None` when it could not be read (the process
+    /// was already gone), and then every request fails attestation.
+    start_time: Option<u64>,
+}
+
+impl ConnectedPeer {
+    /// Reads the peer credentials of `stream` (a syscall, no procfs). Call
+    /// [`ConnectedPeer::record_start_time`] next, as soon as possible after accept.
+    ///
+    /// # Errors
+    /// [`AttestError::PeerCred`] if the credentials cannot be read.
+    pub fn of(stream: &UnixStream) -> Result<Self, AttestError> {
+        let cred = stream.peer_cred().map_err(AttestError::PeerCred)?;
+        Ok(Self {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid().filter(|&p| p > 0),
+            start_time: None,
+        })
+    }
+
+    /// Records the start time of the peer's process (the pid-reuse guard of later requests).
+    ///
+    /// # Errors
+    /// What reading `/proc/<pid>/stat` fails with (the process is gone, most likely).
+    pub fn record_start_time(&mut self) -> Result<(), AttestError> {
+        if let Some(pid) = self.pid {
+            self.start_time = Some(start_time(pid, &proc_dir(pid))?);
+        }
+        Ok(())
+    }
+
+    /// Attests the caller now (one request or stream open): the connect-time uid/gid, and the
+    /// exe of the connect-time process if that process still runs as that uid.
+    ///
+    /// # Errors
+    /// [`AttestError::ProcessGone`] / [`AttestError::ProcessChanged`] when the process that
+    /// connected is gone or its pid now names another process (its start time differs from
+    /// the one recorded at accept), [`AttestError::UidMismatch`] when it changed uid (a setuid
+    /// exec), or a procfs failure.
+    pub fn attest(&self) -> Result<CallerInfo, AttestError> {
+        let Some(pid) = self.pid else {
+            return attest_pid_uid_gid(self.uid, self.gid, None);
+        };
+        let Some(recorded) = self.start_time else {
+            return Err(AttestError::ProcessGone { pid });
+        };
+        attest_process(self.uid, self.gid, pid, &proc_dir(pid), Some(recorded))
+    }
+}
+
+fn proc_dir(pid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}"))
+}
+
 /// Attests the peer of an accepted Workload API connection.
 ///
 /// Reads `SO_PEERCRED` and then procfs (see [`attest_pid_uid_gid`]). The procfs reads are a few
@@ -126,10 +206,23 @@ pub fn attest_pid_uid_gid(uid: u32, gid: u32, pid: Option<i32>) -> Result<Caller
             exe: None,
         });
     };
-    let dir = PathBuf::from(format!("/proc/{pid}"));
+    attest_process(uid, gid, pid, &proc_dir(pid), None)
+}
 
-    let before = start_time(pid, &dir)?;
-    let found = process_uid(pid, &dir, uid)?;
+/// The body of [`attest_pid_uid_gid`] for a pid: `expected` is the start time the process must
+/// have (recorded at accept), or `None` to take the first read as the reference.
+fn attest_process(
+    uid: u32,
+    gid: u32,
+    pid: i32,
+    dir: &Path,
+    expected: Option<u64>,
+) -> Result<CallerInfo, AttestError> {
+    let before = start_time(pid, dir)?;
+    if let Some(expected) = expected {
+        ensure_same_process(pid, expected, before)?;
+    }
+    let found = process_uid(pid, dir, uid)?;
     if found != uid {
         return Err(AttestError::UidMismatch {
             pid,
@@ -140,7 +233,7 @@ pub fn attest_pid_uid_gid(uid: u32, gid: u32, pid: Option<i32>) -> Result<Caller
     // Any failure here (EACCES without ptrace rights, ENOENT for a zombie or an exited process)
     // just means "no exe"; an exited process is caught by the second start-time read.
     let exe = fs::read_link(dir.join("exe")).ok();
-    let after = start_time(pid, &dir)?;
+    let after = start_time(pid, dir)?;
     ensure_same_process(pid, before, after)?;
 
     Ok(CallerInfo {
@@ -171,11 +264,21 @@ fn read_proc(pid: i32, path: PathBuf) -> Result<String, AttestError> {
     })
 }
 
-/// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22).
+/// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22). A zombie (it
+/// exited; its parent has not reaped it yet) is [`AttestError::ProcessGone`]: whoever holds its
+/// socket now is not that process.
 fn start_time(pid: i32, dir: &Path) -> Result<u64, AttestError> {
     let path = dir.join("stat");
     let stat = read_proc(pid, path.clone())?;
+    if matches!(parse_state(&stat), Some("Z" | "X")) {
+        return Err(AttestError::ProcessGone { pid });
+    }
     parse_start_time(&stat).ok_or(AttestError::Malformed { path })
+}
+
+/// Field 3 (`state`) of a `/proc/<pid>/stat` line.
+fn parse_state(stat: &str) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().next()
 }
 
 /// Extracts field 22 (`starttime`) from a `/proc/<pid>/stat` line.
@@ -329,6 +432,48 @@ mod tests {
         }
         assert_eq!(parse_start_time("4242 (sh) S 1 2"), None, "too short");
         assert_eq!(parse_start_time("4242 sh S 1 2"), None, "no comm");
+    }
+
+    #[test]
+    fn a_zombie_is_gone() {
+        assert_eq!(parse_state("42 (a) b) Z 1 2"), Some("Z"));
+        assert_eq!(parse_state("42 (sh) S 1 2"), Some("S"));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        // Not reaped yet: a zombie until `wait`. Poll (hang guard) until it has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let stat = fs::read_to_string(dir.join("stat")).unwrap();
+            if parse_state(&stat) == Some("Z") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "hang guard: {stat}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let err = start_time(pid, &dir).unwrap_err();
+        assert!(
+            matches!(err, AttestError::ProcessGone { pid: p } if p == pid),
+            "{err:?}"
+        );
+        child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connected_peer_is_attested_per_request_against_its_start_time() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut peer = ConnectedPeer::of(&a).unwrap();
+        let err = peer.attest().unwrap_err();
+        assert!(
+            matches!(err, AttestError::ProcessGone { .. }),
+            "no start time recorded: {err:?}"
+        );
+        peer.record_start_time().unwrap();
+        assert_is_this_process(&peer.attest().unwrap());
+        // Another process at that pid (simulated: another start time) is refused.
+        peer.start_time = peer.start_time.map(|t| t + 1);
+        let err = peer.attest().unwrap_err();
+        assert!(matches!(err, AttestError::ProcessChanged { .. }), "{err:?}");
     }
 
     #[test]

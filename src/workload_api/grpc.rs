@@ -9,6 +9,12 @@
 //! last encoded message (kept by tonic's buffer), hyper's per-stream task and h2's stream state.
 //! Everything else about the calls (paths, decoding limits, no compression) is what the
 //! generated server does, through the same `tonic::server::Grpc`.
+//!
+//! Key copies: an `X509SVIDResponse` carries a copy of each SVID's private key (PKCS#8). The
+//! encoder reserves the message's exact size before encoding (so the encode buffer is not
+//! reallocated with the key in it) and zeroizes the message's key bytes right after
+//! ([`Wipe`]). The encoded frame itself belongs to tonic and hyper from then on: it is freed,
+//! not wiped, once written to the socket.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,9 +23,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tonic::codec::{BufferSettings, Codec};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::server::{Grpc, ServerStreamingService};
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic_prost::ProstDecoder;
+use zeroize::Zeroize as _;
 
 use super::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use super::proto::{
@@ -34,7 +41,8 @@ const ENCODE_BUFFER: usize = 256;
 /// tonic's default: flush once this much is buffered.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// Prost encoding with a small initial encode buffer; decoding as tonic's default.
+/// Prost encoding with a small initial encode buffer and key copies wiped ([`WipingEncoder`]);
+/// decoding as tonic's default.
 #[derive(Debug)]
 struct StreamCodec<T, U>(PhantomData<fn() -> (T, U)>);
 
@@ -44,18 +52,62 @@ impl<T, U> Default for StreamCodec<T, U> {
     }
 }
 
+/// A response message whose secret bytes are zeroized once it has been encoded.
+pub trait Wipe {
+    /// Overwrites every copy of key material the message holds.
+    fn wipe(&mut self);
+}
+
+impl Wipe for X509svidResponse {
+    fn wipe(&mut self) {
+        for svid in &mut self.svids {
+            svid.x509_svid_key.zeroize();
+        }
+    }
+}
+
+impl Wipe for X509BundlesResponse {
+    fn wipe(&mut self) {}
+}
+
+impl Wipe for JwtBundlesResponse {
+    fn wipe(&mut self) {}
+}
+
+/// Prost encoding into a buffer reserved to the message's size, then [`Wipe`].
+#[derive(Debug)]
+struct WipingEncoder<T>(PhantomData<fn(T)>);
+
+impl<T: prost::Message + Wipe> Encoder for WipingEncoder<T> {
+    type Item = T;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, mut item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.reserve(item.encoded_len());
+        let result = item
+            .encode(dst)
+            .map_err(|e| tonic::Status::internal(format!("encoding a response: {e}")));
+        item.wipe();
+        result
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD)
+    }
+}
+
 impl<T, U> Codec for StreamCodec<T, U>
 where
-    T: prost::Message + Send + 'static,
+    T: prost::Message + Wipe + Send + 'static,
     U: prost::Message + Default + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = WipingEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
+        WipingEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -149,5 +201,29 @@ where
             }),
             _ => self.generated.call(request),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload_api::proto::X509svid;
+
+    #[test]
+    fn an_encoded_x509_svid_response_has_its_key_copies_wiped() {
+        let mut response = X509svidResponse {
+            svids: vec![
+                X509svid {
+                    x509_svid_key: vec![0x42; 138],
+                    ..Default::default()
+                };
+                2
+            ],
+            ..Default::default()
+        };
+        let encoded = prost::Message::encode_to_vec(&response);
+        assert!(encoded.windows(138).any(|w| w == [0x42; 138]));
+        response.wipe();
+        assert!(response.svids.iter().all(|s| s.x509_svid_key.is_empty()));
     }
 }

@@ -52,13 +52,16 @@ mod frame_filter;
 mod hpack;
 
 use std::fmt;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use loona_hpack::decoder::DecoderError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use self::frame_filter::FrameFilter;
 
@@ -69,9 +72,14 @@ pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const DEFAULT_HEADER_TABLE_SIZE: u32 = 4096;
 
 /// Upper bound for one header block: its frames (headers included) as received, and its decoded
-/// header list. Far above any sane request; it bounds memory and defeats CONTINUATION floods and
-/// HPACK bombs.
-pub const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// header list (RFC 9113 list size). 16 KiB: hyper's own `max_header_list_size`, which the
+/// server also sets, so nothing h2 would accept is refused here, and a connection can never make
+/// us buffer more than h2 itself would. Bounds memory; defeats CONTINUATION floods and HPACK bombs.
+pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
+
+/// Default deadline for completing a header block once its HEADERS frame started
+/// ([`AuthorityRewrite::header_timeout`]): a block never finished is not held forever.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Size of the stack buffer reads from the client go through when they need parsing.
 const READ_CHUNK: usize = 8 * 1024;
@@ -119,6 +127,9 @@ pub enum H2AuthorityError {
     /// The client closed the connection in the middle of a frame.
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// A header block was not completed within the header timeout.
+    #[error("header block not completed within {0:?}")]
+    HeaderTimeout(Duration),
     /// A read after the filter had already failed.
     #[error("http/2 filter already failed")]
     Failed,
@@ -128,6 +139,7 @@ impl From<H2AuthorityError> for io::Error {
     fn from(err: H2AuthorityError) -> Self {
         let kind = match err {
             H2AuthorityError::Truncated => io::ErrorKind::UnexpectedEof,
+            H2AuthorityError::HeaderTimeout(_) => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, err)
@@ -149,6 +161,13 @@ pub struct AuthorityRewrite<S> {
     filter: FrameFilter,
     /// Parsed bytes that did not fit the caller's buffer; empty (unallocated) most of the time.
     out: BytesMut,
+    /// How long a header block may stay open.
+    header_timeout: Duration,
+    /// Runs while a header block is open (allocated then only).
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Called once when a header block times out (to count it: the error itself reaches the
+    /// server's owner only as an opaque h2 error).
+    on_timeout: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<S> AuthorityRewrite<S> {
@@ -166,7 +185,24 @@ impl<S> AuthorityRewrite<S> {
             prefix,
             filter: FrameFilter::new(DEFAULT_HEADER_TABLE_SIZE),
             out: BytesMut::new(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            deadline: None,
+            on_timeout: None,
         }
+    }
+
+    /// Calls `f` once if a header block times out ([`AuthorityRewrite::header_timeout`]).
+    pub fn on_header_timeout(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_timeout = Some(Box::new(f));
+        self
+    }
+
+    /// Sets how long a header block (HEADERS up to the CONTINUATION with END_HEADERS) may take
+    /// to arrive; then reads fail with [`H2AuthorityError::HeaderTimeout`]. The default is
+    /// [`DEFAULT_HEADER_TIMEOUT`]. Needs a tokio runtime with the timer.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
     }
 
     /// Sets the HPACK table size the client may use: it must equal the
@@ -190,6 +226,7 @@ impl<S> fmt::Debug for AuthorityRewrite<S> {
             .field("prefix_len", &self.prefix.len())
             .field("filter", &self.filter)
             .field("out_len", &self.out.len())
+            .field("header_timeout", &self.header_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +242,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
             prefix,
             filter,
             out,
+            header_timeout,
+            deadline,
+            on_timeout,
         } = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -220,6 +260,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
                     *out = BytesMut::new();
                 }
                 return Poll::Ready(Ok(()));
+            }
+            // A header block in flight must complete before its deadline. Polled before every
+            // read from the client, so a client that stops sending wakes us when it passes.
+            if filter.in_header_block() {
+                let timer =
+                    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*header_timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    filter.fail();
+                    *deadline = None;
+                    if let Some(f) = on_timeout.take() {
+                        f();
+                    }
+                    return Poll::Ready(Err(
+                        H2AuthorityError::HeaderTimeout(*header_timeout).into()
+                    ));
+                }
+            } else if deadline.is_some() {
+                *deadline = None;
             }
             if !prefix.is_empty() {
                 let bytes = std::mem::take(prefix);

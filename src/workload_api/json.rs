@@ -8,6 +8,8 @@
 //! - errors as `{"error":"..."}`: 400 missing header, 403 no identity, 503 attestation or
 //!   issuance failure, 404 unknown path, 405 other methods.
 //!
+//! The X509-SVID body carries the keys: its buffer is zeroized once hyper is done with it.
+//!
 //! `hint` is `""` when the entry has none (as in the proto), `expires_at` is RFC 3339, and a
 //! revoked (empty) peer bundle is served as `""`.
 
@@ -19,6 +21,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::state::{Attestation, SECURITY_HEADER, Shared, Watchers, WorkloadApiError};
 use super::views::{BundlesView, X509SvidView};
@@ -53,8 +56,8 @@ struct X509BundlesJson {
     bundles: BTreeMap<String, String>,
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -68,7 +71,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 
 fn error_response(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": message }).to_string();
-    json_response(status, body.into_bytes())
+    json_response(status, Bytes::from(body.into_bytes()))
 }
 
 fn api_error(e: &WorkloadApiError) -> Response<Full<Bytes>> {
@@ -117,7 +120,7 @@ fn render(
     shared: &Shared,
     attestation: &Attestation,
     path: &str,
-) -> Result<Vec<u8>, WorkloadApiError> {
+) -> Result<Bytes, WorkloadApiError> {
     let caller = attestation.caller()?;
     let inputs = Watchers::new(shared).inputs();
     let ids = inputs.identities(&caller)?;
@@ -125,12 +128,15 @@ fn render(
         let view = X509SvidView::build(&inputs, &ids, &shared.svids, shared.now())?;
         x509_svid_json(&view)
     } else {
-        x509_bundles_json(&BundlesView::build(&inputs, &ids))
+        x509_bundles_json(&BundlesView::build(&inputs, &ids)).map(Bytes::from)
     };
     body.map_err(|e| WorkloadApiError::Internal(format!("cannot serialize: {e}")))
 }
 
-fn x509_svid_json(view: &X509SvidView) -> serde_json::Result<Vec<u8>> {
+/// The X509-SVID response body. It holds the keys' PEM, so it is written into a buffer of its
+/// exact size (serialized once to count, then for real: never reallocated with a key in it)
+/// that is zeroized when the last reference to the body is dropped (after hyper wrote it).
+fn x509_svid_json(view: &X509SvidView) -> serde_json::Result<Bytes> {
     let own = bundle_pem(&view.bundles.own);
     let keys: Vec<_> = view
         .svids
@@ -156,10 +162,29 @@ fn x509_svid_json(view: &X509SvidView) -> serde_json::Result<Vec<u8>> {
         .iter()
         .map(|b| (b.trust_domain.id_string(), bundle_pem(b)))
         .collect();
-    serde_json::to_vec(&X509SvidJson {
+    let body = X509SvidJson {
         svids,
         federated_bundles,
-    })
+    };
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, &body)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(counter.0));
+    serde_json::to_writer(&mut *out, &body)?;
+    Ok(Bytes::from_owner(out))
+}
+
+/// An `io::Write` that only counts.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn x509_bundles_json(view: &BundlesView) -> serde_json::Result<Vec<u8>> {

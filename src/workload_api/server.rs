@@ -1,46 +1,71 @@
 //! The Workload API socket: one Unix socket (mode 0777, CONTRACT.md) that answers gRPC over
 //! plaintext HTTP/2 (Workload Endpoint §3, §3.1) and the HTTP/1.1 JSON view.
 //!
-//! Per connection: attest the peer from the kernel (`SO_PEERCRED` + procfs, Workload Endpoint §5;
-//! the result rides on every request of the connection as an [`Attestation`] extension), read
-//! the first bytes, and dispatch: the HTTP/2 client preface means gRPC (hyper's HTTP/2 server
+//! Per connection: read the peer credentials (`SO_PEERCRED`) and take a slot in the connection
+//! table (total and per-uid caps, [`Limits`]); refused connections are closed at once. Then read
+//! the first bytes and dispatch: the HTTP/2 client preface means gRPC (hyper's HTTP/2 server
 //! with the tonic service as a tower service), anything else is HTTP/1.1 for the JSON view.
+//!
+//! Every request (every stream open) is attested anew ([`ConnectedPeer::attest`], Workload
+//! Endpoint §5): the process that connected is looked at again, so one that exec'd another
+//! binary is matched as that binary, and one that is gone (its socket handed over) is refused.
+//! The result rides on the request as an [`Attestation`] extension, with the connection's peer
+//! (an open stream attests again before each update it would send). A caller refused with
+//! PermissionDenied / 403 (no entry) or whose attestation failed is answered, then its
+//! connection is closed (GOAWAY / `Connection: close`); it may reconnect and retry.
+//!
+//! Idle connections (no open stream or request for [`Limits::idle_timeout`]) close; a header
+//! block or request head must arrive within [`Limits::header_timeout`]. Every refusal goes
+//! through [`Refusals::record`] (counted by [`RefusalReason`], logged at most once per 10 s
+//! per reason), and so do accept errors (`EMFILE`): the log stays bounded under attack.
 //!
 //! Memory: a connection costs hyper's buffers plus one small task per HTTP/2 stream; a stream
 //! keeps only `Arc`s to shared state (see `stream.rs`), so thousands of idle streams are cheap.
 
+use std::convert::Infallible;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt as _;
+use tower::Service as _;
 
-use super::attest;
+use super::attest::ConnectedPeer;
+use super::connection::{Activity, ConnectionTable, Guarded, Slot, drive};
 use super::grpc::WorkloadApiService;
-use super::h2_authority::AuthorityRewrite;
+use super::h2_authority::{AuthorityRewrite, MAX_HEADER_BLOCK};
 use super::json;
+use super::limits::Limits;
+use super::refusal::{LogLimiter, RefusalReason, Refusals};
 use super::service::WorkloadApi;
 use super::state::{Attestation, WorkloadApiDeps};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4): what every gRPC client sends first.
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long a new connection may take to send its first bytes (a hang guard, not a timing
-/// requirement: clients send the preface or a request line at once).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the accept loop pauses after an accept error (`EMFILE`), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Concurrent HTTP/2 streams per connection. gRPC clients multiplex every call of a process on
-/// one connection, and a watcher holds its streams open, so this is generous (grpc-go's default
-/// is unlimited); each stream costs little (see module docs).
-const MAX_STREAMS_PER_CONNECTION: u32 = 65_536;
+/// `grpc-status` of PermissionDenied (a trailers-only response carries it in its headers).
+const GRPC_PERMISSION_DENIED: &[u8] = b"7";
+
+/// How [`serve_with`] runs: its limits, and where it counts refusals (for metrics).
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Connection limits; the connection caps are clamped by the fd limit as it changes
+    /// ([`Limits::effective`]).
+    pub limits: Limits,
+    /// Refusal counts by reason, shared with whoever reports them.
+    pub refusals: Arc<Refusals>,
+}
 
 /// Binds the Workload API socket at `path`: the parent folder is created, a stale socket file
 /// is replaced (never another kind of file), and the socket is made 0777 so that any local
@@ -52,11 +77,30 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     crate::admin_api::bind_unix(path, 0o777)
 }
 
+/// [`serve_with`] with the default [`ServeOptions`].
+pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: CancellationToken) {
+    serve_with(listener, deps, ServeOptions::default(), cancel).await;
+}
+
 /// Serves the Workload API on `listener` until `cancel` fires, then stops accepting, ends every
 /// stream (Unavailable, so clients reconnect to the next daemon), lets connections close and
 /// returns. The socket file is left in place: the next [`bind`] replaces it.
-pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: CancellationToken) {
-    let api = WorkloadApi::new(deps, cancel.child_token());
+pub async fn serve_with(
+    listener: UnixListener,
+    deps: WorkloadApiDeps,
+    options: ServeOptions,
+    cancel: CancellationToken,
+) {
+    // The connection caps follow the fd limit as it changes (the table re-reads it).
+    let limits = options.limits;
+    tracing::debug!(?limits, "workload api limits");
+    let server = Arc::new(Server {
+        api: WorkloadApi::new(deps, cancel.child_token()),
+        table: ConnectionTable::new(&limits),
+        limits,
+        refusals: options.refusals,
+    });
+    let accept_errors = LogLimiter::default();
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -65,12 +109,23 @@ pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: Cancel
         };
         match accepted {
             Ok((stream, _)) => {
-                tracker.spawn(connection(stream, api.clone(), cancel.clone()));
+                // Refused connections are dropped (closed) here, before any task or buffer.
+                if let Some((peer, slot)) = server.admit(&stream) {
+                    tracker.spawn(connection(
+                        stream,
+                        peer,
+                        slot,
+                        server.clone(),
+                        cancel.clone(),
+                    ));
+                }
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning; the listener stays usable.
-                tracing::warn!(error = %e, "workload api accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // EMFILE and friends: back off instead of spinning, one log line per window.
+                if let Some(unlogged) = accept_errors.hit(Instant::now()) {
+                    tracing::warn!(error = %e, unlogged, "workload api accept failed");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -80,35 +135,111 @@ pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: Cancel
     tracing::debug!("workload api stopped");
 }
 
-async fn connection(mut stream: UnixStream, api: WorkloadApi, cancel: CancellationToken) {
-    let attestation = match attest::attest(&stream) {
-        Ok(caller) => Attestation::Attested(caller.into()),
-        Err(e) => {
-            tracing::info!(error = %e, "workload api caller attestation failed");
-            Attestation::Failed(e.to_string().into())
+/// What every connection task shares.
+#[derive(Debug)]
+struct Server {
+    api: WorkloadApi,
+    limits: Limits,
+    table: Arc<ConnectionTable>,
+    refusals: Arc<Refusals>,
+}
+
+impl Server {
+    /// The peer of a new connection and its slot, or `None` (refusal recorded) if it has none.
+    fn admit(&self, stream: &UnixStream) -> Option<(ConnectedPeer, Slot)> {
+        let peer = match ConnectedPeer::of(stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::debug!(error = %e, "workload api peer credentials");
+                self.refusals.record(RefusalReason::NoPeerCredentials, None);
+                return None;
+            }
+        };
+        match self.table.admit(peer.uid) {
+            Ok(slot) => Some((peer, slot)),
+            Err(reason) => {
+                self.refusals.record(reason, Some(peer.uid));
+                None
+            }
         }
-    };
-    let (prefix, is_h2) = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&mut stream)).await
-    {
+    }
+}
+
+async fn connection(
+    mut stream: UnixStream,
+    mut peer: ConnectedPeer,
+    _slot: Slot,
+    server: Arc<Server>,
+    cancel: CancellationToken,
+) {
+    // The pid-reuse guard's reference. If the process is already gone, every request is
+    // refused (Unavailable) and the connection closed after the first answer.
+    if let Err(e) = peer.record_start_time() {
+        tracing::debug!(uid = peer.uid, error = %e, "workload api caller gone at accept");
+    }
+    let limits = &server.limits;
+    let uid = peer.uid;
+    let sniffed = tokio::time::timeout(limits.header_timeout, sniff(&mut stream)).await;
+    let (prefix, is_h2) = match sniffed {
         Ok(Ok((prefix, _))) if prefix.is_empty() => return,
         Ok(Ok(sniffed)) => sniffed,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "workload api connection failed before a request");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            server
+                .refusals
+                .record(RefusalReason::HeaderTimeout, Some(uid));
+            return;
+        }
+    };
+    let conn = Conn {
+        activity: Activity::new(server.refusals.clone(), peer.uid),
+        peer: Arc::new(peer),
     };
     let result = if is_h2 {
         // gRPC C-core clients (Python grpcio, grpcurl) send the socket path percent-encoded as
         // :authority, which h2 rejects: rewrite it in the HPACK stream before h2 sees it.
-        let io = AuthorityRewrite::with_prefix(stream, prefix.into());
-        serve_grpc(io, api, attestation, &cancel).await
+        let refusals = server.refusals.clone();
+        let io = AuthorityRewrite::with_prefix(stream, prefix.into())
+            .header_timeout(limits.header_timeout)
+            .on_header_timeout(move || refusals.record(RefusalReason::HeaderTimeout, Some(uid)));
+        serve_grpc(io, &server, conn, &cancel).await
     } else {
         let io = Prefixed::new(prefix, stream);
-        serve_json(io, api, attestation, &cancel).await
+        serve_json(io, &server, conn, &cancel).await
     };
     if let Err(e) = result {
+        // HTTP/1.1's header read timeout (HTTP/2's is counted by the filter).
+        if e.is_timeout() {
+            server
+                .refusals
+                .record(RefusalReason::HeaderTimeout, Some(uid));
+        }
         tracing::debug!(error = %e, "workload api connection ended with an error");
+    }
+}
+
+/// One connection's peer and activity, shared by its requests.
+#[derive(Debug, Clone)]
+struct Conn {
+    peer: Arc<ConnectedPeer>,
+    activity: Arc<Activity>,
+}
+
+impl Conn {
+    /// Attests the caller for one request; a failure is answered (Unavailable / 503) and then
+    /// closes the connection: the process that connected is gone or changed.
+    fn attest(&self) -> Attestation {
+        match self.peer.attest() {
+            Ok(caller) => Attestation::Attested(caller.into()),
+            Err(e) => {
+                tracing::debug!(uid = self.peer.uid, error = %e, "workload api caller attestation failed");
+                self.activity.refuse(RefusalReason::AttestationFailed);
+                Attestation::Failed(e.to_string().into())
+            }
+        }
     }
 }
 
@@ -132,58 +263,83 @@ async fn sniff(stream: &mut UnixStream) -> io::Result<(Vec<u8>, bool)> {
 
 async fn serve_grpc<I>(
     io: I,
-    api: WorkloadApi,
-    attestation: Attestation,
+    server: &Server,
+    conn: Conn,
     cancel: &CancellationToken,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let service = WorkloadApiService::new(api).map_request(
-        move |mut request: http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(attestation.clone());
-            request
-        },
-    );
+    let grpc = WorkloadApiService::new(server.api.clone());
+    let activity = conn.activity.clone();
+    let service =
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            let open = conn.activity.begin();
+            request.extensions_mut().insert(conn.attest());
+            // Streams attest again before each update.
+            request.extensions_mut().insert(conn.peer.clone());
+            let mut grpc = grpc.clone();
+            let activity = conn.activity.clone();
+            async move {
+                let response = grpc.call(request).await?;
+                let denied = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == GRPC_PERMISSION_DENIED);
+                if denied {
+                    activity.refuse(RefusalReason::NoIdentity);
+                }
+                Ok::<_, Infallible>(response.map(|body| Guarded::new(body, open)))
+            }
+        });
+    let limits = &server.limits;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        () = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    }
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(u32::try_from(MAX_HEADER_BLOCK).unwrap_or(u32::MAX));
+    let http = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(http);
+    drive(http, |c| c.graceful_shutdown(), &activity, limits, cancel).await
 }
 
 async fn serve_json<I>(
     io: I,
-    api: WorkloadApi,
-    attestation: Attestation,
+    server: &Server,
+    conn: Conn,
     cancel: &CancellationToken,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let shared = api.shared().clone();
+    let shared = server.api.shared().clone();
+    let activity = conn.activity.clone();
     let service = hyper::service::service_fn(move |request| {
-        json::handle(shared.clone(), attestation.clone(), request)
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        () = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+        let open = conn.activity.begin();
+        let attestation = conn.attest();
+        let shared = shared.clone();
+        let activity = conn.activity.clone();
+        async move {
+            let mut response = json::handle(shared, attestation, request).await?;
+            if response.status() == StatusCode::FORBIDDEN {
+                activity.refuse(RefusalReason::NoIdentity);
+            }
+            if activity.closing() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response.map(|body| Guarded::new(body, open)))
         }
-    }
+    });
+    let limits = &server.limits;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let http = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(http);
+    drive(http, |c| c.graceful_shutdown(), &activity, limits, cancel).await
 }
 
 /// A stream that first replays bytes already read from it (the sniffed prefix).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::attest::CallerInfo;
+use super::attest::{CallerInfo, ConnectedPeer};
 use super::identity;
 use super::jwt;
 use super::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
@@ -90,7 +90,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = Self::admit(&request)?;
-        let stream = stream::start::<X509SvidView>(self.shared.clone(), caller)?;
+        let peer = request.extensions().get::<Arc<ConnectedPeer>>().cloned();
+        let stream = stream::start::<X509SvidView>(self.shared.clone(), caller, peer)?;
         Ok(Response::new(stream))
     }
 
@@ -99,7 +100,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = Self::admit(&request)?;
-        let stream = stream::start::<X509Bundles>(self.shared.clone(), caller)?;
+        let peer = request.extensions().get::<Arc<ConnectedPeer>>().cloned();
+        let stream = stream::start::<X509Bundles>(self.shared.clone(), caller, peer)?;
         Ok(Response::new(stream))
     }
 
@@ -160,7 +162,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = Self::admit(&request)?;
-        let stream = stream::start::<JwtBundles>(self.shared.clone(), caller)?;
+        let peer = request.extensions().get::<Arc<ConnectedPeer>>().cloned();
+        let stream = stream::start::<JwtBundles>(self.shared.clone(), caller, peer)?;
         Ok(Response::new(stream))
     }
 

@@ -7,6 +7,11 @@
 //! cancelled) simply stops being polled. The stream ends with PermissionDenied when the caller
 //! loses every identity, and with Unavailable when issuance fails or the server stops; clients
 //! retry both with backoff (Workload Endpoint §6).
+//!
+//! The caller is attested when the stream opens and again before every update it would be
+//! sent (when the server passed the connection's [`ConnectedPeer`]): a process that exec'd
+//! another binary, or is gone with its socket handed over, is not sent the next SVID of the
+//! identity it had; its stream ends (PermissionDenied or Unavailable).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use std::time::SystemTime;
 
 use futures_util::Stream;
 
-use super::attest::CallerInfo;
+use super::attest::{CallerInfo, ConnectedPeer};
 use super::state::{Inputs, Shared, Wake, Watchers, WorkloadApiError};
 use super::views::{BundlesView, X509SvidView};
 
@@ -107,6 +112,8 @@ impl View for JwtBundles {
 struct State<V> {
     shared: Arc<Shared>,
     caller: Arc<CallerInfo>,
+    /// The connection's peer, attested again before each update (`None`: the caller stays).
+    peer: Option<Arc<ConnectedPeer>>,
     watchers: Watchers,
     /// Built by the handler and not yet sent.
     first: Option<V>,
@@ -122,12 +129,14 @@ struct State<V> {
 pub(crate) fn start<V: View>(
     shared: Arc<Shared>,
     caller: Arc<CallerInfo>,
+    peer: Option<Arc<ConnectedPeer>>,
 ) -> Result<ResponseStream<V::Message>, WorkloadApiError> {
     let mut watchers = Watchers::new(&shared);
     let first = V::build(&shared, &caller, &watchers.inputs())?;
     let state = State {
         shared,
         caller,
+        peer,
         watchers,
         first: Some(first),
         last: None,
@@ -154,6 +163,18 @@ async fn next<V: View>(mut st: State<V>) -> Option<(Result<V::Message, tonic::St
         if st.watchers.wait(until).await == Wake::Cancelled {
             st.done = true;
             return Some((Err(WorkloadApiError::ShuttingDown.into()), st));
+        }
+        if let Some(peer) = &st.peer {
+            match peer.attest() {
+                Ok(caller) if caller == *st.caller => {}
+                Ok(caller) => st.caller = Arc::new(caller),
+                Err(e) => {
+                    tracing::info!(uid = st.caller.uid, pid = ?st.caller.pid, error = %e, "workload api stream ended: caller attestation failed");
+                    st.done = true;
+                    let e = WorkloadApiError::Attestation(e.to_string());
+                    return Some((Err(e.into()), st));
+                }
+            }
         }
         let inputs = st.watchers.inputs();
         match V::build(&st.shared, &st.caller, &inputs) {

@@ -190,6 +190,17 @@ impl FrameFilter {
         }
     }
 
+    /// Whether a header block has started and not ended (END_HEADERS) yet.
+    pub(super) fn in_header_block(&self) -> bool {
+        self.block.is_some() && self.state != State::Failed
+    }
+
+    /// Marks the stream as failed (e.g. a header block timed out): nothing more is parsed.
+    pub(super) fn fail(&mut self) {
+        self.state = State::Failed;
+        self.block = None;
+    }
+
     /// Checks that the client's end of stream falls between frames.
     pub(super) fn finish(&self) -> Result<(), H2AuthorityError> {
         match self.state {
