@@ -256,6 +256,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: MetricsState, cancel: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
     let app = router(state);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
