@@ -271,8 +271,13 @@ impl Daemon {
                 metrics: registry.bundle_endpoint.clone(),
                 ..ServeOptions::default()
             };
-            let serve =
-                endpoint::serve_with(listener, ca.subscribe(), certs, options, cancel.child_token());
+            let serve = endpoint::serve_with(
+                listener,
+                ca.subscribe(),
+                certs,
+                options,
+                cancel.child_token(),
+            );
             tracker.spawn(async move {
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "bundle endpoint stopped");

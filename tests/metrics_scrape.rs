@@ -203,7 +203,15 @@ async fn logged_addr(p: &Proc, needle: &str) -> String {
 /// `curl` with `args`; returns the HTTP status it printed (0 when no HTTP answer).
 fn curl(args: &[&str]) -> u16 {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
         .args(args)
         .output()
         .expect("curl runs");
@@ -419,7 +427,11 @@ async fn a_scrape_after_real_traffic_counts_it() {
         .samples
         .values()
         .sum();
-    assert_eq!(total, 10.0, "no call counted twice or elsewhere:\n{}", s.text);
+    assert_eq!(
+        total, 10.0,
+        "no call counted twice or elsewhere:\n{}",
+        s.text
+    );
 
     // The latency histogram: per method, its count is the calls of that method, every bucket
     // from 0.1 ms to 1 s is there, and the buckets are cumulative.
@@ -446,7 +458,13 @@ async fn a_scrape_after_real_traffic_counts_it() {
         };
         assert_eq!(bucket("+Inf"), calls);
         assert!(bucket("0.0001") <= bucket("0.001") && bucket("0.001") <= bucket("1"));
-        assert!(s.value(histogram, "histogram", &format!(r#"{histogram}_sum{{method="{method}"}}"#)) > 0.0);
+        assert!(
+            s.value(
+                histogram,
+                "histogram",
+                &format!(r#"{histogram}_sum{{method="{method}"}}"#)
+            ) > 0.0
+        );
     }
 
     // Open streams and connections: the held stream, then nothing once it is gone.
@@ -504,7 +522,11 @@ async fn a_scrape_after_real_traffic_counts_it() {
         .samples
         .values()
         .sum();
-    assert_eq!(failures, 1.0, "only the plain HTTP client failed:\n{}", s.text);
+    assert_eq!(
+        failures, 1.0,
+        "only the plain HTTP client failed:\n{}",
+        s.text
+    );
     // A TCP client that never starts a handshake is an open connection until it leaves, then
     // a handshake failure of its own kind.
     let idle = TcpStream::connect(&endpoint).unwrap();
@@ -563,7 +585,13 @@ async fn a_scrape_after_real_traffic_counts_it() {
         "process_resident_memory_bytes",
     );
     assert!(rss > 1024.0 * 1024.0, "rss {rss}");
-    assert!(s.value("process_virtual_memory_bytes", "gauge", "process_virtual_memory_bytes") >= rss);
+    assert!(
+        s.value(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "process_virtual_memory_bytes"
+        ) >= rss
+    );
     let open = s.value("process_open_fds", "gauge", "process_open_fds");
     let max = s.value("process_max_fds", "gauge", "process_max_fds");
     assert!(open > 0.0 && open <= max, "open {open} max {max}");
@@ -617,7 +645,11 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
     common::init();
     let dir = tempfile::tempdir().unwrap();
     let (a, _b, metrics, endpoint, socket) = start_meshes(dir.path()).await;
-    let fds = || std::fs::read_dir(format!("/proc/{}/fd", a.pid())).unwrap().count();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", a.pid()))
+            .unwrap()
+            .count()
+    };
     scrape(&metrics);
     let baseline = fds();
 
@@ -630,7 +662,17 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
     let unix = ["--unix-socket", socket.to_str().unwrap()];
     for _ in 0..3 {
         assert_eq!(
-            curl(&[&unix[..], &["-H", "workload.spiffe.io: true", "http://localhost/v1/x509-svid"]].concat()),
+            curl(
+                &[
+                    &unix[..],
+                    &[
+                        "-H",
+                        "workload.spiffe.io: true",
+                        "http://localhost/v1/x509-svid"
+                    ]
+                ]
+                .concat()
+            ),
             200,
             "the Workload API serves during the flood"
         );
@@ -651,7 +693,9 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
     let mut buf = [0u8; 64];
     let n = silent.read(&mut buf);
     assert!(
-        matches!(n, Ok(0)) || n.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        matches!(n, Ok(0))
+            || n.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "the daemon closed the silent connection: {n:?}"
     );
 }

@@ -98,7 +98,10 @@ impl Default for BundleEndpointMetrics {
 impl BundleEndpointMetrics {
     /// One response with `status`.
     pub fn responded(&self, status: StatusCode) {
-        if let Some(n) = self.requests.get(usize::from(status.as_u16()).wrapping_sub(100)) {
+        if let Some(n) = self
+            .requests
+            .get(usize::from(status.as_u16()).wrapping_sub(100))
+        {
             n.fetch_add(1, Ordering::Relaxed);
         }
     }

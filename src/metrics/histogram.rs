@@ -88,13 +88,31 @@ mod tests {
         h.observe(Duration::from_secs(2)); // +Inf only
         let mut out = String::new();
         h.render(&mut out, "x_seconds", &[("method", "m")]);
-        assert!(out.contains("x_seconds_bucket{method=\"m\",le=\"0.0001\"} 2\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{method=\"m\",le=\"0.0025\"} 2\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{method=\"m\",le=\"0.005\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{method=\"m\",le=\"1\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{method=\"m\",le=\"+Inf\"} 4\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_bucket{method=\"m\",le=\"0.0001\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{method=\"m\",le=\"0.0025\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{method=\"m\",le=\"0.005\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{method=\"m\",le=\"1\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{method=\"m\",le=\"+Inf\"} 4\n"),
+            "{out}"
+        );
         assert!(out.contains("x_seconds_count{method=\"m\"} 4\n"), "{out}");
-        assert!(out.contains("x_seconds_sum{method=\"m\"} 2.00315\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_sum{method=\"m\"} 2.00315\n"),
+            "{out}"
+        );
         assert_eq!(h.count(), 4);
     }
 }

@@ -79,8 +79,7 @@ fn read(proc_self: &Path) -> Stats {
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| boot_time(&s));
-    let (cpu_seconds, start_time_seconds) =
-        cpu_and_start(&text("stat").unwrap_or_default(), boot);
+    let (cpu_seconds, start_time_seconds) = cpu_and_start(&text("stat").unwrap_or_default(), boot);
     Stats {
         resident_bytes: status_kib(&status, "VmRSS"),
         virtual_bytes: status_kib(&status, "VmSize"),

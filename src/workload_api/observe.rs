@@ -81,11 +81,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 
 impl<S, B> tower::Service<Request<B>> for Observed<S>
 where
-    S: tower::Service<
-            Request<B>,
-            Response = Response<tonic::body::Body>,
-            Error = Infallible,
-        >,
+    S: tower::Service<Request<B>, Response = Response<tonic::body::Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = Response<tonic::body::Body>;
