@@ -657,8 +657,19 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
     let flood: Vec<TcpStream> = (0..3 * meshtrust::metrics::MAX_CONNECTIONS)
         .map(|_| TcpStream::connect(&metrics).unwrap())
         .collect();
-    // Give the daemon every chance to accept them all: the Workload API answers in between
-    // (so the accept loop has run), then the daemon's descriptors are counted.
+    // The daemon accepts up to the cap (waited for, so the bound below is not met merely
+    // because accepting lagged); the Workload API and the bundle endpoint answer meanwhile,
+    // and the daemon still holds no more than the cap.
+    let deadline = Instant::now() + GUARD;
+    // (2 below the cap: the baseline may have counted the last scrape's closing connection)
+    while fds() < baseline + meshtrust::metrics::MAX_CONNECTIONS - 2 {
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: the daemon did not accept up to the cap: {} fds, {baseline} before",
+            fds()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let unix = ["--unix-socket", socket.to_str().unwrap()];
     for _ in 0..3 {
         assert_eq!(
@@ -680,7 +691,7 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
     assert_eq!(curl(&["-k", &format!("https://{endpoint}/")]), 200);
     let during = fds();
     assert!(
-        during <= baseline + meshtrust::metrics::MAX_CONNECTIONS + 4,
+        during <= baseline + meshtrust::metrics::MAX_CONNECTIONS + 8,
         "the daemon holds {during} descriptors, {baseline} before the flood"
     );
     drop(flood);
