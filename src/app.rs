@@ -25,13 +25,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EntryConfig};
 use crate::federation::RefreshHandles;
 use crate::federation::client::FetchLimits;
-use crate::federation::endpoint::{self, EndpointError};
+use crate::federation::endpoint::{self, EndpointError, ServeOptions};
 use crate::federation::fetcher::{self, FetcherError, Fetchers};
 use crate::federation::pinned::PeerStore;
 use crate::federation::server_tls::ServerCerts;
 use crate::federation::status::StatusBoard;
 use crate::federation::verifier::OwnRoots;
-use crate::metrics::{self, MetricsState};
+use crate::metrics::{self, MetricsState, Registry};
 use crate::reload::{self, ReloadOutcome};
 use crate::store::lock::DataDirLock;
 use crate::store::sqlite::SqliteStorage;
@@ -445,6 +445,7 @@ impl Daemon {
         // A start that fails from here on stops the tasks already spawned.
         let stop_on_error = cancel.clone().drop_guard();
         let tracker = TaskTracker::new();
+        let registry = Registry::default();
         tracker.spawn(ca.clone().run(cancel.child_token()));
 
         let fetchers = Fetchers::start(
@@ -469,7 +470,17 @@ impl Daemon {
             )
             .map_err(EndpointError::from)?;
             tracker.spawn(task);
-            let serve = endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token());
+            let options = ServeOptions {
+                metrics: registry.bundle_endpoint.clone(),
+                ..ServeOptions::default()
+            };
+            let serve = endpoint::serve_with(
+                listener,
+                ca.subscribe(),
+                certs,
+                options,
+                cancel.child_token(),
+            );
             tracker.spawn(async move {
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "bundle endpoint stopped");
@@ -478,13 +489,17 @@ impl Daemon {
         }
 
         let (entries, entries_rx) = watch::channel(Arc::new(config.entries.clone()));
-        tracker.spawn(workload_api::serve(
+        tracker.spawn(workload_api::serve_with(
             workload_listener,
             WorkloadApiDeps {
                 ca: ca.subscribe(),
                 peers: peers.subscribe(),
                 entries: entries_rx,
                 clock: clock.clone(),
+            },
+            workload_api::ServeOptions {
+                limits: workload_api::Limits::default(),
+                metrics: registry.workload_api.clone(),
             },
             cancel.child_token(),
         ));
@@ -510,6 +525,7 @@ impl Daemon {
                 status: status.clone(),
                 ready: ready.clone(),
                 clock: clock.clone(),
+                registry,
             };
             tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
         }

@@ -791,7 +791,8 @@ async fn serve_short_limits() -> ShortLimits {
     let deps = WorkloadApiDeps::new(ca.subscribe(), peers.subscribe(), entries, clock);
     let socket = dir.path().join("workload.sock");
     let listener = bind(&socket).unwrap();
-    let refusals = Arc::new(Refusals::new());
+    let metrics = Arc::new(meshtrust::metrics::workload_api::WorkloadApiMetrics::default());
+    let refusals = metrics.refusals().clone();
     let options = ServeOptions {
         limits: Limits {
             // Longer than the header deadline, which must be what closes an unfinished block.
@@ -799,7 +800,7 @@ async fn serve_short_limits() -> ShortLimits {
             header_timeout: Duration::from_secs(1),
             ..Limits::default()
         },
-        refusals: refusals.clone(),
+        metrics,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(serve_with(listener, deps, options, cancel.clone()));

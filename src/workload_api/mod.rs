@@ -7,7 +7,7 @@
 //!   `connection`: the connection table, idle timeout and close; [`limits`]: the [`Limits`]
 //!   that keep one uid from starving another; [`refusal`]: every refusal, counted by reason.
 //! - [`service`]: the gRPC service; [`grpc`]: its tower service (small stream buffers);
-//!   `stream`: its server streams; [`json`]: the JSON view.
+//!   `stream`: its server streams; [`json`]: the JSON view; `observe`: their metrics.
 //! - [`state`]: inputs ([`WorkloadApiDeps`]), errors, change watching; `views`: what a caller
 //!   is served; [`identity`]: entry matching and the SVID cache; [`jwt`]: JWT-SVIDs.
 
@@ -19,6 +19,7 @@ pub mod identity;
 pub mod json;
 pub mod jwt;
 pub mod limits;
+mod observe;
 pub mod proto;
 pub mod refusal;
 pub mod server;

@@ -44,9 +44,11 @@ use super::grpc::WorkloadApiService;
 use super::h2_authority::{AuthorityRewrite, MAX_HEADER_BLOCK};
 use super::json;
 use super::limits::Limits;
+use super::observe::{self, Observed};
 use super::refusal::{LogLimiter, RefusalReason, Refusals};
 use super::service::WorkloadApi;
 use super::state::{Attestation, WorkloadApiDeps};
+use crate::metrics::workload_api::WorkloadApiMetrics;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4): what every gRPC client sends first.
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -57,14 +59,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// `grpc-status` of PermissionDenied (a trailers-only response carries it in its headers).
 const GRPC_PERMISSION_DENIED: &[u8] = b"7";
 
-/// How [`serve_with`] runs: its limits, and where it counts refusals (for metrics).
+/// How [`serve_with`] runs: its limits, and where it counts calls, streams, connections and
+/// refusals (for metrics).
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     /// Connection limits; the connection caps are clamped by the fd limit as it changes
     /// ([`Limits::effective`]).
     pub limits: Limits,
-    /// Refusal counts by reason, shared with whoever reports them.
-    pub refusals: Arc<Refusals>,
+    /// The counters `/metrics` reads (refusals by reason among them).
+    pub metrics: Arc<WorkloadApiMetrics>,
 }
 
 /// Binds the Workload API socket at `path`: the parent folder is created, a stale socket file
@@ -98,7 +101,8 @@ pub async fn serve_with(
         api: WorkloadApi::new(deps, cancel.child_token()),
         table: ConnectionTable::new(&limits),
         limits,
-        refusals: options.refusals,
+        refusals: options.metrics.refusals().clone(),
+        metrics: options.metrics,
     });
     let accept_errors = LogLimiter::default();
     let tracker = TaskTracker::new();
@@ -142,6 +146,7 @@ struct Server {
     limits: Limits,
     table: Arc<ConnectionTable>,
     refusals: Arc<Refusals>,
+    metrics: Arc<WorkloadApiMetrics>,
 }
 
 impl Server {
@@ -177,6 +182,7 @@ async fn connection(
     if let Err(e) = peer.record_start_time() {
         tracing::debug!(uid = peer.uid, error = %e, "workload api caller gone at accept");
     }
+    let _open = server.metrics.connection_opened();
     let limits = &server.limits;
     let uid = peer.uid;
     let sniffed = tokio::time::timeout(limits.header_timeout, sniff(&mut stream)).await;
@@ -270,7 +276,10 @@ async fn serve_grpc<I>(
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let grpc = WorkloadApiService::new(server.api.clone());
+    let grpc = Observed::new(
+        server.metrics.clone(),
+        WorkloadApiService::new(server.api.clone()),
+    );
     let activity = conn.activity.clone();
     let service =
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
@@ -313,14 +322,18 @@ where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let shared = server.api.shared().clone();
+    let metrics = server.metrics.clone();
     let activity = conn.activity.clone();
     let service = hyper::service::service_fn(move |request| {
         let open = conn.activity.begin();
         let attestation = conn.attest();
         let shared = shared.clone();
         let activity = conn.activity.clone();
+        let answered = observe::json(metrics.clone(), request, move |r| {
+            json::handle(shared, attestation, r)
+        });
         async move {
-            let mut response = json::handle(shared, attestation, request).await?;
+            let mut response = answered.await?;
             if response.status() == StatusCode::FORBIDDEN {
                 activity.refuse(RefusalReason::NoIdentity);
             }
