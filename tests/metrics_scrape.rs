@@ -487,7 +487,7 @@ async fn a_scrape_after_real_traffic_counts_it() {
         s.value(
             "meshtrust_workload_api_refused_connections_total",
             "counter",
-            r#"meshtrust_workload_api_refused_connections_total{reason="first_bytes_timeout"}"#
+            r#"meshtrust_workload_api_refused_connections_total{reason="header_timeout"}"#
         ),
         0.0
     );
