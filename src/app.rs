@@ -25,13 +25,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EntryConfig};
 use crate::federation::RefreshHandles;
 use crate::federation::client::FetchLimits;
-use crate::federation::endpoint::{self, EndpointError};
+use crate::federation::endpoint::{self, EndpointError, ServeOptions};
 use crate::federation::fetcher::{self, FetcherError, Fetchers};
 use crate::federation::pinned::PeerStore;
 use crate::federation::server_tls::ServerCerts;
 use crate::federation::status::StatusBoard;
 use crate::federation::verifier::OwnRoots;
-use crate::metrics::{self, MetricsState};
+use crate::metrics::{self, MetricsState, Registry};
 use crate::reload::{self, ReloadOutcome};
 use crate::store::sqlite::SqliteStorage;
 use crate::store::{Storage, StoreError};
@@ -242,6 +242,7 @@ impl Daemon {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let registry = Registry::default();
         tracker.spawn(ca.clone().run(cancel.child_token()));
 
         let fetchers = Fetchers::start(
@@ -266,7 +267,17 @@ impl Daemon {
             )
             .map_err(EndpointError::from)?;
             tracker.spawn(task);
-            let serve = endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token());
+            let options = ServeOptions {
+                metrics: registry.bundle_endpoint.clone(),
+                ..ServeOptions::default()
+            };
+            let serve = endpoint::serve_with(
+                listener,
+                ca.subscribe(),
+                certs,
+                options,
+                cancel.child_token(),
+            );
             tracker.spawn(async move {
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "bundle endpoint stopped");
@@ -275,7 +286,7 @@ impl Daemon {
         }
 
         let (entries, entries_rx) = watch::channel(Arc::new(config.entries.clone()));
-        tracker.spawn(workload_api::serve(
+        tracker.spawn(workload_api::serve_with_metrics(
             workload_listener,
             WorkloadApiDeps {
                 ca: ca.subscribe(),
@@ -283,6 +294,7 @@ impl Daemon {
                 entries: entries_rx,
                 clock: clock.clone(),
             },
+            registry.workload_api.clone(),
             cancel.child_token(),
         ));
 
@@ -307,6 +319,7 @@ impl Daemon {
                 status: status.clone(),
                 ready: ready.clone(),
                 clock: clock.clone(),
+                registry,
             };
             tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
         }

@@ -26,6 +26,7 @@ pub use snapshot::{AuthoritySlot, CaPolicy, CaSnapshot};
 
 use crate::bundle::{JwtAuthority, TrustBundle, jwks};
 use crate::clock::Clock;
+use crate::metrics::IssuanceMetrics;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::store::{AuthorityState, CaRecord, Storage, StoreError};
 use rotation::{SlotView, Step};
@@ -75,6 +76,7 @@ pub struct Ca {
     storage: Arc<dyn Storage>,
     inner: Mutex<Inner>,
     tx: watch::Sender<Arc<CaSnapshot>>,
+    issuance: Arc<IssuanceMetrics>,
 }
 
 impl Ca {
@@ -122,7 +124,8 @@ impl Ca {
             sequence: record.bundle_sequence,
             digest: record.bundle_digest,
         };
-        let snapshot = build_snapshot(&trust_domain, &policy, &inner, None)?;
+        let issuance = Arc::new(IssuanceMetrics::default());
+        let snapshot = build_snapshot(&trust_domain, &policy, &inner, None, &issuance)?;
         let (tx, _) = watch::channel(Arc::new(snapshot));
         let ca = Self {
             trust_domain,
@@ -131,6 +134,7 @@ impl Ca {
             storage,
             inner: Mutex::new(inner),
             tx,
+            issuance,
         };
         ca.tick_inner(true)?;
         Ok(ca)
@@ -149,6 +153,11 @@ impl Ca {
     /// The policy in force.
     pub fn policy(&self) -> &CaPolicy {
         &self.policy
+    }
+
+    /// What this CA signed (every snapshot carries the same counters).
+    pub fn issuance_metrics(&self) -> &Arc<IssuanceMetrics> {
+        &self.issuance
     }
 
     /// Applies every rotation step due now. Returns whether anything changed.
@@ -204,6 +213,7 @@ impl Ca {
             &self.policy,
             &inner,
             Some((bundle, json)),
+            &self.issuance,
         )?;
         self.tx.send_replace(Arc::new(snapshot));
         Ok(true)
@@ -336,6 +346,7 @@ fn build_snapshot(
     policy: &CaPolicy,
     inner: &Inner,
     published: Option<(TrustBundle, Vec<u8>)>,
+    issuance: &Arc<IssuanceMetrics>,
 ) -> Result<CaSnapshot, CaError> {
     let (bundle, json) = match published {
         Some(p) => p,
@@ -355,5 +366,6 @@ fn build_snapshot(
         bundle_json: Bytes::from(json),
         x509_svid_ttl: policy.x509_svid_ttl,
         jwt_svid_ttl: policy.jwt_svid_ttl,
+        issuance: issuance.clone(),
     })
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::rotation::SlotView;
 use super::{Authority, CaError, KeyType};
 use crate::bundle::TrustBundle;
+use crate::metrics::issuance::{IssuanceMetrics, SvidType};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::store::AuthorityState;
 use crate::svid::X509Svid;
@@ -71,6 +72,9 @@ pub struct CaSnapshot {
     pub x509_svid_ttl: Duration,
     /// JWT-SVID lifetime.
     pub jwt_svid_ttl: Duration,
+    /// The CA's signing counters: whoever signs with this snapshot counts through them
+    /// ([`CaSnapshot::issue_x509_svid`] does; JWT-SVID minting calls [`IssuanceMetrics::sign`]).
+    pub issuance: Arc<IssuanceMetrics>,
 }
 
 impl CaSnapshot {
@@ -97,6 +101,8 @@ impl CaSnapshot {
     /// [`CaError`] for a root-path ID, no active CA or a signing failure.
     pub fn issue_x509_svid(&self, id: &SpiffeId, now: SystemTime) -> Result<X509Svid, CaError> {
         let active = self.active().ok_or(CaError::Expired)?;
-        active.issue_x509_svid(id, self.x509_svid_ttl, now)
+        self.issuance.sign(SvidType::X509, || {
+            active.issue_x509_svid(id, self.x509_svid_ttl, now)
+        })
     }
 }

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use super::server_tls::{ServerCerts, ServerTlsError};
 use crate::ca::CaSnapshot;
+use crate::metrics::bundle_endpoint::{BundleEndpointMetrics, HandshakeFailure};
 
 /// A bundle endpoint failure: its certificate or TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,8 @@ pub struct ServeOptions {
     /// After cancellation, in-flight requests get this long before connections are dropped.
     /// Below `app::SHUTDOWN_GRACE`, so the daemon's shutdown sees the listener finish.
     pub shutdown_grace: Duration,
+    /// Where requests, handshake failures and open connections are counted.
+    pub metrics: Arc<BundleEndpointMetrics>,
 }
 
 impl Default for ServeOptions {
@@ -76,6 +79,7 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            metrics: Arc::default(),
         }
     }
 }
@@ -220,6 +224,7 @@ impl Shared {
     }
 
     async fn connection(&self, tcp: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+        let _open = self.options.metrics.connection_opened();
         // Small responses: send them now rather than wait for an ACK (Nagle).
         let _ = tcp.set_nodelay(true);
         let handshake =
@@ -230,10 +235,12 @@ impl Shared {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "bundle endpoint tls handshake failed");
+                    self.options.metrics.handshake_failed(HandshakeFailure::of_error(&e));
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "bundle endpoint tls handshake timed out");
+                    self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
                     return;
                 }
             },
@@ -242,6 +249,7 @@ impl Shared {
         let builder = if h2 { &self.h2 } else { &self.h1 };
         let service = BundleService {
             ca: self.ca.clone(),
+            metrics: self.options.metrics.clone(),
         };
         let conn = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
@@ -268,6 +276,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 struct BundleService {
     ca: watch::Receiver<Arc<CaSnapshot>>,
+    metrics: Arc<BundleEndpointMetrics>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for BundleService {
@@ -276,7 +285,9 @@ impl hyper::service::Service<Request<Incoming>> for BundleService {
     type Future = Ready<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(respond(&self.ca, req.method(), req.uri().path())))
+        let res = respond(&self.ca, req.method(), req.uri().path());
+        self.metrics.responded(res.status());
+        ready(Ok(res))
     }
 }
 

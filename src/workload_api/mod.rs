@@ -5,7 +5,7 @@
 //!
 //! - [`server`]: `bind` + `serve` (the entry points), per-connection attestation and dispatch.
 //! - [`service`]: the gRPC service; [`grpc`]: its tower service (small stream buffers);
-//!   `stream`: its server streams; [`json`]: the JSON view.
+//!   `stream`: its server streams; [`json`]: the JSON view; `observe`: their metrics.
 //! - [`state`]: inputs ([`WorkloadApiDeps`]), errors, change watching; `views`: what a caller
 //!   is served; [`identity`]: entry matching and the SVID cache; [`jwt`]: JWT-SVIDs.
 
@@ -15,6 +15,7 @@ pub mod h2_authority;
 pub mod identity;
 pub mod json;
 pub mod jwt;
+mod observe;
 pub mod proto;
 pub mod server;
 pub mod service;
@@ -22,6 +23,6 @@ pub mod state;
 mod stream;
 mod views;
 
-pub use server::{bind, serve};
+pub use server::{bind, serve, serve_with_metrics};
 pub use state::{Attestation, WorkloadApiDeps, WorkloadApiError};
 pub use stream::ResponseStream;

@@ -12,6 +12,7 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,8 +28,10 @@ use super::attest;
 use super::grpc::WorkloadApiService;
 use super::h2_authority::AuthorityRewrite;
 use super::json;
+use super::observe::{self, Observed};
 use super::service::WorkloadApi;
 use super::state::{Attestation, WorkloadApiDeps};
+use crate::metrics::workload_api::WorkloadApiMetrics;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4): what every gRPC client sends first.
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -56,6 +59,16 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// stream (Unavailable, so clients reconnect to the next daemon), lets connections close and
 /// returns. The socket file is left in place: the next [`bind`] replaces it.
 pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: CancellationToken) {
+    serve_with_metrics(listener, deps, Arc::default(), cancel).await;
+}
+
+/// [`serve`], counting calls, streams, connections and refusals into `metrics`.
+pub async fn serve_with_metrics(
+    listener: UnixListener,
+    deps: WorkloadApiDeps,
+    metrics: Arc<WorkloadApiMetrics>,
+    cancel: CancellationToken,
+) {
     let api = WorkloadApi::new(deps, cancel.child_token());
     let tracker = TaskTracker::new();
     loop {
@@ -65,7 +78,12 @@ pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: Cancel
         };
         match accepted {
             Ok((stream, _)) => {
-                tracker.spawn(connection(stream, api.clone(), cancel.clone()));
+                tracker.spawn(connection(
+                    stream,
+                    api.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays usable.
@@ -80,7 +98,13 @@ pub async fn serve(listener: UnixListener, deps: WorkloadApiDeps, cancel: Cancel
     tracing::debug!("workload api stopped");
 }
 
-async fn connection(mut stream: UnixStream, api: WorkloadApi, cancel: CancellationToken) {
+async fn connection(
+    mut stream: UnixStream,
+    api: WorkloadApi,
+    metrics: Arc<WorkloadApiMetrics>,
+    cancel: CancellationToken,
+) {
+    let _open = metrics.connection_opened();
     let attestation = match attest::attest(&stream) {
         Ok(caller) => Attestation::Attested(caller.into()),
         Err(e) => {
@@ -96,16 +120,19 @@ async fn connection(mut stream: UnixStream, api: WorkloadApi, cancel: Cancellati
             tracing::debug!(error = %e, "workload api connection failed before a request");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            metrics.refused("first_bytes_timeout");
+            return;
+        }
     };
     let result = if is_h2 {
         // gRPC C-core clients (Python grpcio, grpcurl) send the socket path percent-encoded as
         // :authority, which h2 rejects: rewrite it in the HPACK stream before h2 sees it.
         let io = AuthorityRewrite::with_prefix(stream, prefix.into());
-        serve_grpc(io, api, attestation, &cancel).await
+        serve_grpc(io, api, metrics, attestation, &cancel).await
     } else {
         let io = Prefixed::new(prefix, stream);
-        serve_json(io, api, attestation, &cancel).await
+        serve_json(io, api, metrics, attestation, &cancel).await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "workload api connection ended with an error");
@@ -133,13 +160,14 @@ async fn sniff(stream: &mut UnixStream) -> io::Result<(Vec<u8>, bool)> {
 async fn serve_grpc<I>(
     io: I,
     api: WorkloadApi,
+    metrics: Arc<WorkloadApiMetrics>,
     attestation: Attestation,
     cancel: &CancellationToken,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let service = WorkloadApiService::new(api).map_request(
+    let service = Observed::new(metrics, WorkloadApiService::new(api)).map_request(
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(attestation.clone());
             request
@@ -163,6 +191,7 @@ where
 async fn serve_json<I>(
     io: I,
     api: WorkloadApi,
+    metrics: Arc<WorkloadApiMetrics>,
     attestation: Attestation,
     cancel: &CancellationToken,
 ) -> Result<(), hyper::Error>
@@ -171,7 +200,10 @@ where
 {
     let shared = api.shared().clone();
     let service = hyper::service::service_fn(move |request| {
-        json::handle(shared.clone(), attestation.clone(), request)
+        let (shared, attestation) = (shared.clone(), attestation.clone());
+        observe::json(metrics.clone(), request, move |r| {
+            json::handle(shared, attestation, r)
+        })
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());

@@ -28,6 +28,7 @@ use super::state::{Inputs, SECURITY_HEADER, Shared, Watchers, WorkloadApiDeps, W
 use super::stream::{self, JwtBundles, ResponseStream, X509Bundles};
 use super::views::{BundlesView, X509SvidView};
 use crate::ca::CaError;
+use crate::metrics::issuance::SvidType;
 use crate::spiffe_id::SpiffeId;
 
 /// The Workload API service. Cheap to clone (one `Arc`).
@@ -143,7 +144,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .iter()
             .zip(hints)
             .map(|(entry, hint)| {
-                let svid = jwt::mint(&active.jwt, &entry.spiffe_id, &req.audience, exp, now)
+                let svid = (inputs.ca.issuance)
+                    .sign(SvidType::Jwt, || {
+                        jwt::mint(&active.jwt, &entry.spiffe_id, &req.audience, exp, now)
+                    })
                     .map_err(|e| WorkloadApiError::Internal(format!("minting a jwt-svid: {e}")))?;
                 Ok(Jwtsvid {
                     spiffe_id: entry.spiffe_id.to_string(),

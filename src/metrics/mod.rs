@@ -1,19 +1,45 @@
 //! Metrics on `metrics.listen`: `GET /metrics` (Prometheus text format 0.0.4), `/healthz` (the
 //! process answers) and `/readyz` (state loaded and every listener bound). Everything is read
-//! from the state on request; nothing here writes.
+//! from the state on request; nothing here writes: the daemon's parts write their counters
+//! ([`Registry`], the CA's [`IssuanceMetrics`]) and a scrape reads them.
+//!
+//! - [`registry`]: the counters the listeners write; [`issuance`]: the CA's.
+//! - [`workload_api`], [`bundle_endpoint`], [`issuance`], `process`: one file per area, each
+//!   with its own families. [`histogram`], [`gauge`]: the building blocks.
+//!
+//! The listener answers HTTP/1.1 only (what Prometheus speaks), with a header read timeout and
+//! a cap on connections, so that network clients cannot hold it, or the process's descriptors.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod bundle_endpoint;
+pub mod gauge;
+pub mod histogram;
+pub mod issuance;
+mod process;
+pub mod registry;
+mod text;
+pub mod workload_api;
+
+pub use issuance::IssuanceMetrics;
+pub use registry::Registry;
+use text::{family, label};
 
 use crate::bundle::summary;
 use crate::ca::Ca;
@@ -34,21 +60,13 @@ pub struct MetricsState {
     pub ready: Arc<AtomicBool>,
     /// For ages.
     pub clock: Arc<dyn Clock>,
+    /// The listeners' counters.
+    pub registry: Registry,
 }
 
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// The exposition text.
@@ -186,6 +204,10 @@ pub fn render(state: &MetricsState) -> String {
             );
         }
     }
+    process::render(&mut out);
+    state.registry.workload_api.render(&mut out);
+    state.registry.bundle_endpoint.render(&mut out);
+    state.ca.issuance_metrics().render(&mut out);
     out
 }
 
@@ -216,12 +238,87 @@ async fn readyz(State(state): State<MetricsState>) -> impl IntoResponse {
     }
 }
 
+/// Connections served at once at most; beyond it accepting pauses (the kernel backlog holds
+/// new clients). A scraper needs one; this leaves room for several plus health probes.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A request head must arrive within this, counted from when the server starts waiting for it
+/// (so also the idle keep-alive limit), like the bundle endpoint.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection, however busy, is closed after this: a client that keeps sending slow
+/// requests cannot hold a slot for ever.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// hyper's read buffer limit (its minimum is 8 KiB): a request head is a few hundred bytes.
+const MAX_BUF_SIZE: usize = 16 * 1024;
+/// After cancellation, in-flight scrapes get this long.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Accept error backoff (e.g. out of descriptors): never a hot loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: MetricsState, cancel: CancellationToken) {
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "metrics server stopped");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
     }
+    let app = router(state);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let app = app.clone();
+                let cancel = cancel.child_token();
+                tracker.spawn(async move {
+                    connection(tcp, peer, app, cancel).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(tcp: TcpStream, peer: SocketAddr, app: Router, cancel: CancellationToken) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF_SIZE)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let closing = tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "metrics connection ended");
+            }
+            return;
+        }
+        () = cancel.cancelled() => "shutdown",
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => "max age",
+    };
+    tracing::debug!(%peer, closing, "metrics connection closing");
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
 }
