@@ -179,3 +179,149 @@ fn the_systemd_unit_verifies_and_its_sandbox_scores_ok() {
     // what the daemon needs (network, /proc of callers, setrlimit).
     assert!(level <= 2.0, "exposure {level}: {report}");
 }
+
+/// The metric families a running daemon exports (`# TYPE` lines; every family has one even
+/// before it has samples), scraped from the real binary.
+async fn exported_families() -> std::collections::BTreeSet<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meshtrust.toml");
+    std::fs::write(
+        &config,
+        r#"trust_domain = "mesh-a.test"
+data_dir = "data"
+[workload_api]
+socket = "workload.sock"
+[admin_api]
+socket = "admin.sock"
+[metrics]
+listen = "127.0.0.1:0"
+[[federation]]
+trust_domain = "mesh-b.test"
+bundle_endpoint_url = "https://127.0.0.1:1/"
+profile = "https_web"
+"#,
+    )
+    .unwrap();
+    let daemon = common::daemon::Proc::serve(&config).await;
+    let line = daemon.wait_for_log("metrics listening").await;
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no addr in {line}"))
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(common::daemon::GUARD, tcp.read_to_string(&mut text))
+        .await
+        .expect("hang guard")
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+/// Every metric name in `text` (a PromQL-bearing file): `meshtrust_*` and `process_*`
+/// identifiers, histogram suffixes folded to their family.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for (i, _) in text.match_indices(|c: char| c == 'm' || c == 'p') {
+        if i > 0 && text[..i].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let word: String = text[i..].chars().take_while(|&c| is_ident(c)).collect();
+        if word.starts_with("meshtrust_") || word.starts_with("process_") {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(&word);
+            names.insert(family.to_owned());
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn alert_rules_and_the_dashboard_use_only_metrics_the_daemon_exports() {
+    let exported = exported_families().await;
+    let rules =
+        std::fs::read_to_string(repo().join("deploy/prometheus/meshtrust-rules.yml")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(repo().join("deploy/grafana/meshtrust-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs = String::new();
+    let panels = parsed["panels"].as_array().unwrap();
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(target["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    exprs.push_str(parsed["templating"].to_string().as_str());
+    for (what, text) in [
+        ("alert rules", rules.as_str()),
+        ("dashboard", exprs.as_str()),
+    ] {
+        let used = metric_names(text);
+        assert!(used.len() >= 8, "{what} uses too few metrics: {used:?}");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} uses metrics the daemon does not export: {unknown:?}"
+        );
+    }
+    // The dashboard covers each area the issue names.
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for area in [
+        "Federation",
+        "CA and rotation",
+        "Workload API",
+        "Bundle endpoint",
+        "Process",
+    ] {
+        assert!(titles.contains(&area), "no {area} row in {titles:?}");
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    if !tool_or_skip("promtool", "alert rules") {
+        return;
+    }
+    let dir = repo().join("deploy/prometheus");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "meshtrust-rules.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let test = Command::new("promtool")
+        .args(["test", "rules", "meshtrust-rules.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&test.stdout);
+    assert!(
+        test.status.success() && said.contains("SUCCESS"),
+        "{test:?}"
+    );
+    // Every alert has at least one unit test.
+    let rules = std::fs::read_to_string(dir.join("meshtrust-rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("meshtrust-rules.test.yml")).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "alert {alert} has no promtool test"
+        );
+    }
+}
