@@ -75,6 +75,27 @@ pub enum Command {
     /// A workload's companion: fetch its SVID and bundles over the Workload API, write them to
     /// files or run an mTLS proxy.
     Sidecar(crate::sidecar::SidecarArgs),
+    /// Print a shell completion script (e.g. `meshtrust completions bash >
+    /// /etc/bash_completion.d/meshtrust`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff) of meshtrust and its subcommands (e.g. `meshtrust man >
+    /// meshtrust.1`).
+    Man,
+}
+
+/// Shells for `completions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `--config FILE`.

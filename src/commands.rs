@@ -51,6 +51,13 @@ pub fn run(command: Command) -> ExitCode {
             eprintln!("meshtrust: sidecar: {e}");
             if e.is_usage() { EX_USAGE } else { 1 }
         }),
+        Command::Completions { shell } => {
+            crate::manual::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man => runtime_failure(
+            crate::manual::man(&mut std::io::stdout().lock()).context("writing the man page"),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
