@@ -252,7 +252,10 @@ impl Daemon {
             clock.clone(),
             &tracker,
             cancel.child_token(),
-            FetchLimits::default(),
+            FetchLimits {
+                min_interval: config.federation_min_refresh_interval,
+                ..FetchLimits::default()
+            },
         )?;
         let refresh = fetchers.refresh_handles();
 
