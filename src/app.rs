@@ -195,6 +195,7 @@ impl Daemon {
         clock: Arc<dyn Clock>,
         opts: DaemonOptions,
     ) -> Result<Self, AppError> {
+        crate::federation::fd_budget::raise_nofile_limit();
         let storage = open_storage(&config)?;
         let ca = Arc::new(Ca::open(
             config.trust_domain.clone(),

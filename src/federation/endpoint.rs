@@ -7,9 +7,12 @@
 //! (Federation 1.5.10 "MUST serve the most up-to-date bundle") without restarting anything.
 //!
 //! Protection against slow or idle clients: a TLS handshake timeout, an HTTP/1.1 header read
-//! timeout (which also closes idle keep-alive connections, like SPIRE's `ReadHeaderTimeout`), HTTP/2
-//! keep-alive pings, and a cap on concurrent connections (at the cap we stop accepting and the
-//! kernel backlog holds new clients).
+//! timeout (which also closes idle keep-alive connections, like SPIRE's `ReadHeaderTimeout`), an
+//! idle timeout (no request for [`ServeOptions::idle_timeout`]) and a maximum connection age for
+//! both protocols (a client that answers HTTP/2 PINGs is still closed, with a GOAWAY), HTTP/2
+//! keep-alive pings, and a cap on concurrent connections derived from the fd limit
+//! ([`super::fd_budget`]: descriptors are always left for the Unix sockets, the fetchers and the
+//! store; at the cap we stop accepting and the kernel backlog holds new clients).
 //!
 //! ```no_run
 //! # async fn wire(cfg: meshtrust::config::BundleEndpointConfig, ca: std::sync::Arc<meshtrust::ca::Ca>,
@@ -27,6 +30,7 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,10 +42,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fd_budget;
 use super::server_tls::{ServerCerts, ServerTlsError};
 use crate::ca::CaSnapshot;
 
@@ -56,9 +62,15 @@ pub enum EndpointError {
 /// Limits and timeouts of the listener. The defaults suit a public endpoint.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Concurrent connections at most; beyond it accepting pauses. A connection costs a task
-    /// and ~50 KiB of TLS and HTTP buffers, so 10 000 stay within a few hundred MiB.
+    /// Concurrent connections at most; beyond it accepting pauses. The default is the endpoint's
+    /// share of the soft fd limit ([`fd_budget::endpoint_connection_cap`]: 48 at 256, 240 at
+    /// 1,024, at most 10,000). A connection costs a task and ~50 KiB of TLS and HTTP buffers.
     pub max_connections: usize,
+    /// A connection that sent no request for this long is closed (GOAWAY for HTTP/2), whatever
+    /// PINGs it answers.
+    pub idle_timeout: Duration,
+    /// Any connection is closed (gracefully) this long after it was accepted.
+    pub max_connection_age: Duration,
     /// A TLS handshake must complete within this.
     pub handshake_timeout: Duration,
     /// An HTTP/1.1 request head must arrive within this, counted from when the server starts
@@ -72,13 +84,20 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
+            max_connections: fd_budget::endpoint_connection_cap(fd_budget::soft_nofile_limit()),
+            idle_timeout: IDLE_TIMEOUT,
+            max_connection_age: MAX_CONNECTION_AGE,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
         }
     }
 }
+
+/// Default [`ServeOptions::idle_timeout`]: peers fetch once per connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ServeOptions::max_connection_age`].
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// Listen backlog: room for a burst of new connections (the kernel caps it at `somaxconn`).
 const BACKLOG: u32 = 4096;
@@ -131,7 +150,12 @@ pub async fn serve_with(
 ) -> Result<(), EndpointError> {
     let shared = Arc::new(Shared::new(certs.tls_config()?, ca, options));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "bundle endpoint listening");
+        let o = &shared.options;
+        tracing::info!(
+            %addr, max_connections = o.max_connections, handshake_timeout = ?o.handshake_timeout,
+            idle_timeout = ?o.idle_timeout, max_connection_age = ?o.max_connection_age,
+            "bundle endpoint listening"
+        );
     }
     let permits = Arc::new(Semaphore::new(shared.options.max_connections));
     let tracker = TaskTracker::new();
@@ -240,26 +264,45 @@ impl Shared {
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         let builder = if h2 { &self.h2 } else { &self.h1 };
+        let opened = Instant::now();
+        let last_request = Arc::new(AtomicU64::new(0));
         let service = BundleService {
             ca: self.ca.clone(),
+            opened,
+            last_request: last_request.clone(),
         };
         let conn = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "bundle endpoint connection ended");
+        let too_old = tokio::time::sleep_until(opened + self.options.max_connection_age);
+        tokio::pin!(too_old);
+        let why = loop {
+            let idle_since = opened + Duration::from_millis(last_request.load(Ordering::Relaxed));
+            let idle_until = idle_since + self.options.idle_timeout;
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "bundle endpoint connection ended");
+                    }
+                    return;
                 }
-                return;
+                () = cancel.cancelled() => break "shutdown",
+                () = &mut too_old => break "maximum connection age",
+                () = tokio::time::sleep_until(idle_until) => {
+                    // A request since we looked moves the deadline on.
+                    let last = opened + Duration::from_millis(last_request.load(Ordering::Relaxed));
+                    if last == idle_since {
+                        break "idle";
+                    }
+                }
             }
-            () = cancel.cancelled() => {}
-        }
+        };
+        tracing::debug!(%peer, reason = why, "bundle endpoint closing the connection");
         conn.as_mut().graceful_shutdown();
         if tokio::time::timeout(self.options.shutdown_grace, conn)
             .await
             .is_err()
         {
-            tracing::debug!(%peer, "bundle endpoint connection dropped at shutdown");
+            tracing::debug!(%peer, reason = why, "bundle endpoint connection dropped after the grace period");
         }
     }
 }
@@ -268,6 +311,10 @@ impl Shared {
 #[derive(Debug, Clone)]
 struct BundleService {
     ca: watch::Receiver<Arc<CaSnapshot>>,
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Milliseconds from `opened` to the last request: the idle timeout counts from there.
+    last_request: Arc<AtomicU64>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for BundleService {
@@ -276,6 +323,8 @@ impl hyper::service::Service<Request<Incoming>> for BundleService {
     type Future = Ready<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_request.store(since, Ordering::Relaxed);
         ready(Ok(respond(&self.ca, req.method(), req.uri().path())))
     }
 }
