@@ -12,7 +12,9 @@
 //! both protocols (a client that answers HTTP/2 PINGs is still closed, with a GOAWAY), HTTP/2
 //! keep-alive pings, and a cap on concurrent connections derived from the fd limit
 //! ([`super::fd_budget`]: descriptors are always left for the Unix sockets, the fetchers and the
-//! store; at the cap we stop accepting and the kernel backlog holds new clients).
+//! store; at the cap we stop accepting and the kernel backlog holds new clients, while the oldest
+//! connection still in its TLS handshake is closed once it has had [`HANDSHAKE_GRACE`], so idle
+//! sockets cannot keep legitimate peers waiting for the whole handshake timeout).
 //!
 //! ```no_run
 //! # async fn wire(cfg: meshtrust::config::BundleEndpointConfig, ca: std::sync::Arc<meshtrust::ca::Ca>,
@@ -26,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
@@ -73,6 +76,10 @@ pub struct ServeOptions {
     pub max_connection_age: Duration,
     /// A TLS handshake must complete within this.
     pub handshake_timeout: Duration,
+    /// At the connection cap, the oldest connection still in its TLS handshake is closed once it
+    /// has had this long, to make room for the next client (idle sockets cannot hold every slot
+    /// for the whole handshake timeout).
+    pub handshake_grace: Duration,
     /// An HTTP/1.1 request head must arrive within this, counted from when the server starts
     /// waiting for it (so also the idle keep-alive limit). SPIRE uses 10 s.
     pub header_read_timeout: Duration,
@@ -88,6 +95,7 @@ impl Default for ServeOptions {
             idle_timeout: IDLE_TIMEOUT,
             max_connection_age: MAX_CONNECTION_AGE,
             handshake_timeout: Duration::from_secs(10),
+            handshake_grace: HANDSHAKE_GRACE,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -96,6 +104,8 @@ impl Default for ServeOptions {
 
 /// Default [`ServeOptions::idle_timeout`]: peers fetch once per connection.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ServeOptions::handshake_grace`]: a TLS 1.3 handshake over a 300 ms RTT path fits.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 /// Default [`ServeOptions::max_connection_age`].
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 
@@ -161,13 +171,29 @@ pub async fn serve_with(
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break, // never closed
-            },
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // At the cap: wait for a slot, and meanwhile close the oldest connection still in
+            // its TLS handshake once it has had `handshake_grace` (a client that completes its
+            // handshake needs milliseconds; idle sockets make room for the next in line).
+            Err(_) => {
+                let oldest = shared.pending.oldest();
+                let evict_at = oldest.map(|(_, since)| since + shared.options.handshake_grace);
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break, // never closed
+                    },
+                    () = sleep_until_opt(evict_at), if evict_at.is_some() => {
+                        if let Some((id, _)) = oldest {
+                            shared.pending.evict(id);
+                        }
+                        continue;
+                    }
+                }
+            }
         };
         let accepted = tokio::select! {
             biased;
@@ -193,8 +219,10 @@ pub async fn serve_with(
         // A child token per connection: waiting on it locks only this connection's node,
         // where clones of one token would share a lock that every request's poll takes.
         let cancel = cancel.child_token();
+        let id = shared.pending.add(cancel.clone());
         tracker.spawn(async move {
-            shared.connection(tcp, peer, cancel).await;
+            shared.connection(tcp, peer, id, cancel).await;
+            shared.pending.done(id);
             drop(permit);
         });
     }
@@ -215,6 +243,52 @@ struct Shared {
     h2: auto::Builder<TokioExecutor>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     options: ServeOptions,
+    pending: Pending,
+}
+
+/// Connections still in their TLS handshake, oldest first, with the token that closes each.
+#[derive(Default)]
+struct Pending(std::sync::Mutex<(u64, BTreeMap<u64, (Instant, CancellationToken)>)>);
+
+impl Pending {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, (Instant, CancellationToken)>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, token: CancellationToken) -> u64 {
+        let mut guard = self.lock();
+        let (next, map) = &mut *guard;
+        *next += 1;
+        map.insert(*next, (Instant::now(), token));
+        *next
+    }
+
+    fn done(&self, id: u64) {
+        self.lock().1.remove(&id);
+    }
+
+    fn oldest(&self) -> Option<(u64, Instant)> {
+        self.lock()
+            .1
+            .first_key_value()
+            .map(|(id, (t, _))| (*id, *t))
+    }
+
+    fn evict(&self, id: u64) {
+        if let Some((since, token)) = self.lock().1.remove(&id) {
+            tracing::debug!(waited = ?since.elapsed(), "bundle endpoint at its connection cap: closing the oldest unfinished handshake");
+            token.cancel();
+        }
+    }
+}
+
+/// Sleeps until `at` (which the caller only passes when set).
+async fn sleep_until_opt(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 impl Shared {
@@ -240,10 +314,17 @@ impl Shared {
             h2,
             ca,
             options,
+            pending: Pending::default(),
         }
     }
 
-    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        cancel: CancellationToken,
+    ) {
         // Small responses: send them now rather than wait for an ACK (Nagle).
         let _ = tcp.set_nodelay(true);
         let handshake =
@@ -262,6 +343,7 @@ impl Shared {
                 }
             },
         };
+        self.pending.done(id);
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         let builder = if h2 { &self.h2 } else { &self.h1 };
         let opened = Instant::now();
