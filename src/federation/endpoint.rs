@@ -74,6 +74,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Any connection is closed (gracefully) this long after it was accepted.
     pub max_connection_age: Duration,
+    /// HTTP/2 keep-alive PING interval (a peer that stops answering is dropped 10 s later).
+    pub keepalive_interval: Duration,
     /// A TLS handshake must complete within this.
     pub handshake_timeout: Duration,
     /// At the connection cap, the oldest connection still in its TLS handshake is closed once it
@@ -94,6 +96,7 @@ impl Default for ServeOptions {
             max_connections: fd_budget::endpoint_connection_cap(fd_budget::soft_nofile_limit()),
             idle_timeout: IDLE_TIMEOUT,
             max_connection_age: MAX_CONNECTION_AGE,
+            keepalive_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             handshake_grace: HANDSHAKE_GRACE,
             header_read_timeout: Duration::from_secs(10),
@@ -306,7 +309,7 @@ impl Shared {
         h2.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(100)
-            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(Duration::from_secs(10));
         Self {
             acceptor: TlsAcceptor::from(tls),
