@@ -291,15 +291,13 @@ fn issue_into(
     certs.install(key, Some(svid.not_after));
     // Half-life renewal, or the switch to another authority if sooner; an SVID cut short by its
     // CA's end is renewed at the switch only (which is no later than that end).
-    let half = svid
-        .not_after
-        .duration_since(svid.not_before)
-        .unwrap_or_default()
-        / 2;
+    // Half of the life left from now (not from the back-dated NotBefore: with an SVID TTL
+    // shorter than the back-dating, that would be in the past and renew in a loop).
+    let half = svid.not_after.duration_since(now).unwrap_or_default() / 2;
     let renew_at = if svid.not_after >= signer.authority.not_after {
         signer.switch_at
     } else {
-        (svid.not_before + half).min(signer.switch_at)
+        (now + half).min(signer.switch_at)
     };
     tracing::info!(
         spiffe_id = %id,
