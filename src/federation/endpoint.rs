@@ -249,14 +249,16 @@ struct Shared {
     pending: Pending,
 }
 
+/// The last id given, and each connection still in its TLS handshake (by id, so oldest first):
+/// when it was accepted and the token that closes it.
+type PendingMap = (u64, BTreeMap<u64, (Instant, CancellationToken)>);
+
 /// Connections still in their TLS handshake, oldest first, with the token that closes each.
 #[derive(Default)]
-struct Pending(std::sync::Mutex<(u64, BTreeMap<u64, (Instant, CancellationToken)>)>);
+struct Pending(std::sync::Mutex<PendingMap>);
 
 impl Pending {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, (Instant, CancellationToken)>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingMap> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
