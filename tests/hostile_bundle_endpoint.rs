@@ -242,8 +242,8 @@ async fn idle_tcp_clients_at_the_fd_limit_starve_no_one() {
     );
     assert!(String::from_utf8_lossy(&status.stdout).contains(TD));
 
-    // A peer's fetch of the bundle: it waits its turn behind the idle sockets, which are closed
-    // one by one after the 1 s handshake grace, well before the 10 s handshake timeout.
+    // A peer's fetch of the bundle: it waits its turn behind the idle sockets, which the endpoint
+    // closes once silent for 500 ms (at its cap), well before the 10 s handshake timeout.
     let url = format!("https://{addr}/");
     let fetched = tokio::time::timeout(GUARD, legit_fetch(&url, roots.clone()))
         .await

@@ -12,9 +12,10 @@
 //! both protocols (a client that answers HTTP/2 PINGs is still closed, with a GOAWAY), HTTP/2
 //! keep-alive pings, and a cap on concurrent connections derived from the fd limit
 //! ([`super::fd_budget`]: descriptors are always left for the Unix sockets, the fetchers and the
-//! store; at the cap we stop accepting and the kernel backlog holds new clients, while the oldest
-//! connection still in its TLS handshake is closed once it has had [`HANDSHAKE_GRACE`], so idle
-//! sockets cannot keep legitimate peers waiting for the whole handshake timeout).
+//! store; at the cap we stop accepting and the kernel backlog holds new clients, while connections
+//! still in their TLS handshake are closed, first those that have sent nothing for
+//! [`SILENT_GRACE`], then the oldest once it has had [`HANDSHAKE_GRACE`], so idle sockets cannot
+//! keep legitimate peers waiting for the whole handshake timeout).
 //!
 //! ```no_run
 //! # async fn wire(cfg: meshtrust::config::BundleEndpointConfig, ca: std::sync::Arc<meshtrust::ca::Ca>,
@@ -82,6 +83,9 @@ pub struct ServeOptions {
     /// has had this long, to make room for the next client (idle sockets cannot hold every slot
     /// for the whole handshake timeout).
     pub handshake_grace: Duration,
+    /// At the connection cap, a connection that has sent nothing yet is closed (before any
+    /// other) once silent this long.
+    pub silent_grace: Duration,
     /// An HTTP/1.1 request head must arrive within this, counted from when the server starts
     /// waiting for it (so also the idle keep-alive limit). SPIRE uses 10 s.
     pub header_read_timeout: Duration,
@@ -99,6 +103,7 @@ impl Default for ServeOptions {
             keepalive_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             handshake_grace: HANDSHAKE_GRACE,
+            silent_grace: SILENT_GRACE,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -109,6 +114,9 @@ impl Default for ServeOptions {
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`ServeOptions::handshake_grace`]: a TLS 1.3 handshake over a 300 ms RTT path fits.
 pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+/// Default [`ServeOptions::silent_grace`]: a client's ClientHello follows its connect within one
+/// round trip.
+pub const SILENT_GRACE: Duration = Duration::from_millis(500);
 /// Default [`ServeOptions::max_connection_age`].
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 
@@ -176,12 +184,16 @@ pub async fn serve_with(
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
-            // At the cap: wait for a slot, and meanwhile close the oldest connection still in
-            // its TLS handshake once it has had `handshake_grace` (a client that completes its
-            // handshake needs milliseconds; idle sockets make room for the next in line).
+            // At the cap: wait for a slot, and meanwhile close a connection still in its TLS
+            // handshake: one that has sent nothing for `silent_grace` (a client waiting in the
+            // backlog has its ClientHello there when accepted), else the oldest once it has had
+            // `handshake_grace`. Idle sockets make room for the next in line.
             Err(_) => {
-                let oldest = shared.pending.oldest();
-                let evict_at = oldest.map(|(_, since)| since + shared.options.handshake_grace);
+                let o = &shared.options;
+                let next = shared
+                    .pending
+                    .next_eviction(o.silent_grace, o.handshake_grace);
+                let evict_at = next.map(|(_, at)| at);
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => break,
@@ -190,7 +202,7 @@ pub async fn serve_with(
                         Err(_) => break, // never closed
                     },
                     () = sleep_until_opt(evict_at), if evict_at.is_some() => {
-                        if let Some((id, _)) = oldest {
+                        if let Some((id, _)) = next {
                             shared.pending.evict(id);
                         }
                         continue;
@@ -251,7 +263,17 @@ struct Shared {
 
 /// The last id given, and each connection still in its TLS handshake (by id, so oldest first):
 /// when it was accepted and the token that closes it.
-type PendingMap = (u64, BTreeMap<u64, (Instant, CancellationToken)>);
+type PendingMap = (u64, BTreeMap<u64, PendingConn>);
+
+/// A connection still in its TLS handshake.
+struct PendingConn {
+    /// When it was accepted.
+    since: Instant,
+    /// Closes it.
+    token: CancellationToken,
+    /// Whether the client has sent anything yet (its ClientHello).
+    talking: bool,
+}
 
 /// Connections still in their TLS handshake, oldest first, with the token that closes each.
 #[derive(Default)]
@@ -266,25 +288,45 @@ impl Pending {
         let mut guard = self.lock();
         let (next, map) = &mut *guard;
         *next += 1;
-        map.insert(*next, (Instant::now(), token));
+        let conn = PendingConn {
+            since: Instant::now(),
+            token,
+            talking: false,
+        };
+        map.insert(*next, conn);
         *next
+    }
+
+    fn talking(&self, id: u64) {
+        if let Some(conn) = self.lock().1.get_mut(&id) {
+            conn.talking = true;
+        }
     }
 
     fn done(&self, id: u64) {
         self.lock().1.remove(&id);
     }
 
-    fn oldest(&self) -> Option<(u64, Instant)> {
-        self.lock()
-            .1
-            .first_key_value()
-            .map(|(id, (t, _))| (*id, *t))
+    /// The connection to close next at the cap, and from when: the oldest that has sent nothing,
+    /// once silent for `silent_grace`, or else the oldest, once it has had `grace`.
+    fn next_eviction(&self, silent_grace: Duration, grace: Duration) -> Option<(u64, Instant)> {
+        let guard = self.lock();
+        let map = &guard.1;
+        let oldest = map.iter().next().map(|(id, c)| (*id, c.since + grace));
+        let silent = map
+            .iter()
+            .find(|(_, c)| !c.talking)
+            .map(|(id, c)| (*id, c.since + silent_grace));
+        match (oldest, silent) {
+            (Some(o), Some(s)) => Some(if s.1 < o.1 { s } else { o }),
+            (o, s) => o.or(s),
+        }
     }
 
     fn evict(&self, id: u64) {
-        if let Some((since, token)) = self.lock().1.remove(&id) {
-            tracing::debug!(waited = ?since.elapsed(), "bundle endpoint at its connection cap: closing the oldest unfinished handshake");
-            token.cancel();
+        if let Some(conn) = self.lock().1.remove(&id) {
+            tracing::debug!(waited = ?conn.since.elapsed(), talking = conn.talking, "bundle endpoint at its connection cap: closing an unfinished handshake");
+            conn.token.cancel();
         }
     }
 }
@@ -332,8 +374,24 @@ impl Shared {
     ) {
         // Small responses: send them now rather than wait for an ACK (Nagle).
         let _ = tcp.set_nodelay(true);
-        let handshake =
-            tokio::time::timeout(self.options.handshake_timeout, self.acceptor.accept(tcp));
+        let deadline = Instant::now() + self.options.handshake_timeout;
+        // The first byte (the ClientHello) marks the connection as talking: at the cap, silent
+        // ones are closed first.
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = tokio::time::timeout_at(deadline, tcp.readable()) => match r {
+                Ok(Ok(())) => self.pending.talking(id),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "bundle endpoint connection failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "bundle endpoint client sent nothing before the handshake timeout");
+                    return;
+                }
+            },
+        }
+        let handshake = tokio::time::timeout_at(deadline, self.acceptor.accept(tcp));
         let tls = tokio::select! {
             () = cancel.cancelled() => return,
             r = handshake => match r {
