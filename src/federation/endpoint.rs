@@ -512,3 +512,32 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
     *res.status_mut() = code;
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_silent_connections_go_first_then_the_oldest() {
+        let pending = Pending::default();
+        let (silent, grace) = (Duration::from_millis(500), Duration::from_secs(1));
+        assert!(pending.next_eviction(silent, grace).is_none());
+        let t0 = Instant::now();
+        let first = pending.add(CancellationToken::new());
+        pending.talking(first);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let idle = pending.add(CancellationToken::new());
+        // The talking one has had its grace at t0+1s; the silent one at t0+600ms: it goes first.
+        assert_eq!(
+            pending.next_eviction(silent, grace),
+            Some((idle, t0 + Duration::from_millis(600)))
+        );
+        pending.evict(idle);
+        assert_eq!(
+            pending.next_eviction(silent, grace),
+            Some((first, t0 + grace))
+        );
+        pending.done(first);
+        assert!(pending.next_eviction(silent, grace).is_none());
+    }
+}
