@@ -13,8 +13,8 @@
 //! keep-alive pings, and a cap on concurrent connections derived from the fd limit
 //! ([`super::fd_budget`]: descriptors are always left for the Unix sockets, the fetchers and the
 //! store; at the cap we stop accepting and the kernel backlog holds new clients, while connections
-//! still in their TLS handshake are closed, first those that have sent nothing for
-//! [`SILENT_GRACE`], then the oldest once it has had [`HANDSHAKE_GRACE`], so idle sockets cannot
+//! still in their TLS handshake are closed: those that have sent nothing for [`SILENT_GRACE`], or
+//! when all are talking, the oldest once it has had [`HANDSHAKE_GRACE`], so idle sockets cannot
 //! keep legitimate peers waiting for the whole handshake timeout).
 //!
 //! ```no_run
@@ -186,8 +186,8 @@ pub async fn serve_with(
             Ok(p) => p,
             // At the cap: wait for a slot, and meanwhile close a connection still in its TLS
             // handshake: one that has sent nothing for `silent_grace` (a client waiting in the
-            // backlog has its ClientHello there when accepted), else the oldest once it has had
-            // `handshake_grace`. Idle sockets make room for the next in line.
+            // backlog has its ClientHello there when accepted), or when all are talking, the
+            // oldest once it has had `handshake_grace`. Idle sockets make room for the next.
             Err(_) => {
                 let o = &shared.options;
                 let next = shared
@@ -308,19 +308,15 @@ impl Pending {
     }
 
     /// The connection to close next at the cap, and from when: the oldest that has sent nothing,
-    /// once silent for `silent_grace`, or else the oldest, once it has had `grace`.
+    /// once silent for `silent_grace`; only when every one is talking, the oldest, once it has
+    /// had `grace` (a client that is handshaking is never closed for an idle one).
     fn next_eviction(&self, silent_grace: Duration, grace: Duration) -> Option<(u64, Instant)> {
         let guard = self.lock();
         let map = &guard.1;
-        let oldest = map.iter().next().map(|(id, c)| (*id, c.since + grace));
-        let silent = map
-            .iter()
+        map.iter()
             .find(|(_, c)| !c.talking)
-            .map(|(id, c)| (*id, c.since + silent_grace));
-        match (oldest, silent) {
-            (Some(o), Some(s)) => Some(if s.1 < o.1 { s } else { o }),
-            (o, s) => o.or(s),
-        }
+            .map(|(id, c)| (*id, c.since + silent_grace))
+            .or_else(|| map.iter().next().map(|(id, c)| (*id, c.since + grace)))
     }
 
     fn evict(&self, id: u64) {
@@ -377,10 +373,13 @@ impl Shared {
         let deadline = Instant::now() + self.options.handshake_timeout;
         // The first byte (the ClientHello) marks the connection as talking: at the cap, silent
         // ones are closed first.
+        let mut first = [0u8; 1];
         tokio::select! {
             () = cancel.cancelled() => return,
-            r = tokio::time::timeout_at(deadline, tcp.readable()) => match r {
-                Ok(Ok(())) => self.pending.talking(id),
+            // `peek`, not `readable` (which may wake spuriously): a byte is really there.
+            r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
+                Ok(Ok(0)) => return,
+                Ok(Ok(_)) => self.pending.talking(id),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "bundle endpoint connection failed");
                     return;
@@ -527,7 +526,7 @@ mod tests {
         pending.talking(first);
         tokio::time::advance(Duration::from_millis(100)).await;
         let idle = pending.add(CancellationToken::new());
-        // The talking one has had its grace at t0+1s; the silent one at t0+600ms: it goes first.
+        // A silent one goes first, even though the talking one is older.
         assert_eq!(
             pending.next_eviction(silent, grace),
             Some((idle, t0 + Duration::from_millis(600)))
