@@ -396,6 +396,7 @@ impl Daemon {
         opts: DaemonOptions,
         state: StateOptions,
     ) -> Result<Self, AppError> {
+        crate::federation::fd_budget::raise_nofile_limit();
         let OpenedState {
             lock, storage, ca, ..
         } = open_state(&config, clock.clone(), state)?;
@@ -456,7 +457,10 @@ impl Daemon {
             clock.clone(),
             &tracker,
             cancel.child_token(),
-            FetchLimits::default(),
+            FetchLimits {
+                min_interval: config.federation_min_refresh_interval,
+                ..FetchLimits::default()
+            },
         )?;
         let refresh = fetchers.refresh_handles();
 

@@ -14,7 +14,7 @@ use super::TrustBundle;
 use super::jwk::{JwkOut, USE_JWT};
 
 mod parse;
-pub use parse::{KeyNote, ParsedBundle, SkippedKey, parse};
+pub use parse::{KeyNote, MAX_KEYS, ParsedBundle, SkippedKey, parse, parse_with_max_keys};
 
 /// Why a bundle document cannot be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +34,14 @@ pub enum JwksError {
     /// `keys` is not an array.
     #[error("\"keys\" is not an array")]
     KeysNotArray,
+    /// More entries in `keys` than the reader accepts: refused whole, before any key is decoded.
+    #[error("bundle document has {count} keys, more than the {max} accepted")]
+    TooManyKeys {
+        /// Entries in `keys`.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
     /// `spiffe_sequence` is not a non-negative integer that fits in 64 bits (TD&B 1.4.4).
     #[error("spiffe_sequence must be a non-negative integer of at most 64 bits")]
     BadSequence,

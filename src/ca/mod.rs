@@ -22,7 +22,8 @@ pub use authority::Authority;
 pub use issue::BACKDATE;
 pub use key::KeyType;
 pub use rotation::RETIRE_GRACE;
-pub use snapshot::{AuthoritySlot, CaPolicy, CaSnapshot};
+use snapshot::Holds;
+pub use snapshot::{AuthoritySlot, CaPolicy, CaSnapshot, EndpointSigner};
 
 use crate::bundle::{JwtAuthority, TrustBundle, jwks};
 use crate::clock::Clock;
@@ -75,6 +76,8 @@ pub struct Ca {
     clock: Arc<dyn Clock>,
     storage: Arc<dyn Storage>,
     inner: Mutex<Inner>,
+    /// Retired authorities the bundle endpoint still signs with, shared with every snapshot.
+    holds: Arc<Holds>,
     tx: watch::Sender<Arc<CaSnapshot>>,
     issuance: Arc<IssuanceMetrics>,
 }
@@ -125,7 +128,8 @@ impl Ca {
             digest: record.bundle_digest,
         };
         let issuance = Arc::new(IssuanceMetrics::default());
-        let snapshot = build_snapshot(&trust_domain, &policy, &inner, None, &issuance)?;
+        let holds = Arc::new(Holds::default());
+        let snapshot = build_snapshot(&trust_domain, &policy, &inner, &holds, None, &issuance)?;
         let (tx, _) = watch::channel(Arc::new(snapshot));
         let ca = Self {
             trust_domain,
@@ -133,6 +137,7 @@ impl Ca {
             clock,
             storage,
             inner: Mutex::new(inner),
+            holds,
             tx,
             issuance,
         };
@@ -173,6 +178,22 @@ impl Ca {
         let now = self.clock.now();
         let mut slots = inner.slots.clone();
         let mut changed = false;
+        // The bundle endpoint's SVID from a retired authority keeps it published (never beyond
+        // its NotAfter), folded in before any prune is planned (the run loop ticks at least
+        // every 30 s, well within the SVID's grace).
+        for (generation, until) in self.holds.take() {
+            if let Some(s) = slots.iter_mut().find(|s| {
+                s.authority.generation == generation && s.state == AuthorityState::Retired
+            }) {
+                let until = until.min(s.authority.not_after);
+                // Still in `slots`, so still published: extending keeps it so without a gap.
+                if s.prune_after.is_some_and(|p| p < until) {
+                    tracing::info!(trust_domain = %self.trust_domain, generation, until = %crate::clock::rfc3339(until), "retired ca stays published while the bundle endpoint's svid it signed is valid");
+                    s.prune_after = Some(until);
+                    changed = true;
+                }
+            }
+        }
         // Each step changes the state, so the loop ends; the bound is a guard.
         for _ in 0..16 {
             let views: Vec<SlotView> = slots.iter().map(AuthoritySlot::view).collect();
@@ -212,6 +233,7 @@ impl Ca {
             &self.trust_domain,
             &self.policy,
             &inner,
+            &self.holds,
             Some((bundle, json)),
             &self.issuance,
         )?;
@@ -345,6 +367,7 @@ fn build_snapshot(
     td: &TrustDomain,
     policy: &CaPolicy,
     inner: &Inner,
+    holds: &Arc<Holds>,
     published: Option<(TrustBundle, Vec<u8>)>,
     issuance: &Arc<IssuanceMetrics>,
 ) -> Result<CaSnapshot, CaError> {
@@ -367,5 +390,9 @@ fn build_snapshot(
         x509_svid_ttl: policy.x509_svid_ttl,
         jwt_svid_ttl: policy.jwt_svid_ttl,
         issuance: issuance.clone(),
+        holds: holds.clone(),
     })
 }
+
+#[cfg(test)]
+mod endpoint_signer_tests;

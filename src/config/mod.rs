@@ -40,6 +40,11 @@ pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 /// Default `[bundle_endpoint] refresh_hint` (SPIFFE Federation §4.1 recommends a low default).
 pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(5 * 60);
+/// Default `federation_min_refresh_interval`: a peer's `spiffe_refresh_hint` cannot make us poll
+/// it more often than this.
+pub const DEFAULT_FEDERATION_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// The largest `federation_min_refresh_interval` (the fetchers poll at least once a day).
+pub const MAX_FEDERATION_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The path of the default bundle endpoint SPIFFE ID, `spiffe://<td>/meshtrust/server`.
 pub const DEFAULT_ENDPOINT_PATH: &str = "/meshtrust/server";
 /// The longest hint we accept, in bytes (SPIFFE Workload API §8).
@@ -66,6 +71,9 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// One relationship per peer trust domain, in file order; trust domains are unique.
     pub federation: Vec<FederationConfig>,
+    /// The shortest poll interval of every peer, whatever its `spiffe_refresh_hint` says
+    /// (`federation_min_refresh_interval`): at least 1s, at most a day.
+    pub federation_min_refresh_interval: Duration,
     /// Registration entries, in file order; non-empty hints are unique.
     pub entries: Vec<EntryConfig>,
 }

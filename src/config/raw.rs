@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub(super) struct RawConfig {
     pub trust_domain: Option<String>,
     pub data_dir: Option<String>,
+    pub federation_min_refresh_interval: Option<String>,
     pub ca: Option<RawCa>,
     pub bundle_endpoint: Option<RawBundleEndpoint>,
     pub workload_api: Option<RawSocket>,

@@ -169,7 +169,38 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.bundle_endpoint, None);
     assert_eq!(config.metrics, None);
     assert!(config.federation.is_empty());
+    assert_eq!(
+        config.federation_min_refresh_interval,
+        Duration::from_secs(30)
+    );
     assert!(config.entries.is_empty());
+}
+
+#[test]
+fn the_federation_poll_floor_can_be_lowered_to_one_second_and_no_further() {
+    // Issue 9 item 4: a peer's spiffe_refresh_hint cannot push us below 30s unless the
+    // operator says so explicitly.
+    let with = |value: &str| format!("federation_min_refresh_interval = \"{value}\"\n{MINIMAL}");
+    assert_eq!(
+        parse_ok(&with("1s")).federation_min_refresh_interval,
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        parse_ok(&with("2m")).federation_min_refresh_interval,
+        Duration::from_secs(120)
+    );
+    for bad in ["500ms", "2d"] {
+        let message = parse_err(&with(bad)).to_string();
+        assert!(
+            message.contains(": federation_min_refresh_interval: must be between 1s and 1d"),
+            "{bad}: {message}"
+        );
+    }
+    let message = parse_err(&with("0s")).to_string();
+    assert!(
+        message.contains(": federation_min_refresh_interval: "),
+        "{message}"
+    );
 }
 
 #[test]

@@ -132,6 +132,8 @@ impl DemoMesh {
             r#"# Written by `meshtrust demo`: {td}, federating with {ptd}.
 trust_domain = "{td}"
 data_dir = "data"
+# The demo rotates and revokes in seconds: poll the peer as often as its hint asks.
+federation_min_refresh_interval = "1s"
 
 [ca]
 key_type = "ec-p256"

@@ -32,6 +32,9 @@ pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_BODY: usize = 1 << 20;
 /// The most redirects one fetch follows.
 pub const MAX_REDIRECTS: usize = 3;
+/// The most keys a peer bundle document may hold (a real one holds a handful: two or three CAs
+/// and their JWT keys); above it the document is refused whole, before any key is decoded.
+pub const MAX_KEYS: usize = jwks::MAX_KEYS;
 
 /// The bounds of one fetch; [`Default`] is the daemon's (tests shorten the timeouts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,11 @@ pub struct FetchLimits {
     pub max_body: usize,
     /// Redirects followed per fetch.
     pub max_redirects: usize,
+    /// The shortest interval between two polls whatever the peer's refresh hint
+    /// (`federation_min_refresh_interval`).
+    pub min_interval: Duration,
+    /// Keys per bundle document at most; a document with more is refused whole.
+    pub max_keys: usize,
 }
 
 impl Default for FetchLimits {
@@ -53,8 +61,23 @@ impl Default for FetchLimits {
             total_timeout: TOTAL_TIMEOUT,
             max_body: MAX_BODY,
             max_redirects: MAX_REDIRECTS,
+            min_interval: super::fetcher::MIN_INTERVAL,
+            max_keys: MAX_KEYS,
         }
     }
+}
+
+/// A fetched and parsed bundle, with what the fetcher logs about it.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The bundle and the keys left out of it.
+    pub parsed: ParsedBundle,
+    /// Where it came from after redirects.
+    pub final_url: Url,
+    /// Body size.
+    pub bytes: usize,
+    /// How long the fetch took.
+    pub elapsed_ms: u64,
 }
 
 /// Why a fetch (or pinning its result) failed. The pinned bundle stays in force.
@@ -102,10 +125,12 @@ impl FetchError {
             Self::Timeout(_) => "timeout",
             Self::HttpStatus(_) => "http_status",
             Self::TooLarge(_) => "too_large",
+            Self::Parse(JwksError::TooManyKeys { .. }) => "too_many_keys",
             Self::Parse(_) => "parse",
             Self::Redirect(_) => "redirect",
             Self::Http(_) => "http",
             Self::Pin(PinError::SequenceRollback { .. }) => "sequence_rollback",
+            Self::Pin(PinError::SequenceMissing { .. }) => "sequence_missing",
             Self::Pin(_) => "store",
         }
     }
@@ -212,7 +237,8 @@ impl PeerClient {
                 attempt.error(refuse("target has userinfo".to_owned()))
             } else {
                 // Followed for this fetch only, never stored (SPIFFE Federation §5.2, 1.5.11).
-                tracing::info!(trust_domain = %td, target = %url, status = %attempt.status(), "following redirect");
+                // Debug only: the fetch's one log line names the final URL.
+                tracing::debug!(trust_domain = %td, target = %url, status = %attempt.status(), "following redirect");
                 attempt.follow()
             }
         });
@@ -245,39 +271,23 @@ impl PeerClient {
         &self.url
     }
 
-    /// Fetches and parses the bundle under the configured trust domain; logs the fetch
-    /// (SPIFFE Federation §7.6, 1.5.14) and every skipped key.
+    /// Fetches and parses the bundle under the configured trust domain. Logs nothing: the
+    /// fetcher writes one line per fetch (SPIFFE Federation §7.6, 1.5.14) with the outcome.
     ///
     /// # Errors
     /// [`FetchError`]: nothing was received that may be pinned.
-    pub async fn fetch(&self) -> Result<ParsedBundle, FetchError> {
+    pub async fn fetch(&self) -> Result<Fetched, FetchError> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.limits.total_timeout, self.fetch_inner())
             .await
             .unwrap_or(Err(FetchError::Timeout(self.limits.total_timeout)));
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let td = &self.trust_domain;
-        match &result {
-            Ok((parsed, final_url, bytes)) => {
-                let b = &parsed.bundle;
-                tracing::info!(
-                    trust_domain = %td, url = %self.url, final_url = %final_url, bytes, elapsed_ms,
-                    sequence = ?b.sequence, refresh_hint_s = ?b.refresh_hint.map(|d| d.as_secs()),
-                    x509_authorities = b.x509_authorities.len(), jwt_authorities = b.jwt_authorities.len(),
-                    skipped = parsed.skipped.len(), "fetched peer bundle"
-                );
-                for s in &parsed.skipped {
-                    tracing::warn!(trust_domain = %td, index = s.index, reason = %s.reason, "peer bundle key ignored");
-                }
-                for n in &parsed.notes {
-                    tracing::info!(trust_domain = %td, index = n.index, note = %n.note, "peer bundle key note");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(trust_domain = %td, url = %self.url, elapsed_ms, kind = e.kind(), error = %e, "peer bundle fetch failed");
-            }
-        }
-        result.map(|(parsed, _, _)| parsed)
+        result.map(|(parsed, final_url, bytes)| Fetched {
+            parsed,
+            final_url,
+            bytes,
+            elapsed_ms,
+        })
     }
 
     async fn fetch_inner(&self) -> Result<(ParsedBundle, Url, usize), FetchError> {
@@ -306,7 +316,7 @@ impl PeerClient {
             }
             body.extend_from_slice(&chunk);
         }
-        let parsed = jwks::parse(&self.trust_domain, &body)?;
+        let parsed = jwks::parse_with_max_keys(&self.trust_domain, &body, self.limits.max_keys)?;
         Ok((parsed, final_url, body.len()))
     }
 

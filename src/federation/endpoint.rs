@@ -7,9 +7,15 @@
 //! (Federation 1.5.10 "MUST serve the most up-to-date bundle") without restarting anything.
 //!
 //! Protection against slow or idle clients: a TLS handshake timeout, an HTTP/1.1 header read
-//! timeout (which also closes idle keep-alive connections, like SPIRE's `ReadHeaderTimeout`), HTTP/2
-//! keep-alive pings, and a cap on concurrent connections (at the cap we stop accepting and the
-//! kernel backlog holds new clients).
+//! timeout (which also closes idle keep-alive connections, like SPIRE's `ReadHeaderTimeout`), an
+//! idle timeout (no request for [`ServeOptions::idle_timeout`]) and a maximum connection age for
+//! both protocols (a client that answers HTTP/2 PINGs is still closed, with a GOAWAY), HTTP/2
+//! keep-alive pings, and a cap on concurrent connections derived from the fd limit
+//! ([`super::fd_budget`]: descriptors are always left for the Unix sockets, the fetchers and the
+//! store; at the cap we stop accepting and the kernel backlog holds new clients, while connections
+//! still in their TLS handshake are closed: those that have sent nothing for [`SILENT_GRACE`], or
+//! when all are talking, the oldest once it has had [`HANDSHAKE_GRACE`], so idle sockets cannot
+//! keep legitimate peers waiting for the whole handshake timeout).
 //!
 //! ```no_run
 //! # async fn wire(cfg: meshtrust::config::BundleEndpointConfig, ca: std::sync::Arc<meshtrust::ca::Ca>,
@@ -23,10 +29,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,10 +46,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fd_budget;
 use super::server_tls::{ServerCerts, ServerTlsError};
 use crate::ca::CaSnapshot;
 use crate::metrics::bundle_endpoint::{BundleEndpointMetrics, HandshakeFailure};
@@ -57,11 +67,26 @@ pub enum EndpointError {
 /// Limits and timeouts of the listener. The defaults suit a public endpoint.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Concurrent connections at most; beyond it accepting pauses. A connection costs a task
-    /// and ~50 KiB of TLS and HTTP buffers, so 10 000 stay within a few hundred MiB.
+    /// Concurrent connections at most; beyond it accepting pauses. The default is the endpoint's
+    /// share of the soft fd limit ([`fd_budget::endpoint_connection_cap`]: 48 at 256, 240 at
+    /// 1,024, at most 10,000). A connection costs a task and ~50 KiB of TLS and HTTP buffers.
     pub max_connections: usize,
+    /// A connection that sent no request for this long is closed (GOAWAY for HTTP/2), whatever
+    /// PINGs it answers.
+    pub idle_timeout: Duration,
+    /// Any connection is closed (gracefully) this long after it was accepted.
+    pub max_connection_age: Duration,
+    /// HTTP/2 keep-alive PING interval (a peer that stops answering is dropped 10 s later).
+    pub keepalive_interval: Duration,
     /// A TLS handshake must complete within this.
     pub handshake_timeout: Duration,
+    /// At the connection cap, the oldest connection still in its TLS handshake is closed once it
+    /// has had this long, to make room for the next client (idle sockets cannot hold every slot
+    /// for the whole handshake timeout).
+    pub handshake_grace: Duration,
+    /// At the connection cap, a connection that has sent nothing yet is closed (before any
+    /// other) once silent this long.
+    pub silent_grace: Duration,
     /// An HTTP/1.1 request head must arrive within this, counted from when the server starts
     /// waiting for it (so also the idle keep-alive limit). SPIRE uses 10 s.
     pub header_read_timeout: Duration,
@@ -75,14 +100,29 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
+            max_connections: fd_budget::endpoint_connection_cap(fd_budget::soft_nofile_limit()),
+            idle_timeout: IDLE_TIMEOUT,
+            max_connection_age: MAX_CONNECTION_AGE,
+            keepalive_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            handshake_grace: HANDSHAKE_GRACE,
+            silent_grace: SILENT_GRACE,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             metrics: Arc::default(),
         }
     }
 }
+
+/// Default [`ServeOptions::idle_timeout`]: peers fetch once per connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ServeOptions::handshake_grace`]: a TLS 1.3 handshake over a 300 ms RTT path fits.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+/// Default [`ServeOptions::silent_grace`]: a client's ClientHello follows its connect within one
+/// round trip.
+pub const SILENT_GRACE: Duration = Duration::from_millis(500);
+/// Default [`ServeOptions::max_connection_age`].
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// Listen backlog: room for a burst of new connections (the kernel caps it at `somaxconn`).
 const BACKLOG: u32 = 4096;
@@ -135,19 +175,44 @@ pub async fn serve_with(
 ) -> Result<(), EndpointError> {
     let shared = Arc::new(Shared::new(certs.tls_config()?, ca, options));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "bundle endpoint listening");
+        let o = &shared.options;
+        tracing::info!(
+            %addr, max_connections = o.max_connections, handshake_timeout = ?o.handshake_timeout,
+            idle_timeout = ?o.idle_timeout, max_connection_age = ?o.max_connection_age,
+            "bundle endpoint listening"
+        );
     }
     let permits = Arc::new(Semaphore::new(shared.options.max_connections));
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break, // never closed
-            },
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // At the cap: wait for a slot, and meanwhile close a connection still in its TLS
+            // handshake: one that has sent nothing for `silent_grace` (a client waiting in the
+            // backlog has its ClientHello there when accepted), or when all are talking, the
+            // oldest once it has had `handshake_grace`. Idle sockets make room for the next.
+            Err(_) => {
+                let o = &shared.options;
+                let next = shared
+                    .pending
+                    .next_eviction(o.silent_grace, o.handshake_grace);
+                let evict_at = next.map(|(_, at)| at);
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break, // never closed
+                    },
+                    () = sleep_until_opt(evict_at), if evict_at.is_some() => {
+                        if let Some((id, _)) = next {
+                            shared.pending.evict(id);
+                        }
+                        continue;
+                    }
+                }
+            }
         };
         let accepted = tokio::select! {
             biased;
@@ -173,8 +238,10 @@ pub async fn serve_with(
         // A child token per connection: waiting on it locks only this connection's node,
         // where clones of one token would share a lock that every request's poll takes.
         let cancel = cancel.child_token();
+        let id = shared.pending.add(cancel.clone());
         tracker.spawn(async move {
-            shared.connection(tcp, peer, cancel).await;
+            shared.connection(tcp, peer, id, cancel).await;
+            shared.pending.done(id);
             drop(permit);
         });
     }
@@ -195,6 +262,80 @@ struct Shared {
     h2: auto::Builder<TokioExecutor>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     options: ServeOptions,
+    pending: Pending,
+}
+
+/// The last id given, and each connection still in its TLS handshake (by id, so oldest first):
+/// when it was accepted and the token that closes it.
+type PendingMap = (u64, BTreeMap<u64, PendingConn>);
+
+/// A connection still in its TLS handshake.
+struct PendingConn {
+    /// When it was accepted.
+    since: Instant,
+    /// Closes it.
+    token: CancellationToken,
+    /// Whether the client has sent anything yet (its ClientHello).
+    talking: bool,
+}
+
+/// Connections still in their TLS handshake, oldest first, with the token that closes each.
+#[derive(Default)]
+struct Pending(std::sync::Mutex<PendingMap>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingMap> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, token: CancellationToken) -> u64 {
+        let mut guard = self.lock();
+        let (next, map) = &mut *guard;
+        *next += 1;
+        let conn = PendingConn {
+            since: Instant::now(),
+            token,
+            talking: false,
+        };
+        map.insert(*next, conn);
+        *next
+    }
+
+    fn talking(&self, id: u64) {
+        if let Some(conn) = self.lock().1.get_mut(&id) {
+            conn.talking = true;
+        }
+    }
+
+    fn done(&self, id: u64) {
+        self.lock().1.remove(&id);
+    }
+
+    /// The connection to close next at the cap, and from when: the oldest that has sent nothing,
+    /// once silent for `silent_grace`; only when every one is talking, the oldest, once it has
+    /// had `grace` (a client that is handshaking is never closed for an idle one).
+    fn next_eviction(&self, silent_grace: Duration, grace: Duration) -> Option<(u64, Instant)> {
+        let guard = self.lock();
+        let map = &guard.1;
+        map.iter()
+            .find(|(_, c)| !c.talking)
+            .map(|(id, c)| (*id, c.since + silent_grace))
+            .or_else(|| map.iter().next().map(|(id, c)| (*id, c.since + grace)))
+    }
+
+    fn evict(&self, id: u64) {
+        if let Some(conn) = self.lock().1.remove(&id) {
+            tracing::debug!(waited = ?conn.since.elapsed(), talking = conn.talking, "bundle endpoint at its connection cap: closing an unfinished handshake");
+            conn.token.cancel();
+        }
+    }
+}
+
+/// Sleeps until `at` (which the caller only passes when set).
+async fn sleep_until_opt(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 impl Shared {
@@ -212,7 +353,7 @@ impl Shared {
         h2.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(100)
-            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(Duration::from_secs(10));
         Self {
             acceptor: TlsAcceptor::from(tls),
@@ -220,15 +361,46 @@ impl Shared {
             h2,
             ca,
             options,
+            pending: Pending::default(),
         }
     }
 
-    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        cancel: CancellationToken,
+    ) {
         let _open = self.options.metrics.connection_opened();
         // Small responses: send them now rather than wait for an ACK (Nagle).
         let _ = tcp.set_nodelay(true);
-        let handshake =
-            tokio::time::timeout(self.options.handshake_timeout, self.acceptor.accept(tcp));
+        let deadline = Instant::now() + self.options.handshake_timeout;
+        // The first byte (the ClientHello) marks the connection as talking: at the cap, silent
+        // ones are closed first.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            // `peek`, not `readable` (which may wake spuriously): a byte is really there.
+            r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
+                Ok(Ok(0)) => {
+                    self.options.metrics.handshake_failed(HandshakeFailure::Closed);
+                    return;
+                }
+                Ok(Ok(_)) => self.pending.talking(id),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "bundle endpoint connection failed");
+                    self.options.metrics.handshake_failed(HandshakeFailure::Other);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "bundle endpoint client sent nothing before the handshake timeout");
+                    self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
+                    return;
+                }
+            },
+        }
+        let handshake = tokio::time::timeout_at(deadline, self.acceptor.accept(tcp));
         let tls = tokio::select! {
             () = cancel.cancelled() => return,
             r = handshake => match r {
@@ -245,29 +417,49 @@ impl Shared {
                 }
             },
         };
+        self.pending.done(id);
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         let builder = if h2 { &self.h2 } else { &self.h1 };
+        let opened = Instant::now();
+        let last_request = Arc::new(AtomicU64::new(0));
         let service = BundleService {
             ca: self.ca.clone(),
             metrics: self.options.metrics.clone(),
+            opened,
+            last_request: last_request.clone(),
         };
         let conn = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "bundle endpoint connection ended");
+        let too_old = tokio::time::sleep_until(opened + self.options.max_connection_age);
+        tokio::pin!(too_old);
+        let why = loop {
+            let idle_since = opened + Duration::from_millis(last_request.load(Ordering::Relaxed));
+            let idle_until = idle_since + self.options.idle_timeout;
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "bundle endpoint connection ended");
+                    }
+                    return;
                 }
-                return;
+                () = cancel.cancelled() => break "shutdown",
+                () = &mut too_old => break "maximum connection age",
+                () = tokio::time::sleep_until(idle_until) => {
+                    // A request since we looked moves the deadline on.
+                    let last = opened + Duration::from_millis(last_request.load(Ordering::Relaxed));
+                    if last == idle_since {
+                        break "idle";
+                    }
+                }
             }
-            () = cancel.cancelled() => {}
-        }
+        };
+        tracing::debug!(%peer, reason = why, "bundle endpoint closing the connection");
         conn.as_mut().graceful_shutdown();
         if tokio::time::timeout(self.options.shutdown_grace, conn)
             .await
             .is_err()
         {
-            tracing::debug!(%peer, "bundle endpoint connection dropped at shutdown");
+            tracing::debug!(%peer, reason = why, "bundle endpoint connection dropped after the grace period");
         }
     }
 }
@@ -277,6 +469,10 @@ impl Shared {
 struct BundleService {
     ca: watch::Receiver<Arc<CaSnapshot>>,
     metrics: Arc<BundleEndpointMetrics>,
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Milliseconds from `opened` to the last request: the idle timeout counts from there.
+    last_request: Arc<AtomicU64>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for BundleService {
@@ -285,6 +481,8 @@ impl hyper::service::Service<Request<Incoming>> for BundleService {
     type Future = Ready<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_request.store(since, Ordering::Relaxed);
         let res = respond(&self.ca, req.method(), req.uri().path());
         self.metrics.responded(res.status());
         ready(Ok(res))
@@ -328,4 +526,33 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = code;
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_silent_connections_go_first_then_the_oldest() {
+        let pending = Pending::default();
+        let (silent, grace) = (Duration::from_millis(500), Duration::from_secs(1));
+        assert!(pending.next_eviction(silent, grace).is_none());
+        let t0 = Instant::now();
+        let first = pending.add(CancellationToken::new());
+        pending.talking(first);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let idle = pending.add(CancellationToken::new());
+        // A silent one goes first, even though the talking one is older.
+        assert_eq!(
+            pending.next_eviction(silent, grace),
+            Some((idle, t0 + Duration::from_millis(600)))
+        );
+        pending.evict(idle);
+        assert_eq!(
+            pending.next_eviction(silent, grace),
+            Some((first, t0 + grace))
+        );
+        pending.done(first);
+        assert!(pending.next_eviction(silent, grace).is_none());
+    }
 }

@@ -3,8 +3,9 @@
 //!
 //! Schedule: the first fetch happens at start. After a success the next one is due after the
 //! pinned bundle's `spiffe_refresh_hint` ([`DEFAULT_INTERVAL`] when absent, Federation 1.5.3),
-//! clamped to [[`MIN_INTERVAL`], [`MAX_INTERVAL`]]: a peer can make us poll at most once a second
-//! (so short demo hints work) and at least once a day. After a failure the pinned bundle stays in
+//! clamped to [[`FetchLimits::min_interval`], [`MAX_INTERVAL`]]: a peer can make us poll at most
+//! every 30 s ([`MIN_INTERVAL`]; `federation_min_refresh_interval` lowers it to 1 s for tests and
+//! the demo) and at least once a day. Each fetch writes one log line. After a failure the pinned bundle stays in
 //! force and we retry with a jittered exponential backoff from [`INITIAL_BACKOFF`], doubling, never
 //! beyond the normal interval (Federation 1.5.12 asks for no aggressive retries; a short first
 //! retry recovers quickly from a blip); a success resets it. A [`RefreshRequest`] fetches at once
@@ -29,11 +30,12 @@ pub use runner::Fetchers;
 
 use schedule::Backoff;
 pub use schedule::{
-    DEFAULT_INTERVAL, INITIAL_BACKOFF, MAX_INTERVAL, MIN_INTERVAL, refresh_interval,
+    DEFAULT_INTERVAL, INITIAL_BACKOFF, MAX_INTERVAL, MIN_INTERVAL, MIN_INTERVAL_FLOOR,
+    refresh_interval,
 };
 use setup::{Purpose, build_client};
 
-use super::client::{FetchError, FetchLimits, PeerClient};
+use super::client::{FetchError, FetchLimits, Fetched, PeerClient};
 use super::pinned::{PeerStore, PinOutcome};
 use super::status::{PeerState, PeerStatus, StatusBoard};
 use super::verifier::OwnRoots;
@@ -44,6 +46,24 @@ use crate::spiffe_id::TrustDomain;
 
 /// Refresh requests waiting per peer; more make `RefreshHandles::refresh` wait.
 const QUEUE: usize = 8;
+/// How many reasons for ignored keys (and notes) a fetch's log line quotes; the rest are counted.
+pub const LOGGED_REASONS: usize = 3;
+
+/// `"[index] reason; ..."` for the first [`LOGGED_REASONS`] items, each cut to 200 bytes.
+fn first_reasons<'a>(items: impl Iterator<Item = (usize, &'a String)>) -> String {
+    let mut out = String::new();
+    for (index, reason) in items.take(LOGGED_REASONS) {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        let mut cut = reason.len().min(200);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push_str(&format!("[{index}] {}", &reason[..cut]));
+    }
+    out
+}
 
 /// A relationship that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -171,14 +191,17 @@ impl PeerFetcher {
                 () = cancel.cancelled() => break,
                 r = self.fetch_and_pin() => r,
             };
-            let interval = refresh_interval(self.store.get(&self.td).and_then(|b| b.refresh_hint));
+            let interval = refresh_interval(
+                self.store.get(&self.td).and_then(|b| b.refresh_hint),
+                self.limits.min_interval,
+            );
             let delay = if result.is_ok() {
                 backoff.reset();
                 interval
             } else {
                 backoff.next_delay(interval)
             };
-            let report = self.record(result, delay);
+            let report = self.record(result, delay, interval);
             // The asker may have gone away: nothing to do then.
             match pending.take() {
                 Some(RefreshRequest::Refresh(reply)) => {
@@ -247,19 +270,78 @@ impl PeerFetcher {
         Ok(())
     }
 
+    /// One fetch, and its one log line: what was fetched, the outcome, and for a bundle with
+    /// ignored keys their count and the first [`LOGGED_REASONS`] reasons (a hostile peer's junk
+    /// keys are one line, not one per key).
     async fn fetch_and_pin(&self) -> Result<PinOutcome, FetchError> {
-        let parsed = self.client.fetch().await?;
+        let url = self.client.url();
+        let fetched = match self.client.fetch().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%url, kind = e.kind(), error = %e, "peer bundle fetch failed");
+                return Err(e);
+            }
+        };
+        let Fetched {
+            parsed,
+            final_url,
+            bytes,
+            elapsed_ms,
+        } = fetched;
+        let b = &parsed.bundle;
+        let (sequence, refresh_hint_s) = (b.sequence, b.refresh_hint.map(|d| d.as_secs()));
+        let (x509_authorities, jwt_authorities) =
+            (b.x509_authorities.len(), b.jwt_authorities.len());
+        let skipped = parsed.skipped.len();
+        let skipped_first = first_reasons(parsed.skipped.iter().map(|s| (s.index, &s.reason)));
+        let notes = parsed.notes.len();
+        let notes_first = first_reasons(parsed.notes.iter().map(|n| (n.index, &n.note)));
         let outcome = self.store.pin(parsed.bundle, self.clock.now());
+        macro_rules! fetch_line {
+            ($level:ident, $result:expr, $msg:literal) => {
+                tracing::$level!(
+                    %url, %final_url, bytes, elapsed_ms, ?sequence, ?refresh_hint_s,
+                    x509_authorities, jwt_authorities, skipped, skipped_first, notes, notes_first,
+                    result = $result, $msg
+                )
+            };
+        }
         match &outcome {
-            Ok(PinOutcome::Updated) => tracing::info!("peer bundle pinned"),
-            Ok(PinOutcome::Unchanged) => tracing::debug!("peer bundle unchanged"),
+            Ok(PinOutcome::Updated) if skipped > 0 => {
+                fetch_line!(
+                    warn,
+                    "pinned",
+                    "peer bundle fetched and pinned; some keys ignored"
+                )
+            }
+            Ok(PinOutcome::Updated) => {
+                fetch_line!(info, "pinned", "peer bundle fetched and pinned")
+            }
+            Ok(PinOutcome::Unchanged) if skipped > 0 => {
+                fetch_line!(
+                    warn,
+                    "unchanged",
+                    "peer bundle fetched, unchanged; some keys ignored"
+                )
+            }
+            Ok(PinOutcome::Unchanged) => {
+                fetch_line!(info, "unchanged", "peer bundle fetched, unchanged")
+            }
             // Refused and counted; the pinned bundle stays (SPIFFE.md "Decisions").
-            Err(e) => tracing::warn!(error = %e, "fetched peer bundle not pinned"),
+            Err(e) => tracing::warn!(
+                %url, %final_url, bytes, elapsed_ms, ?sequence, x509_authorities, jwt_authorities,
+                skipped, skipped_first, error = %e, "fetched peer bundle not pinned; the pinned bundle stays"
+            ),
         }
         Ok(outcome?)
     }
 
-    fn record(&self, result: Result<PinOutcome, FetchError>, delay: Duration) -> FetchReport {
+    fn record(
+        &self,
+        result: Result<PinOutcome, FetchError>,
+        delay: Duration,
+        interval: Duration,
+    ) -> FetchReport {
         let now = self.clock.now();
         let pinned = self.store.get(&self.td);
         let label = result.as_ref().map_or_else(FetchError::kind, |_| "ok");
@@ -269,6 +351,7 @@ impl PeerFetcher {
         self.status.update(&self.td, |s| {
             s.last_attempt = Some(now);
             s.next_refresh = Some(now + delay);
+            s.refresh_interval = Some(interval);
             *s.fetches.entry(label).or_insert(0) += 1;
             if error.is_some() {
                 s.state = PeerState::Failing;

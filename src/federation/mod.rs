@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod fd_budget;
 pub mod fetcher;
 pub mod pinned;
 pub mod server_tls;

@@ -7,18 +7,42 @@
 //! a relationship (SPIFFE.md "Decisions"): the pinned bundle is forgotten, so the bootstrap bundle
 //! authenticates the endpoint again and any sequence is accepted.
 //!
-//! Each pinned bundle keeps the time it was last fetched successfully (`fetched_at`, rewritten
-//! even when the content is unchanged), so that the status and the bundle age survive a restart.
+//! Once a peer has published a `spiffe_sequence`, a bundle without one is refused too: it could be
+//! an old document replayed (a possible rollback), until an operator reset.
+//!
+//! Each pinned bundle keeps the time it was last fetched successfully (`fetched_at`). It is kept
+//! fresh in memory at every fetch, but an unchanged bundle is not rewritten at every poll: the
+//! stored time is refreshed at most every [`FETCHED_AT_PERSIST_EVERY`], so a restart may show the
+//! bundle up to that much older than it is (never younger), and a peer polled in a loop cannot
+//! turn into a stream of disk writes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
 use crate::bundle::{TrustBundle, jwks};
 use crate::spiffe_id::TrustDomain;
 use crate::store::{PinnedBundle, Storage, StoreError};
+
+/// How often the fetch time of an unchanged pinned bundle is written to the state at most.
+pub const FETCHED_AT_PERSIST_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// When a pinned bundle was last fetched, in memory and as stored.
+#[derive(Debug, Clone, Copy)]
+struct FetchTimes {
+    /// The last successful fetch.
+    at: SystemTime,
+    /// The fetch time last written to the state.
+    stored: SystemTime,
+}
+
+impl FetchTimes {
+    fn stored(at: SystemTime) -> Self {
+        Self { at, stored: at }
+    }
+}
 
 /// Every pinned peer bundle, by trust domain. Never holds our own trust domain.
 pub type PeerBundles = BTreeMap<TrustDomain, Arc<TrustBundle>>;
@@ -33,6 +57,15 @@ pub enum PinError {
         pinned: u64,
         /// The received bundle's sequence.
         received: u64,
+    },
+    /// The pinned bundle has a sequence and the received one has none: possibly an old document
+    /// replayed, refused like a rollback.
+    #[error(
+        "spiffe_sequence missing: the pinned bundle has sequence {pinned}; refused as a possible rollback"
+    )]
+    SequenceMissing {
+        /// The pinned bundle's sequence.
+        pinned: u64,
     },
     /// Not a configured peer.
     #[error("{0} is not a configured federation peer")]
@@ -60,7 +93,7 @@ pub struct PeerStore {
     storage: Arc<dyn Storage>,
     peers: RwLock<Vec<TrustDomain>>,
     /// When each pinned bundle was last fetched; its lock also serialises the writers.
-    fetched: Mutex<BTreeMap<TrustDomain, SystemTime>>,
+    fetched: Mutex<BTreeMap<TrustDomain, FetchTimes>>,
     tx: watch::Sender<Arc<PeerBundles>>,
 }
 
@@ -80,7 +113,10 @@ impl PeerStore {
             }
             match jwks::parse(&pinned.trust_domain, &pinned.bundle_json) {
                 Ok(parsed) => {
-                    fetched.insert(pinned.trust_domain.clone(), pinned.fetched_at);
+                    fetched.insert(
+                        pinned.trust_domain.clone(),
+                        FetchTimes::stored(pinned.fetched_at),
+                    );
                     bundles.insert(pinned.trust_domain.clone(), Arc::new(parsed.bundle));
                 }
                 Err(e) => {
@@ -115,10 +151,10 @@ impl PeerStore {
     /// When `td`'s pinned bundle was last fetched successfully (read back from the state after
     /// a restart). `None` when nothing is pinned.
     pub fn fetched_at(&self, td: &TrustDomain) -> Option<SystemTime> {
-        self.lock().get(td).copied()
+        self.lock().get(td).map(|t| t.at)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TrustDomain, SystemTime>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TrustDomain, FetchTimes>> {
         self.fetched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -169,27 +205,39 @@ impl PeerStore {
         let mut fetched = self.lock();
         let current = self.get(&td);
         if let Some(pinned) = &current {
-            if let (Some(p), Some(r)) = (pinned.sequence, bundle.sequence)
-                && r < p
-            {
-                return Err(PinError::SequenceRollback {
-                    pinned: p,
-                    received: r,
-                });
+            match (pinned.sequence, bundle.sequence) {
+                (Some(p), Some(r)) if r < p => {
+                    return Err(PinError::SequenceRollback {
+                        pinned: p,
+                        received: r,
+                    });
+                }
+                (Some(p), None) => return Err(PinError::SequenceMissing { pinned: p }),
+                _ => {}
             }
             if pinned.same_authorities(&bundle)
                 && pinned.sequence == bundle.sequence
                 && pinned.refresh_hint == bundle.refresh_hint
             {
-                // Only the fetch time is new: stored so the bundle's age survives a restart,
+                // Only the fetch time is new: kept in memory, written to the state only when the
+                // stored one is FETCHED_AT_PERSIST_EVERY old (so it survives a restart, roughly),
                 // nothing published.
-                self.save(pinned, now)?;
-                fetched.insert(td, now);
+                let times = fetched.get(&td).copied().unwrap_or(FetchTimes::stored(now));
+                let stale = now
+                    .duration_since(times.stored)
+                    .is_ok_and(|age| age >= FETCHED_AT_PERSIST_EVERY);
+                let stored = if stale {
+                    self.save(pinned, now)?;
+                    now
+                } else {
+                    times.stored
+                };
+                fetched.insert(td, FetchTimes { at: now, stored });
                 return Ok(PinOutcome::Unchanged);
             }
         }
         self.save(&bundle, now)?;
-        fetched.insert(td.clone(), now);
+        fetched.insert(td.clone(), FetchTimes::stored(now));
         self.tx.send_modify(|map| {
             Arc::make_mut(map).insert(td, Arc::new(bundle));
         });
@@ -287,7 +335,8 @@ mod tests {
     }
 
     #[test]
-    fn the_fetch_time_survives_a_reopen_and_moves_with_every_successful_fetch() {
+    fn the_fetch_time_moves_with_every_fetch_but_an_unchanged_bundle_is_rarely_written() {
+        // Issue 9 item 4: no write at every poll of an unchanged bundle.
         let dir = tempfile::tempdir().expect("temp dir");
         let store = open(dir.path());
         let t1 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -303,7 +352,43 @@ mod tests {
             !rx.has_changed().expect("sender alive"),
             "nothing published"
         );
-        assert_eq!(store.fetched_at(&td()), Some(t2));
-        assert_eq!(open(dir.path()).fetched_at(&td()), Some(t2));
+        assert_eq!(store.fetched_at(&td()), Some(t2), "fresh in memory");
+        assert_eq!(
+            open(dir.path()).fetched_at(&td()),
+            Some(t1),
+            "not rewritten for an unchanged bundle"
+        );
+        let t3 = t1 + FETCHED_AT_PERSIST_EVERY;
+        assert_eq!(store.pin(bundle(3), t3).ok(), Some(PinOutcome::Unchanged));
+        assert_eq!(
+            open(dir.path()).fetched_at(&td()),
+            Some(t3),
+            "written once the stored time is old"
+        );
+        let t4 = t3 + Duration::from_secs(1);
+        assert_eq!(store.pin(bundle(4), t4).ok(), Some(PinOutcome::Updated));
+        assert_eq!(open(dir.path()).fetched_at(&td()), Some(t4));
+    }
+
+    #[test]
+    fn a_bundle_without_a_sequence_after_a_sequenced_one_is_refused_until_a_reset() {
+        // Issue 9 item 8: a sequence-less document could be an old one replayed.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let unsequenced = TrustBundle::empty(td());
+        assert_eq!(
+            store.pin(unsequenced.clone(), t).ok(),
+            Some(PinOutcome::Updated),
+            "a peer that never published a sequence is followed"
+        );
+        assert_eq!(store.pin(bundle(2), t).ok(), Some(PinOutcome::Updated));
+        assert!(matches!(
+            store.pin(unsequenced.clone(), t),
+            Err(PinError::SequenceMissing { pinned: 2 })
+        ));
+        assert_eq!(store.get(&td()).and_then(|b| b.sequence), Some(2));
+        store.reset(&td()).expect("reset");
+        assert_eq!(store.pin(unsequenced, t).ok(), Some(PinOutcome::Updated));
     }
 }

@@ -5,8 +5,12 @@
 //! effect on the next handshake while the one [`ServerConfig`] (and its session cache and
 //! ticket keys) lives as long as the listener. Two tasks keep it current:
 //! - [`renew_svid`] (`https_spiffe`): an X509-SVID for the endpoint SPIFFE ID from our own CA,
-//!   re-issued at half its lifetime and whenever the CA's active authority changes, so the
-//!   endpoint always proves its identity with a key the published bundle vouches for;
+//!   re-issued at half its lifetime and whenever the authority it should chain to changes
+//!   ([`CaSnapshot::endpoint_signer`]: the newest authority published for at least half its
+//!   lifetime, so that a peer whose last good fetch was up to `ca_ttl/2` ago still authenticates
+//!   the endpoint across a rotation and catches up by itself; the old CA keeps signing this one
+//!   SVID until it expires, and stays published meanwhile). The endpoint always proves its
+//!   identity with a key the published bundle vouches for;
 //! - [`reload_web_files`] (`https_web`): the operator's PEM files, reloaded when they change;
 //!   a bad new file is logged and the previous certificate kept.
 
@@ -281,22 +285,29 @@ fn issue_into(
     id: &SpiffeId,
 ) -> Result<(u64, SystemTime), ServerTlsError> {
     let now = certs.clock.now();
-    let generation = snapshot.active().map_or(0, |a| a.generation);
-    let svid = snapshot.issue_x509_svid(id, now)?;
+    let (svid, signer) = snapshot.issue_endpoint_svid(id, now)?;
+    let generation = signer.authority.generation;
     let key = certs.svid_key(&svid)?;
     certs.install(key, Some(svid.not_after));
-    let half = svid
-        .not_after
-        .duration_since(svid.not_before)
-        .unwrap_or_default()
-        / 2;
+    // Half-life renewal, or the switch to another authority if sooner; an SVID cut short by its
+    // CA's end is renewed at the switch only (which is no later than that end).
+    // Half of the life left from now (not from the back-dated NotBefore: with an SVID TTL
+    // shorter than the back-dating, that would be in the past and renew in a loop).
+    let half = svid.not_after.duration_since(now).unwrap_or_default() / 2;
+    let renew_at = if svid.not_after >= signer.authority.not_after {
+        signer.switch_at
+    } else {
+        (now + half).min(signer.switch_at)
+    };
     tracing::info!(
         spiffe_id = %id,
         ca_generation = generation,
+        ca_state = signer.state.as_str(),
         not_after = %crate::clock::rfc3339(svid.not_after),
+        renew_at = %crate::clock::rfc3339(renew_at),
         "bundle endpoint svid issued"
     );
-    Ok((generation, svid.not_before + half))
+    Ok((generation, renew_at))
 }
 
 async fn renew_svid_from(
@@ -311,7 +322,9 @@ async fn renew_svid_from(
     loop {
         let snapshot = ca.borrow_and_update().clone();
         let now = certs.clock.now();
-        let generation = snapshot.active().map(|a| a.generation);
+        let generation = snapshot
+            .endpoint_signer(now)
+            .map(|s| s.authority.generation);
         let due = issued.is_none_or(|(g, renew_at)| Some(g) != generation || now >= renew_at);
         let mut retry = false;
         if due {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::spiffe_id::TrustDomain;
 
@@ -47,6 +47,9 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// When the next fetch is due.
     pub next_refresh: Option<SystemTime>,
+    /// The normal polling interval now: the peer's refresh hint, clamped by the poll floor and
+    /// ceiling (failures retry sooner, with backoff).
+    pub refresh_interval: Option<Duration>,
     /// Fetches by result label (`ok`, or the failure kind).
     pub fetches: BTreeMap<&'static str, u64>,
 }
@@ -63,6 +66,7 @@ impl PeerStatus {
             last_attempt: None,
             last_error: None,
             next_refresh: None,
+            refresh_interval: None,
             fetches: BTreeMap::new(),
         }
     }

@@ -8,6 +8,10 @@
 //! rotate its CA: SPIFFE.md §2 "Self-serving"), or our own CA's bundle for an endpoint ID in our
 //! own trust domain. No authority ⇒ the handshake fails (fail closed), which is also what a
 //! pinned `keys: []` (revocation) means.
+//!
+//! An authority outside its own validity period (expired, or not yet valid) anchors nothing:
+//! webpki does not look at trust anchor dates, go-spiffe refuses such chains, and so do we (a peer
+//! whose bundle still lists an expired CA cannot authenticate with it).
 
 use std::fmt;
 use std::sync::Arc;
@@ -56,6 +60,16 @@ pub enum SvidError {
     /// A leaf with signing key usages (X509-SVID 1.2.11, 1.2.14).
     #[error("endpoint certificate has keyCertSign or cRLSign key usage")]
     SigningKeyUsage,
+    /// Every authority in force is outside its validity period: fail closed.
+    #[error(
+        "every x509 authority of trust domain {trust_domain} is expired or not yet valid ({count} in force)"
+    )]
+    AuthoritiesExpired {
+        /// The endpoint ID's trust domain.
+        trust_domain: TrustDomain,
+        /// How many there were.
+        count: usize,
+    },
     /// Nothing to validate the chain with: fail closed.
     #[error("no x509 authority for trust domain {trust_domain} ({looked_in})")]
     NoAuthorities {
@@ -214,6 +228,16 @@ pub fn check_leaf(leaf: &[u8], expected: &SpiffeId) -> Result<(), SvidError> {
     Ok(())
 }
 
+/// Whether `cert` is within its validity period at `now` (an unparsable one is not).
+pub fn valid_at(cert: &CertificateDer<'_>, now: UnixTime) -> bool {
+    let Ok((_, parsed)) = X509Certificate::from_der(cert) else {
+        return false;
+    };
+    let validity = parsed.validity();
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp()
+}
+
 /// The `https_spiffe` [`ServerCertVerifier`]: SVID profile and ID first, then the chain
 /// (RFC 5280 path validation by webpki, at the TLS stack's time) to the authorities in force.
 #[derive(Debug)]
@@ -253,9 +277,20 @@ impl ServerCertVerifier for SpiffeEndpointVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         check_leaf(end_entity, &self.endpoint_id).map_err(refuse)?;
+        let authorities = self.roots.authorities().map_err(refuse)?;
+        let count = authorities.len();
+        let current: Vec<CertificateDer<'static>> = authorities
+            .into_iter()
+            .filter(|a| valid_at(a, now))
+            .collect();
+        if current.is_empty() {
+            return Err(refuse(SvidError::AuthoritiesExpired {
+                trust_domain: self.roots.trust_domain().clone(),
+                count,
+            }));
+        }
         let mut store = RootCertStore::empty();
-        let (added, _ignored) =
-            store.add_parsable_certificates(self.roots.authorities().map_err(refuse)?);
+        let (added, _ignored) = store.add_parsable_certificates(current);
         if added == 0 {
             return Err(refuse(SvidError::NoAuthorities {
                 trust_domain: self.roots.trust_domain().clone(),

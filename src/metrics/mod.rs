@@ -158,6 +158,22 @@ pub fn render(state: &MetricsState) -> String {
             );
         }
     }
+    family(
+        &mut out,
+        "meshtrust_federation_refresh_interval_seconds",
+        "gauge",
+        "The peer's normal polling interval: its refresh hint within the poll floor and ceiling.",
+    );
+    for p in &peers {
+        if let Some(interval) = p.refresh_interval {
+            let _ = writeln!(
+                out,
+                "meshtrust_federation_refresh_interval_seconds{{trust_domain=\"{}\"}} {}",
+                label(p.trust_domain.as_str()),
+                interval.as_secs_f64()
+            );
+        }
+    }
     // Each family's samples follow its own HELP/TYPE lines (the text format groups them).
     family(
         &mut out,

@@ -21,7 +21,10 @@ impl DaemonConfig {
     /// The minimal config of `trust_domain`.
     pub fn new(trust_domain: &str) -> Self {
         Self {
-            head: format!("trust_domain = \"{trust_domain}\"\ndata_dir = \"data\"\n"),
+            // Peers may be polled every second (the daemon's floor is 30 s unless lowered).
+            head: format!(
+                "trust_domain = \"{trust_domain}\"\ndata_dir = \"data\"\nfederation_min_refresh_interval = \"1s\"\n"
+            ),
             sections: String::new(),
         }
     }

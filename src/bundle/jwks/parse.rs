@@ -40,6 +40,10 @@ pub struct KeyNote {
     pub note: String,
 }
 
+/// The most entries in `keys` that [`parse`] accepts. A real bundle holds a handful (two or three
+/// CAs and their JWT keys); a peer sending half a million junk keys is refused at once.
+pub const MAX_KEYS: usize = 1000;
+
 /// Reads a SPIFFE bundle document received for trust domain `td` (never taken from the document).
 ///
 /// Each JWK is judged on its own: missing/unknown `use` or `kty`, missing/empty `x5c`, bad
@@ -50,8 +54,21 @@ pub struct KeyNote {
 ///
 /// # Errors
 /// Document-level problems only: not UTF-8, not JSON, not an object, `keys` missing or not an
-/// array, `spiffe_sequence` / `spiffe_refresh_hint` not a non-negative integer.
+/// array, more than [`MAX_KEYS`] keys, `spiffe_sequence` / `spiffe_refresh_hint` not a
+/// non-negative integer.
 pub fn parse(td: &TrustDomain, bytes: &[u8]) -> Result<ParsedBundle, JwksError> {
+    parse_with_max_keys(td, bytes, MAX_KEYS)
+}
+
+/// [`parse`] with another cap on the number of keys.
+///
+/// # Errors
+/// As [`parse`], with [`JwksError::TooManyKeys`] above `max_keys`.
+pub fn parse_with_max_keys(
+    td: &TrustDomain,
+    bytes: &[u8],
+    max_keys: usize,
+) -> Result<ParsedBundle, JwksError> {
     let text = std::str::from_utf8(bytes).map_err(|_| JwksError::NotUtf8)?;
     let doc: Value = serde_json::from_str(text).map_err(|e| JwksError::Json(e.to_string()))?;
     let doc = doc.as_object().ok_or(JwksError::NotAnObject)?;
@@ -60,6 +77,12 @@ pub fn parse(td: &TrustDomain, bytes: &[u8]) -> Result<ParsedBundle, JwksError> 
         Some(Value::Array(keys)) => keys,
         Some(_) => return Err(JwksError::KeysNotArray),
     };
+    if keys.len() > max_keys {
+        return Err(JwksError::TooManyKeys {
+            count: keys.len(),
+            max: max_keys,
+        });
+    }
     let mut bundle = TrustBundle::empty(td.clone());
     bundle.sequence =
         non_negative_int(doc.get("spiffe_sequence")).map_err(|()| JwksError::BadSequence)?;
@@ -326,6 +349,26 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn a_document_with_more_keys_than_the_cap_is_refused_whole() {
+        // Issue 9 item 4: 500,000 junk keys are one refusal, not 500,000 skipped keys.
+        let junk = format!("{{\"keys\":[{}1]}}", "1,".repeat(MAX_KEYS));
+        assert_eq!(
+            parse(&td(), junk.as_bytes()).err(),
+            Some(JwksError::TooManyKeys {
+                count: MAX_KEYS + 1,
+                max: MAX_KEYS
+            })
+        );
+        let at_cap = format!("{{\"keys\":[{}1]}}", "1,".repeat(MAX_KEYS - 1));
+        let parsed = parse(&td(), at_cap.as_bytes()).expect("at the cap");
+        assert_eq!(parsed.skipped.len(), MAX_KEYS);
+        assert!(matches!(
+            parse_with_max_keys(&td(), br#"{"keys":[1,2,3]}"#, 2),
+            Err(JwksError::TooManyKeys { count: 3, max: 2 })
+        ));
     }
 
     #[test]

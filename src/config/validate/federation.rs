@@ -1,6 +1,10 @@
 //! `[[federation]]`: one relationship per peer trust domain, everything explicit
 //! (SPIFFE.md §1.5 item 7, §2 relationship table).
 
+use std::time::Duration;
+
+use crate::config::duration::format_duration;
+use crate::config::{DEFAULT_FEDERATION_MIN_REFRESH_INTERVAL, MAX_FEDERATION_MIN_REFRESH_INTERVAL};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 use super::{Cx, Result};
@@ -8,6 +12,23 @@ use crate::config::raw::{RawFederation, RawProfile};
 use crate::config::{FederationConfig, PeerProfile};
 
 impl Cx<'_> {
+    /// `federation_min_refresh_interval`: whole milliseconds from 1s to a day.
+    pub(super) fn min_refresh_interval(&self, raw: Option<String>) -> Result<Duration> {
+        let key = "federation_min_refresh_interval";
+        let value = self.duration(key, raw, DEFAULT_FEDERATION_MIN_REFRESH_INTERVAL)?;
+        if value < Duration::from_secs(1) || value > MAX_FEDERATION_MIN_REFRESH_INTERVAL {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "must be between 1s and {} (default {}: a peer's spiffe_refresh_hint cannot make us poll more often)",
+                    format_duration(MAX_FEDERATION_MIN_REFRESH_INTERVAL),
+                    format_duration(DEFAULT_FEDERATION_MIN_REFRESH_INTERVAL),
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
     pub(super) fn federation(
         &self,
         raw: Vec<RawFederation>,

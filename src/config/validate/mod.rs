@@ -65,6 +65,8 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         }
     };
     let federation = cx.federation(raw.federation, &trust_domain)?;
+    let federation_min_refresh_interval =
+        cx.min_refresh_interval(raw.federation_min_refresh_interval)?;
     let reserved_id = match &bundle_endpoint {
         Some(BundleEndpointConfig {
             profile: EndpointProfile::HttpsSpiffe { endpoint_spiffe_id },
@@ -83,6 +85,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         admin_api,
         metrics,
         federation,
+        federation_min_refresh_interval,
         entries,
     })
 }

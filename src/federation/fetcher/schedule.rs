@@ -7,8 +7,12 @@ use rand_core::RngCore as _;
 
 /// Poll interval when the pinned bundle has no `spiffe_refresh_hint` (TD&B 1.4.12, Fed. 1.5.3).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
-/// The shortest poll interval whatever the hint.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest poll interval whatever the hint, unless `federation_min_refresh_interval` says
+/// otherwise: a hostile or careless peer's `spiffe_refresh_hint: 0` cannot make us poll it (and
+/// log) more often than this.
+pub const MIN_INTERVAL: Duration = crate::config::DEFAULT_FEDERATION_MIN_REFRESH_INTERVAL;
+/// The lowest floor an operator can set (`federation_min_refresh_interval`).
+pub const MIN_INTERVAL_FLOOR: Duration = Duration::from_secs(1);
 /// The longest poll interval whatever the hint.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The first retry delay after a failure (before jitter).
@@ -17,10 +21,10 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_RETRY: Duration = Duration::from_millis(500);
 
 /// The poll interval after a success: the hint (or [`DEFAULT_INTERVAL`]) clamped to
-/// [[`MIN_INTERVAL`], [`MAX_INTERVAL`]].
-pub fn refresh_interval(hint: Option<Duration>) -> Duration {
-    hint.unwrap_or(DEFAULT_INTERVAL)
-        .clamp(MIN_INTERVAL, MAX_INTERVAL)
+/// [`min`, [`MAX_INTERVAL`]], `min` itself kept within [[`MIN_INTERVAL_FLOOR`], [`MAX_INTERVAL`]].
+pub fn refresh_interval(hint: Option<Duration>, min: Duration) -> Duration {
+    let min = min.clamp(MIN_INTERVAL_FLOOR, MAX_INTERVAL);
+    hint.unwrap_or(DEFAULT_INTERVAL).clamp(min, MAX_INTERVAL)
 }
 
 /// Jittered exponential backoff: delays in [3/4, 5/4] of a base that starts at
@@ -54,17 +58,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_interval_is_the_hint_clamped_to_one_second_and_one_day_with_five_minutes_by_default() {
-        // Federation 1.5.3, TD&B 1.4.12.
+    fn the_interval_is_the_hint_clamped_to_thirty_seconds_and_one_day_with_five_minutes_by_default()
+    {
+        // Federation 1.5.3, TD&B 1.4.12; issue 9: a hint of 0 cannot make us poll in a loop.
         for (hint, expected) in [
             (None, DEFAULT_INTERVAL),
-            (Some(Duration::ZERO), MIN_INTERVAL),
-            (Some(Duration::from_millis(10)), MIN_INTERVAL),
+            (Some(Duration::ZERO), Duration::from_secs(30)),
+            (Some(Duration::from_millis(10)), Duration::from_secs(30)),
+            (Some(Duration::from_secs(29)), Duration::from_secs(30)),
             (Some(Duration::from_secs(60)), Duration::from_secs(60)),
             (Some(Duration::from_secs(7 * 24 * 3600)), MAX_INTERVAL),
         ] {
-            assert_eq!(refresh_interval(hint), expected, "hint {hint:?}");
+            assert_eq!(
+                refresh_interval(hint, MIN_INTERVAL),
+                expected,
+                "hint {hint:?}"
+            );
         }
+    }
+
+    #[test]
+    fn an_explicit_floor_lowers_the_minimum_but_never_below_one_second() {
+        let one = Duration::from_secs(1);
+        assert_eq!(refresh_interval(Some(Duration::ZERO), one), one);
+        assert_eq!(refresh_interval(Some(Duration::from_secs(2)), one), 2 * one);
+        assert_eq!(refresh_interval(Some(Duration::ZERO), Duration::ZERO), one);
     }
 
     #[test]
@@ -90,7 +108,7 @@ mod tests {
     fn backoff_never_retries_sooner_than_half_a_second_even_with_a_tiny_interval() {
         let mut b = Backoff::new();
         for _ in 0..20 {
-            assert!(b.next_delay(MIN_INTERVAL) >= MIN_RETRY);
+            assert!(b.next_delay(MIN_INTERVAL_FLOOR) >= MIN_RETRY);
         }
     }
 }

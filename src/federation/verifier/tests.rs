@@ -129,3 +129,68 @@ fn own_roots_are_read_at_every_call() {
     tx.send_replace(vec![ca.clone()]);
     assert_eq!(roots.authorities(), Ok(vec![ca]));
 }
+
+/// A CA for mesh-b.test valid from `from` to `to` (seconds from now), and an endpoint SVID it
+/// signed, valid now.
+fn ca_and_leaf(from: i64, to: i64) -> (CertificateDer<'static>, CertificateDer<'static>) {
+    use rcgen::{Issuer, KeyPair};
+    let at = |secs: i64| time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.subject_alt_names = vec![SanType::URI("spiffe://mesh-b.test".try_into().unwrap())];
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = at(from);
+    ca.not_after = at(to);
+    let ca_cert = ca.self_signed(&ca_key).unwrap().der().clone();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::URI(ENDPOINT.try_into().unwrap())];
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.not_before = at(-60);
+    leaf.not_after = at(3600);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap().der().clone();
+    (ca_cert, leaf_cert)
+}
+
+fn verify_with(
+    ca: CertificateDer<'static>,
+    leaf: &CertificateDer<'static>,
+) -> Result<(), rustls::Error> {
+    let td = TrustDomain::new("mesh-b.test").unwrap();
+    let roots = EndpointRoots::Own(OwnRoots::new(td, move || vec![ca.clone()]));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = SpiffeEndpointVerifier::new(endpoint(), roots, provider);
+    let name = ServerName::try_from("bundle.mesh-b.test").unwrap();
+    verifier
+        .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+        .map(|_| ())
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_authority_anchors_nothing() {
+    // Issue 9 item 8: webpki ignores trust anchor dates; go-spiffe refuses such chains, so do we.
+    let (ca, leaf) = ca_and_leaf(-3600, 3600);
+    assert_eq!(
+        verify_with(ca, &leaf),
+        Ok(()),
+        "a current CA anchors its SVID"
+    );
+    for (from, to, what) in [(-7200, -60, "expired"), (600, 7200, "not yet valid")] {
+        let (ca, leaf) = ca_and_leaf(from, to);
+        let err = verify_with(ca, &leaf).expect_err(what);
+        let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = &err else {
+            panic!("{what}: {err}");
+        };
+        assert_eq!(
+            other.0.downcast_ref::<SvidError>(),
+            Some(&SvidError::AuthoritiesExpired {
+                trust_domain: TrustDomain::new("mesh-b.test").unwrap(),
+                count: 1
+            }),
+            "{what}"
+        );
+    }
+}
