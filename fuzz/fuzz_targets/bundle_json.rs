@@ -33,34 +33,67 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let bundle = &parsed.bundle;
-    assert_eq!(bundle.trust_domain, td, "the configured trust domain, never the document's");
+    assert_eq!(
+        bundle.trust_domain, td,
+        "the configured trust domain, never the document's"
+    );
 
     // Every key accounted for: kept ones plus skipped ones never exceed the document's keys.
     let doc: Value = serde_json::from_slice(data).expect("parse accepted it as JSON");
-    let n_keys = doc["keys"].as_array().expect("parse accepted keys as an array").len();
+    let n_keys = doc["keys"]
+        .as_array()
+        .expect("parse accepted keys as an array")
+        .len();
     let skipped: BTreeSet<usize> = parsed.skipped.iter().map(|s| s.index).collect();
     assert_eq!(skipped.len(), parsed.skipped.len(), "a key is skipped once");
     assert!(skipped.iter().all(|i| *i < n_keys));
-    assert!(parsed.notes.iter().all(|n| n.index < n_keys && !skipped.contains(&n.index)));
-    assert!(parsed.skipped.iter().all(|s| !s.reason.is_empty()));
     assert!(
-        bundle.x509_authorities.len() + bundle.jwt_authorities.len() + skipped.len() <= n_keys
+        parsed
+            .notes
+            .iter()
+            .all(|n| n.index < n_keys && !skipped.contains(&n.index))
     );
+    assert!(parsed.skipped.iter().all(|s| !s.reason.is_empty()));
+    assert!(bundle.x509_authorities.len() + bundle.jwt_authorities.len() + skipped.len() <= n_keys);
     let certs: BTreeSet<&[u8]> = bundle.x509_authorities.iter().map(|c| c.as_ref()).collect();
-    assert_eq!(certs.len(), bundle.x509_authorities.len(), "x509 authorities kept once");
-    let kids: BTreeSet<&str> = bundle.jwt_authorities.iter().map(|a| a.kid.as_str()).collect();
-    assert_eq!(kids.len(), bundle.jwt_authorities.len(), "a kid is kept once");
+    assert_eq!(
+        certs.len(),
+        bundle.x509_authorities.len(),
+        "x509 authorities kept once"
+    );
+    let kids: BTreeSet<&str> = bundle
+        .jwt_authorities
+        .iter()
+        .map(|a| a.kid.as_str())
+        .collect();
+    assert_eq!(
+        kids.len(),
+        bundle.jwt_authorities.len(),
+        "a kid is kept once"
+    );
     assert!(!kids.contains(""), "no empty kid");
 
     // Re-serialise (the pin's storage form) and re-parse: same bundle, nothing skipped.
     let json = jwks::to_json(bundle)
         .unwrap_or_else(|e| panic!("a parsed bundle must serialise: {e}; bundle {bundle:?}"));
-    let again = jwks::parse(&td, &json)
-        .unwrap_or_else(|e| panic!("our own document must parse: {e}"));
+    let again =
+        jwks::parse(&td, &json).unwrap_or_else(|e| panic!("our own document must parse: {e}"));
     assert_eq!(&again.bundle, bundle, "round trip through to_json");
-    assert!(again.skipped.is_empty(), "our own document: {:?}", again.skipped);
-    assert!(again.notes.is_empty(), "our own document: {:?}", again.notes);
-    assert_eq!(jwks::to_json(&again.bundle).ok(), Some(json), "to_json is a fixpoint");
+    assert!(
+        again.skipped.is_empty(),
+        "our own document: {:?}",
+        again.skipped
+    );
+    assert!(
+        again.notes.is_empty(),
+        "our own document: {:?}",
+        again.notes
+    );
+    assert_eq!(
+        jwks::to_json(&again.bundle).ok(),
+        Some(json),
+        "to_json is a fixpoint"
+    );
 
     // The Workload API's JWKS (FetchJWTBundles): exactly the JWT keys, by kid, no `use`.
     let jwt_jwks: Value = serde_json::from_slice(&jwks::jwt_jwks(bundle)).expect("JWKS is JSON");

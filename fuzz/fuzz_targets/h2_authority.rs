@@ -30,8 +30,7 @@ use http::uri::Authority;
 use libfuzzer_sys::fuzz_target;
 use loona_hpack::Decoder;
 use meshtrust::workload_api::h2_authority::{
-    AuthorityRewrite, DEFAULT_HEADER_TABLE_SIZE, H2AuthorityError, HTTP2_PREFACE,
-    MAX_HEADER_BLOCK,
+    AuthorityRewrite, DEFAULT_HEADER_TABLE_SIZE, H2AuthorityError, HTTP2_PREFACE, MAX_HEADER_BLOCK,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
 
@@ -44,6 +43,8 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The default SETTINGS_MAX_FRAME_SIZE: every frame the filter writes must fit it.
 const MAX_FRAME: usize = 16_384;
+/// The largest read buffer the driver offers the filter.
+const READ_BUF: usize = 20_000;
 /// HPACK static table size (RFC 7541 Appendix A).
 const STATIC_ENTRIES: usize = 61;
 
@@ -244,7 +245,11 @@ fn assert_static_only(mut block: &[u8]) {
 fn parse_output(output: &[u8]) -> (Vec<Segment>, bool) {
     let mut out = Vec::new();
     let n = output.len().min(HTTP2_PREFACE.len());
-    assert_eq!(output[..n], HTTP2_PREFACE[..n], "the preface passes unchanged");
+    assert_eq!(
+        output[..n],
+        HTTP2_PREFACE[..n],
+        "the preface passes unchanged"
+    );
     push_raw(&mut out, &output[..n]);
     if n < HTTP2_PREFACE.len() {
         return (out, n == 0);
@@ -289,11 +294,19 @@ fn parse_output(output: &[u8]) -> (Vec<Segment>, bool) {
         rest = &after[h.len..];
         let mut flags = h.flags;
         while flags & END_HEADERS == 0 {
-            assert!(rest.len() >= FRAME_HEADER_LEN, "a header block is written whole");
+            assert!(
+                rest.len() >= FRAME_HEADER_LEN,
+                "a header block is written whole"
+            );
             let c = head(rest);
             assert_eq!(c.frame_type, CONTINUATION, "header block interrupted");
             assert_eq!(c.stream_id, h.stream_id, "CONTINUATION on another stream");
-            assert_eq!(c.flags & !END_HEADERS, 0, "CONTINUATION flags {:#x}", c.flags);
+            assert_eq!(
+                c.flags & !END_HEADERS,
+                0,
+                "CONTINUATION flags {:#x}",
+                c.flags
+            );
             assert!(c.len <= MAX_FRAME, "CONTINUATION frame of {} bytes", c.len);
             let payload = rest[FRAME_HEADER_LEN..]
                 .get(..c.len)
@@ -404,12 +417,13 @@ fuzz_target!(|data: &[u8]| {
         rt.borrow().block_on(async move {
             let mut io = AuthorityRewrite::with_prefix(client, prefix);
             let mut output = Vec::new();
+            let mut buf = vec![0; READ_BUF];
             loop {
                 read_sizes ^= read_sizes << 13;
                 read_sizes ^= read_sizes >> 17;
                 read_sizes ^= read_sizes << 5;
-                let mut buf = vec![0; 1 + (read_sizes as usize % 20_000)];
-                match io.read(&mut buf).await {
+                let size = 1 + (read_sizes as usize % READ_BUF);
+                match io.read(&mut buf[..size]).await {
                     Ok(0) => return (output, Ok(())),
                     Ok(n) => output.extend_from_slice(&buf[..n]),
                     Err(e) => return (output, Err(e)),
@@ -428,7 +442,8 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert!(!valid, "the filter failed a valid stream: {e}");
             assert!(
-                e.get_ref().is_some_and(|inner| inner.is::<H2AuthorityError>()),
+                e.get_ref()
+                    .is_some_and(|inner| inner.is::<H2AuthorityError>()),
                 "not a filter error: {e:?}"
             );
             assert!(got.len() <= expected.len(), "{got:?} vs {expected:?}");

@@ -156,8 +156,8 @@ fn model(token_len: usize, header: &[u8], claims: &[u8], signer: &str, audience:
     let kid = header.get("kid").and_then(Value::as_str);
     // The harness signed with `signer`'s key on its curve: only that kid with that curve's alg
     // verifies.
-    let signature_ok = kid == Some(signer)
-        && matches!((alg, signer), ("ES256", "k256") | ("ES384", "k384"));
+    let signature_ok =
+        kid == Some(signer) && matches!((alg, signer), ("ES256", "k256") | ("ES384", "k384"));
     let times_ok = match (
         numeric(&claims, "exp"),
         numeric(&claims, "nbf"),
@@ -206,7 +206,10 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let result = validate(token, "spiffe://mesh-a.test/db");
-            assert!(result.is_err(), "a token nobody signed was accepted: {result:?}");
+            assert!(
+                result.is_err(),
+                "a token nobody signed was accepted: {result:?}"
+            );
         }
         1 => {
             let (header, claims, audience) = split3(rest);

@@ -39,9 +39,15 @@ fuzz_target!(|data: &[u8]| {
     match pem::parse_bootstrap(&td, data) {
         Ok(bundle) => {
             assert_eq!(bundle.trust_domain, td);
-            assert!(!bundle.x509_authorities.is_empty(), "a bootstrap bundle anchors something");
+            assert!(
+                !bundle.x509_authorities.is_empty(),
+                "a bootstrap bundle anchors something"
+            );
             if !is_json {
-                assert_eq!(Ok(&bundle.x509_authorities), pem::parse_certs_pem(body).as_ref());
+                assert_eq!(
+                    Ok(&bundle.x509_authorities),
+                    pem::parse_certs_pem(body).as_ref()
+                );
                 assert!(bundle.jwt_authorities.is_empty());
                 assert_eq!(bundle.sequence, None);
                 assert_eq!(bundle.refresh_hint, None);

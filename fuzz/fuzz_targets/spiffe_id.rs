@@ -90,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!e.to_string().is_empty());
             assert!(SpiffeId::new_workload(s).is_err());
         }
-        (got, model) => panic!("parser and model disagree on {s:?}: parser {got:?}, model {model:?}"),
+        (got, model) => {
+            panic!("parser and model disagree on {s:?}: parser {got:?}, model {model:?}")
+        }
     }
 
     // A bare trust domain name, or an ID whose trust domain is taken (go-spiffe's
@@ -107,11 +109,18 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(td.to_string(), name);
             assert_eq!(td.id_string(), format!("spiffe://{name}"));
             assert_eq!(TrustDomain::new(td.as_str()).as_ref(), Ok(td));
-            assert_eq!(SpiffeId::new(td.id_string()).map(|id| id.trust_domain().clone()).as_ref(), Ok(td));
+            assert_eq!(
+                SpiffeId::new(td.id_string())
+                    .map(|id| id.trust_domain().clone())
+                    .as_ref(),
+                Ok(td)
+            );
         }
         (Err(_), None) => {}
         (got, model) => {
-            panic!("trust domain parser and model disagree on {s:?}: parser {got:?}, model {model:?}")
+            panic!(
+                "trust domain parser and model disagree on {s:?}: parser {got:?}, model {model:?}"
+            )
         }
     }
 });
