@@ -5,7 +5,8 @@
 //! - 0, raw: the rest is the token. Its signature cannot be made without our keys, so it must be
 //!   refused whatever it holds (`alg: none`, HS256, key confusion, junk...).
 //! - 1, signed: the rest is `header JSON 0xFF claims JSON 0xFF audience`; the harness signs the
-//!   token with the bundle key the header's `kid` names (P-256 when it names none), so the
+//!   token with the bundle key the header's `kid` names (P-256 when it names none; the RSA key
+//!   signs with the header's RS*/PS* padding, RS256 otherwise), so the
 //!   validator's decision past the signature (alg/key match, `typ`, `crit`, `sub`, `exp`, `nbf`,
 //!   `iat`, `aud`) is compared with a model written here from JWT-SVID §2-§4 and SPIFFE.md 1.3.
 //!   An accepted token's SPIFFE ID is its `sub`, its claims are the token's with `aud` as a list.
@@ -24,7 +25,7 @@ use meshtrust::bundle::{EcCurve, JwtAuthority, JwtPublicKey, TrustBundle};
 use meshtrust::spiffe_id::{SpiffeId, TrustDomain};
 use meshtrust::workload_api::jwt::{self, LEEWAY_SECS, MAX_TOKEN_LEN};
 use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 use serde_json::{Map, Value};
 
 const NOW_SECS: u64 = 1_900_000_000;
@@ -36,7 +37,16 @@ const ALGS: [&str; 9] = [
 struct Keys {
     p256: EcdsaKeyPair,
     p384: EcdsaKeyPair,
+    rsa: RsaKeyPair,
     bundle: Arc<TrustBundle>,
+}
+
+/// An RSA-2048 key pair (ring cannot generate RSA keys; the `rsa` crate does, as in src/ca).
+fn rsa_key() -> RsaKeyPair {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).expect("rsa key generation");
+    let der = key.to_pkcs8_der().expect("pkcs8");
+    RsaKeyPair::from_pkcs8(der.as_bytes()).expect("rsa key")
 }
 
 fn ec_key(alg: &'static signature::EcdsaSigningAlgorithm) -> EcdsaKeyPair {
@@ -63,22 +73,26 @@ fn keys() -> &'static Keys {
     KEYS.get_or_init(|| {
         let p256 = ec_key(&signature::ECDSA_P256_SHA256_FIXED_SIGNING);
         let p384 = ec_key(&signature::ECDSA_P384_SHA384_FIXED_SIGNING);
+        let rsa = rsa_key();
         let mut bundle = TrustBundle::empty(TrustDomain::new(TD).expect("td"));
         bundle.jwt_authorities = vec![
             ec_authority("k256", EcCurve::P256, &p256),
             ec_authority("k384", EcCurve::P384, &p384),
-            // An RSA key nobody holds the private half of: RS*/PS* tokens reach ring's verifier.
             JwtAuthority {
                 kid: "rsa".to_owned(),
-                key: JwtPublicKey::Rsa {
-                    n: [0xc5].repeat(256),
-                    e: vec![1, 0, 1],
+                key: {
+                    let public = signature::RsaPublicKeyComponents::<Vec<u8>>::from(rsa.public());
+                    JwtPublicKey::Rsa {
+                        n: public.n,
+                        e: public.e,
+                    }
                 },
             },
         ];
         Keys {
             p256,
             p384,
+            rsa,
             bundle: Arc::new(bundle),
         }
     })
@@ -98,28 +112,52 @@ fn validate(token: &str, audience: &str) -> Result<jwt::ValidatedJwt, jwt::JwtEr
     )
 }
 
-/// Signs `header.claims` with the key the header's `kid` names (P-256 otherwise). Returns the
-/// token and the kid of the key that signed.
+/// Signs `header.claims` with the key the header's `kid` names (P-256 otherwise): EC keys with
+/// their curve's ES alg, the RSA key with the header's RS*/PS* alg (RS256 for any other). Returns
+/// the token and the kid of the key that signed.
 fn sign(header: &[u8], claims: &[u8]) -> (String, &'static str) {
     let k = keys();
-    let kid = serde_json::from_slice::<Value>(header)
-        .ok()
-        .and_then(|h| h.get("kid").and_then(Value::as_str).map(str::to_owned));
-    let (pair, signer) = match kid.as_deref() {
-        Some("k384") => (&k.p384, "k384"),
-        _ => (&k.p256, "k256"),
+    let header_value = serde_json::from_slice::<Value>(header).ok();
+    let field = |name: &str| {
+        header_value
+            .as_ref()
+            .and_then(|h| h.get(name).and_then(Value::as_str).map(str::to_owned))
     };
     let mut token = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header),
         URL_SAFE_NO_PAD.encode(claims)
     );
-    let sig = pair
-        .sign(&SystemRandom::new(), token.as_bytes())
-        .expect("signing");
+    let rng = SystemRandom::new();
+    let (sig, signer) = match field("kid").as_deref() {
+        Some("rsa") => {
+            let padding: &'static dyn signature::RsaEncoding = match field("alg").as_deref() {
+                Some("RS384") => &signature::RSA_PKCS1_SHA384,
+                Some("RS512") => &signature::RSA_PKCS1_SHA512,
+                Some("PS256") => &signature::RSA_PSS_SHA256,
+                Some("PS384") => &signature::RSA_PSS_SHA384,
+                Some("PS512") => &signature::RSA_PSS_SHA512,
+                _ => &signature::RSA_PKCS1_SHA256,
+            };
+            let mut sig = vec![0; k.rsa.public().modulus_len()];
+            k.rsa
+                .sign(padding, &rng, token.as_bytes(), &mut sig)
+                .expect("signing");
+            (sig, "rsa")
+        }
+        Some("k384") => (sign_ec(&k.p384, &token), "k384"),
+        _ => (sign_ec(&k.p256, &token), "k256"),
+    };
     token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    token.push_str(&URL_SAFE_NO_PAD.encode(sig));
     (token, signer)
+}
+
+fn sign_ec(pair: &EcdsaKeyPair, msg: &str) -> Vec<u8> {
+    pair.sign(&SystemRandom::new(), msg.as_bytes())
+        .expect("signing")
+        .as_ref()
+        .to_vec()
 }
 
 /// A NumericDate claim: `Ok(None)` when absent, `Err` when present but not a number.
@@ -154,10 +192,18 @@ fn model(token_len: usize, header: &[u8], claims: &[u8], signer: &str, audience:
         .and_then(|s| SpiffeId::new(s).ok())
         .is_some_and(|id| id.trust_domain().as_str() == TD);
     let kid = header.get("kid").and_then(Value::as_str);
-    // The harness signed with `signer`'s key on its curve: only that kid with that curve's alg
-    // verifies.
-    let signature_ok =
-        kid == Some(signer) && matches!((alg, signer), ("ES256", "k256") | ("ES384", "k384"));
+    // The harness signed with `signer`'s key: only that kid verifies, with its curve's ES alg for
+    // an EC key, with the header's RS*/PS* alg for the RSA key.
+    let signature_ok = kid == Some(signer)
+        && matches!(
+            (alg, signer),
+            ("ES256", "k256")
+                | ("ES384", "k384")
+                | (
+                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512",
+                    "rsa"
+                )
+        );
     let times_ok = match (
         numeric(&claims, "exp"),
         numeric(&claims, "nbf"),
