@@ -17,7 +17,7 @@ unset CARGO_TARGET_DIR
 fuzz_target_dir="$PWD/fuzz/target"
 
 # cargo-fuzz: use one on PATH if it is 0.13, else the cached install, else install it into the
-# cache (bounded: a plain `cargo install` of a small crate; about 1-2 min on 2 cores).
+# cache (bounded by a 15 min timeout; it took 1.5-4 min on the shared 2-core machine).
 cargo_fuzz_version=0.13.2
 cache="${MESHTRUST_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshtrust-ci}/cargo-fuzz-$cargo_fuzz_version"
 if ! cargo fuzz --version 2>/dev/null | grep -q "^cargo-fuzz 0\.13\."; then
