@@ -31,7 +31,7 @@ cargo fuzz --version
 
 # No sanitizer: the code under test is unsafe-free (unsafe_code = "forbid"), so what a target can
 # find is a panic, a failed invariant, a hang or unbounded memory, none of which needs ASan, and
-# the build and the runs are about twice as fast without it.
+# build and runs are faster without it.
 fuzz_flags=(--sanitizer none --target-dir "$fuzz_target_dir")
 
 echo "== cargo fuzz build (all targets)"
