@@ -6,7 +6,7 @@ use std::fmt;
 use http::uri::Authority;
 use loona_hpack::Decoder;
 
-use super::hpack::encode_field;
+use super::hpack::{encode_field, plain_literals};
 use super::{H2AuthorityError, HTTP2_PREFACE, MAX_HEADER_BLOCK};
 
 /// The value an unparsable `:authority` is replaced with.
@@ -318,8 +318,9 @@ impl FrameFilter {
     fn rewrite(&mut self, fragments: &[u8]) -> Result<Vec<u8>, H2AuthorityError> {
         let mut encoded = Vec::with_capacity(fragments.len() + 64);
         let mut list_size = 0usize;
+        let fragments = plain_literals(fragments).map_err(H2AuthorityError::Hpack)?;
         self.decoder
-            .decode_with_cb(fragments, |name, value| {
+            .decode_with_cb(&fragments, |name, value| {
                 // RFC 9113 §6.5.2 list size: the sum of name, value and 32 per field.
                 list_size += name.len() + value.len() + 32;
                 if list_size > MAX_HEADER_BLOCK {
