@@ -7,6 +7,12 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
+#[path = "federation_fetch/harness.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod harness;
+#[path = "federation_fetch/hostile.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod hostile;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -354,4 +360,45 @@ async fn invite_checks_its_ttl_and_url_and_usage_errors_exit_64() {
     ])
     .await;
     assert_eq!(out.code, 64, "{}", out.stderr);
+}
+
+/// The attack the second, verified fetch stops: a server that copies the genuine (public)
+/// bundle, so the digest matches, and presents an SVID for the right endpoint ID, but from a
+/// CA of its own. The first contact is not trusted blindly: the endpoint must prove an SVID
+/// chaining to the CAs the token commits to (SPIFFE Federation §5.2.2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_serving_the_genuine_bundle_without_an_svid_from_it_is_refused() {
+    use meshtrust::federation::invite::{Invite, authorities_digest};
+    let genuine = harness::PeerCa::now(harness::PEER);
+    let impostor = harness::PeerCa::now(harness::PEER);
+    let server = hostile::Hostile::start(impostor.endpoint_tls(harness::ENDPOINT)).await;
+    server.route("/", hostile::Behaviour::ok(genuine.bundle_json()));
+    let token = Invite {
+        trust_domain: harness::td(harness::PEER),
+        url: server.url("/"),
+        endpoint_spiffe_id: harness::id(harness::ENDPOINT),
+        x509_authorities_sha256: authorities_digest(&genuine.bundle().x509_authorities),
+        expires_at: std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    }
+    .encode();
+    let root = tempfile::tempdir().unwrap();
+    let joiner = DaemonConfig::new("mesh-j.test").write(&root.path().join("j"));
+    let out = root.path().join("j/peers/mesh-b.test.json");
+    refused(
+        &token,
+        &out,
+        &joiner,
+        "serves the bundle the invite names, but could not prove it is spiffe://mesh-b.test/meshtrust/server",
+    )
+    .await;
+    // The same server with an SVID from the genuine CA is accepted: the refusal was the chain.
+    server.set_tls(genuine.endpoint_tls(harness::ENDPOINT));
+    let ok = join(&token, &out, &joiner, true).await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let written = std::fs::read(&out).unwrap();
+    let parsed = meshtrust::bundle::jwks::parse(&harness::td(harness::PEER), &written).unwrap();
+    assert_eq!(
+        parsed.bundle.x509_authorities,
+        genuine.bundle().x509_authorities
+    );
 }

@@ -45,7 +45,7 @@ pub enum JoinError {
         url: String,
         /// The cause.
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// The bundle served is not the one the token commits to.
     #[error(
@@ -72,7 +72,7 @@ pub enum JoinError {
         endpoint: SpiffeId,
         /// The cause.
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// The invite is for our own trust domain.
     #[error("the invite is for {0}, this config's own trust domain")]
@@ -154,7 +154,7 @@ pub async fn fetch_verified(
     let fetch_err = |source| JoinError::Fetch {
         trust_domain: td.clone(),
         url: url.clone(),
-        source,
+        source: Box::new(source),
     };
     let first = PeerClient::with_verifier(
         td.clone(),
@@ -191,7 +191,7 @@ pub async fn fetch_verified(
     let unproven = |source| JoinError::Unproven {
         url: url.clone(),
         endpoint: invite.endpoint_spiffe_id.clone(),
-        source,
+        source: Box::new(source),
     };
     let second = PeerClient::https_spiffe(td.clone(), invite.url.clone(), verifier, limits)
         .map_err(fetch_err)?
