@@ -30,10 +30,13 @@
 //!   for one of their own. It limits how long a token lying in a ticket or a mailbox is usable,
 //!   not what a forger can do.
 //!
-//! Known limit: the URL and endpoint ID are not bound to the digest. Someone who can both edit
-//! the token in transit *and* holds an X509-SVID of the inviting trust domain (a workload of the
-//! peer mesh) could point it at their own server serving the genuine bundle under their own
-//! SVID's ID. Protect the token's integrity in transit.
+//! Known limits: whoever can alter the token in transit can swap it for a token of their own
+//! (a CA of their own under the same trust domain name, their own server): the token's channel
+//! carries the trust, as with an SSH host key fingerprint. Checking only the digest out of band
+//! does not suffice either: the URL and endpoint ID are not bound to the digest, so a holder of
+//! any X509-SVID of the inviting trust domain (a workload of the peer mesh) could point an
+//! altered token at their own server serving the genuine bundle under their own SVID's ID.
+//! Closing that needs a signature over the token by a key the digest commits to.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
