@@ -8,18 +8,19 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bundle::summary::{self, AuthoritySummary};
 use crate::ca::{Authority, Ca};
 use crate::clock::rfc3339;
+use crate::federation::invite::{self, PublishedEndpoint};
 use crate::federation::pinned::PeerStore;
 use crate::federation::status::StatusBoard;
 use crate::federation::{FetchReport, RefreshHandles, ResetError};
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub status: Arc<StatusBoard>,
     /// The fetchers' refresh queues.
     pub refresh: RefreshHandles,
+    /// Our bundle endpoint, for `federation invite` (`None` without one).
+    pub endpoint: Option<PublishedEndpoint>,
 }
 
 /// Binds the admin socket: a stale file from a crash is replaced; the socket is 0600.
@@ -119,6 +122,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/federation/invite", post(invite))
         .route("/v1/federation/{trust_domain}/refresh", post(refresh))
         .route("/v1/federation/{trust_domain}/reset", post(reset))
         .with_state(state)
@@ -298,5 +302,52 @@ async fn reset(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) ->
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
         None => not_a_peer(&td),
+    }
+}
+
+/// The query of `POST /v1/federation/invite`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteQuery {
+    /// How long the token is valid (a duration, e.g. `24h`).
+    ttl: Option<String>,
+    /// The bundle endpoint URL peers use, instead of the one made from the listen address.
+    url: Option<String>,
+}
+
+/// `POST /v1/federation/invite[?ttl=DUR][&url=URL]`: a peering token for our bundle as it is
+/// now: 200 `{"token","trust_domain","bundle_endpoint_url","endpoint_spiffe_id",
+/// "x509_authorities_sha256","expires_at"}`; 400 for a bad ttl or url, 409 when there is no
+/// `https_spiffe` bundle endpoint to invite to (or no URL for it).
+async fn invite(State(state): State<AdminState>, Query(q): Query<InviteQuery>) -> Response {
+    let ttl = match q.ttl.as_deref().map(crate::config::parse_duration) {
+        None => invite::DEFAULT_TTL,
+        Some(Ok(ttl)) => ttl,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("ttl: {e}")),
+    };
+    let snap = state.ca.snapshot();
+    let made = invite::make(
+        &snap.trust_domain,
+        state.endpoint.as_ref(),
+        &snap.bundle.x509_authorities,
+        q.url.as_deref(),
+        ttl,
+        std::time::SystemTime::now(),
+    );
+    match made {
+        Ok(i) => {
+            tracing::info!(expires_at = %rfc3339(i.expires_at), url = %i.url, x509_authorities_sha256 = %i.x509_authorities_sha256, "federation invite made");
+            Json(serde_json::json!({
+                "token": i.encode(),
+                "trust_domain": i.trust_domain.to_string(),
+                "bundle_endpoint_url": i.url.to_string(),
+                "endpoint_spiffe_id": i.endpoint_spiffe_id.to_string(),
+                "x509_authorities_sha256": i.x509_authorities_sha256,
+                "expires_at": rfc3339(i.expires_at),
+            }))
+            .into_response()
+        }
+        Err(e @ invite::InviteError::NoEndpoint(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }

@@ -130,6 +130,7 @@ pub fn federation(command: FederationCommand) -> anyhow::Result<()> {
             trust_domain,
             admin_socket,
         } => (trust_domain, admin_socket, "reset"),
+        other => bail!("not an admin API command: {other:?}"),
     };
     let td = crate::spiffe_id::TrustDomain::new(&trust_domain)
         .with_context(|| format!("invalid trust domain {trust_domain:?}"))?;
@@ -178,4 +179,44 @@ pub fn federation(command: FederationCommand) -> anyhow::Result<()> {
             }
         ),
     }
+}
+
+/// `meshtrust federation invite`: asks the daemon for a peering token and prints it (one line),
+/// or its fields with `--json`.
+///
+/// # Errors
+/// When the daemon cannot be reached or refuses (no https_spiffe endpoint, bad ttl or url).
+pub fn invite(admin_socket: &Path, ttl: &str, url: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("ttl", ttl);
+    if let Some(url) = url {
+        query.append_pair("url", url);
+    }
+    let path = format!("/v1/federation/invite?{}", query.finish());
+    let (code, body) = block_on(request(admin_socket, "POST", &path))?;
+    if code != 200 {
+        bail!(
+            "invite refused: {}",
+            if body["error"].is_string() {
+                s(&body["error"])
+            } else {
+                format!("admin API answered {code}: {body}")
+            }
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        println!("{}", s(&body["token"]));
+        eprintln!(
+            "meshtrust: invite for {} ({} as {}, CA certificates sha256 {}), valid until {}; \
+             the peer runs: meshtrust federation join TOKEN --bootstrap-out FILE",
+            s(&body["trust_domain"]),
+            s(&body["bundle_endpoint_url"]),
+            s(&body["endpoint_spiffe_id"]),
+            s(&body["x509_authorities_sha256"]),
+            s(&body["expires_at"]),
+        );
+    }
+    Ok(())
 }

@@ -314,6 +314,25 @@ async fn bind_tcp(
     }
 }
 
+/// Our bundle endpoint as `federation invite` describes it: the bound address, and the SVID's
+/// ID with `https_spiffe`.
+fn published_endpoint(
+    config: &Config,
+    addr: Option<SocketAddr>,
+) -> Option<crate::federation::invite::PublishedEndpoint> {
+    let be = config.bundle_endpoint.as_ref()?;
+    let endpoint_spiffe_id = match &be.profile {
+        crate::config::EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            Some(endpoint_spiffe_id.clone())
+        }
+        crate::config::EndpointProfile::HttpsWeb { .. } => None,
+    };
+    Some(crate::federation::invite::PublishedEndpoint {
+        addr: addr?,
+        endpoint_spiffe_id,
+    })
+}
+
 /// A socket file as bound: its path and identity (device, inode).
 #[derive(Debug)]
 struct BoundSocket {
@@ -513,6 +532,7 @@ impl Daemon {
             peers: peers.clone(),
             status: status.clone(),
             refresh: refresh.clone(),
+            endpoint: published_endpoint(&config, bundle_endpoint_addr),
         };
         tracker.spawn(admin_api::serve(
             admin_listener,

@@ -165,6 +165,46 @@ pub enum FederationCommand {
         #[arg(long)]
         admin_socket: PathBuf,
     },
+    /// Print a one-line peering token for this daemon's bundle (trust domain, bundle endpoint
+    /// URL, endpoint SPIFFE ID, SHA-256 of its CA certificates, expiry), for the other
+    /// organisation's `meshtrust federation join`. Not secret, but hand it over a channel you
+    /// trust not to alter it: it is what authenticates the first contact.
+    Invite {
+        /// The daemon's admin socket.
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        admin_socket: Option<PathBuf>,
+        /// The daemon's config file (its [admin_api] socket is used).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long the token is accepted (1m to 7d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The bundle endpoint URL peers reach (default: https://<listen address>/; required
+        /// when listening on 0.0.0.0 or behind NAT or a load balancer).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the token's fields as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a peer from its invite token: fetch its bundle over https_spiffe, accept it only if
+    /// its CA certificates match the token's digest and its endpoint proves the token's SPIFFE
+    /// ID, write it as the bootstrap bundle, and print the [[federation]] block to add (or
+    /// append it with --config FILE --write; then SIGHUP the daemon). A refused token writes
+    /// nothing and exits 1.
+    Join {
+        /// The token printed by the peer's `meshtrust federation invite`.
+        token: String,
+        /// Where to write the peer's bundle (0644; must not exist).
+        #[arg(long)]
+        bootstrap_out: PathBuf,
+        /// Our config file: the block's paths are made relative to it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Append the block to --config (refused if it already federates with the peer).
+        #[arg(long, requires = "config")]
+        write: bool,
+    },
 }
 
 /// The demo workloads, runnable on their own (docker compose runs them).

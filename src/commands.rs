@@ -1,7 +1,7 @@
 //! The subcommands' bodies, mapping failures to exit codes: 64 (EX_USAGE) for a bad config or
 //! command line, 1 for a runtime failure.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,9 +9,10 @@ use anyhow::Context as _;
 
 use crate::app::{self, StateOptions};
 use crate::bundle::pem;
-use crate::cli::{BundleCommand, BundleFormat, Command, InitNewCaArg};
+use crate::cli::{BundleCommand, BundleFormat, Command, FederationCommand, InitNewCaArg};
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::federation::invite_join::JoinRequest;
 
 /// sysexits EX_USAGE: a bad config or command line.
 pub const EX_USAGE: u8 = 64;
@@ -44,6 +45,37 @@ pub fn run(command: Command) -> ExitCode {
             keep_running,
             command,
         } => runtime_failure(crate::demo::run(keep_running, command)),
+        Command::Federation {
+            command:
+                FederationCommand::Invite {
+                    admin_socket,
+                    config,
+                    ttl,
+                    url,
+                    json,
+                },
+        } => admin_socket_of(admin_socket, config.as_deref()).and_then(|socket| {
+            runtime_failure(crate::admin_client::invite(
+                &socket,
+                &ttl,
+                url.as_deref(),
+                json,
+            ))
+        }),
+        Command::Federation {
+            command:
+                FederationCommand::Join {
+                    token,
+                    bootstrap_out,
+                    config,
+                    write,
+                },
+        } => join(JoinRequest {
+            token,
+            bootstrap_out,
+            config,
+            write,
+        }),
         Command::Federation { command } => {
             runtime_failure(crate::admin_client::federation(command))
         }
@@ -63,6 +95,67 @@ pub fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
     }
+}
+
+/// The admin socket from `--admin-socket`, or from the `[admin_api]` of `--config` (a bad
+/// config exits 64).
+fn admin_socket_of(socket: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, u8> {
+    match (socket, config) {
+        (Some(socket), _) => Ok(socket),
+        (None, Some(path)) => load_config(path).map(|c| c.admin_api.socket),
+        (None, None) => {
+            eprintln!("meshtrust: give --admin-socket PATH or --config FILE");
+            Err(EX_USAGE)
+        }
+    }
+}
+
+/// `meshtrust federation join`: a bad `--config` exits 64; a refused token 1, nothing written.
+fn join(req: JoinRequest) -> Result<(), u8> {
+    if let Some(path) = &req.config {
+        load_config(path)?;
+    }
+    let run = || -> anyhow::Result<crate::federation::invite_join::Joined> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let joined = rt.block_on(crate::federation::invite_join::join(
+            &req,
+            crate::federation::client::FetchLimits::default(),
+            std::time::SystemTime::now(),
+        ))?;
+        Ok(joined)
+    };
+    let joined = match run() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("meshtrust: join refused, nothing written: {}", describe(&e));
+            return Err(1);
+        }
+    };
+    let td = &joined.invite.trust_domain;
+    eprintln!(
+        "meshtrust: {td}'s bundle accepted: {} X.509 CA (sha256 {} as the invite says), its endpoint {} proved {}; written to {}",
+        joined.bundle.x509_authorities.len(),
+        joined.invite.x509_authorities_sha256,
+        joined.invite.url,
+        joined.invite.endpoint_spiffe_id,
+        joined.bootstrap_out.display()
+    );
+    match &joined.appended_to {
+        Some(file) => println!(
+            "appended the [[federation]] block for {td} to {}; apply it with SIGHUP to the daemon \
+             (and add \"{td}\" to federates_with of the entries that should receive its bundle)",
+            file.display()
+        ),
+        None => print!(
+            "{}\n# Add this block to the config, add \"{td}\" to federates_with of the entries that should \
+             receive its bundle, then send SIGHUP to the daemon.\n",
+            joined.block
+        ),
+    }
+    Ok(())
 }
 
 fn load_config(path: &Path) -> Result<Config, u8> {

@@ -29,6 +29,31 @@ fn the_demo_federates_two_meshes_calls_across_them_refuses_a_stranger_and_says_o
     let status = demo.wait_exit();
     let out = demo.log();
     assert_eq!(status.code(), Some(0), "{out}");
+    // Peering by invite and join (no hand-copied bundle file): an altered invite is refused
+    // before anything is written, the genuine ones are accepted on their CA digest, and the
+    // endpoint proved its SPIFFE ID (SPIFFE Federation §5.2.2).
+    assert!(
+        out.contains("mesh-b.test's invite with another CA digest: refused: the bundle served at"),
+        "{out}"
+    );
+    assert!(out.contains("does not match the invite"), "{out}");
+    for (td, peer) in [
+        ("mesh-a.test", "mesh-b.test"),
+        ("mesh-b.test", "mesh-a.test"),
+    ] {
+        assert!(
+            out.contains(&format!(
+                "{td} fetched {peer}'s bundle from https://127.0.0.1:"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "the endpoint proved spiffe://{peer}/meshtrust/server; saved as"
+            )),
+            "{out}"
+        );
+    }
     // Each mesh pinned the other's bundle (Federation 1.5.4) after an https_spiffe fetch.
     assert!(
         out.contains("mesh-a.test pinned mesh-b.test's bundle"),

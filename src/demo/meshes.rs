@@ -1,6 +1,8 @@
 //! The demo's two meshes: one folder each under the demo's work folder, a config written the way
 //! an operator would, listeners bound on `127.0.0.1:0` before the configs are written (so each
-//! mesh can name the other's port), and the bootstrap-bundle exchange.
+//! mesh can name the other's port), and the peering: each mesh invites the other
+//! (`meshtrust federation invite`) and joins with the other's token (`meshtrust federation join
+//! --write`), which fetches and checks the peer's bundle and adds the `[[federation]]` block.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -118,18 +120,19 @@ impl DemoMesh {
         self.dir.join("workload.sock")
     }
 
-    /// Writes `meshtrust.toml`: federating with `peer` over `https_spiffe`, registering
-    /// `workloads` for the uid running the demo (the Workload API attests callers by uid).
+    /// Writes `meshtrust.toml` with no peer yet (`federation join` adds it), registering
+    /// `workloads` for the uid running the demo (the Workload API attests callers by uid), each
+    /// receiving every peer's bundle (`federates_with = ["*"]`).
     ///
     /// # Errors
     /// [`MeshError::Io`] when the uid cannot be read or the file cannot be written.
-    pub fn write_config(&self, peer: &DemoMesh, workloads: &[Workload]) -> Result<(), MeshError> {
+    pub fn write_config(&self, workloads: &[Workload]) -> Result<(), MeshError> {
         let uid = std::fs::metadata("/proc/self")
             .map_err(io("reading this process's uid"))?
             .uid();
-        let (td, ptd) = (self.trust_domain(), peer.trust_domain());
+        let td = self.trust_domain();
         let mut text = format!(
-            r#"# Written by `meshtrust demo`: {td}, federating with {ptd}.
+            r#"# Written by `meshtrust demo`: {td}. Its peer is added by `meshtrust federation join`.
 trust_domain = "{td}"
 data_dir = "data"
 # The demo rotates and revokes in seconds: poll the peer as often as its hint asks.
@@ -154,19 +157,10 @@ socket = "admin.sock"
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
-
-[[federation]]
-trust_domain = "{ptd}"
-bundle_endpoint_url = "{url}"
-profile = "https_spiffe"
-endpoint_spiffe_id = "{peer_endpoint_id}"
-bootstrap_bundle = "peers/{ptd}.json"
 "#,
             port = self.port,
             endpoint_id = self.endpoint_id(),
             metrics_port = self.metrics_port,
-            url = peer.url(),
-            peer_endpoint_id = peer.endpoint_id(),
         );
         for w in workloads {
             let _ = write!(
@@ -175,7 +169,7 @@ bootstrap_bundle = "peers/{ptd}.json"
 [[entry]]
 spiffe_id = "spiffe://{td}{path}"
 selectors = ["unix:uid:{uid}"]
-federates_with = ["{ptd}"]
+federates_with = ["*"]
 hint = "{hint}"
 "#,
                 path = w.path,
@@ -186,6 +180,13 @@ hint = "{hint}"
             .map_err(io(format!("writing {}", self.config_path().display())))
     }
 
+    /// Where this mesh keeps `peer`'s bootstrap bundle.
+    pub fn bootstrap_path(&self, peer: &DemoMesh) -> PathBuf {
+        self.dir
+            .join("peers")
+            .join(format!("{}.json", peer.trust_domain()))
+    }
+
     /// The config as the daemon reads it.
     ///
     /// # Errors
@@ -193,43 +194,6 @@ hint = "{hint}"
     pub fn config(&self) -> Result<Config, MeshError> {
         Config::load(&self.config_path())
             .map_err(|e| MeshError::Config(self.trust_domain(), e.to_string()))
-    }
-
-    /// What `meshtrust bundle show` does on a new data dir: create the CA and print the bundle;
-    /// the operator hands the output to `peer`, who saves it as its bootstrap bundle. Returns
-    /// one line describing the CA.
-    ///
-    /// # Errors
-    /// [`MeshError`] when the state cannot be created or the file written.
-    pub fn hand_bootstrap_to(&self, peer: &DemoMesh) -> Result<String, MeshError> {
-        let config = self.config()?;
-        let json =
-            app::init_state(&config).map_err(|e| MeshError::Start(self.trust_domain(), e))?;
-        let target = peer
-            .dir
-            .join("peers")
-            .join(format!("{}.json", self.trust_domain()));
-        std::fs::write(&target, &json).map_err(io(format!("writing {}", target.display())))?;
-        let parsed = crate::bundle::jwks::parse(&config.trust_domain, &json)
-            .map_err(|e| MeshError::Config(self.trust_domain(), e.to_string()))?;
-        let authorities = summary::summarize(&parsed.bundle.x509_authorities);
-        let described: Vec<String> = authorities
-            .iter()
-            .map(|a| {
-                format!(
-                    "root sha256 {}… valid until {}",
-                    &a.sha256[..16],
-                    a.not_after.as_deref().unwrap_or("?")
-                )
-            })
-            .collect();
-        Ok(format!(
-            "{} CA ({}, sequence {}); its bundle goes to {}",
-            self.trust_domain(),
-            described.join(", "),
-            parsed.bundle.sequence.unwrap_or(0),
-            target.display()
-        ))
     }
 
     /// Starts the daemon on the pre-bound listeners.

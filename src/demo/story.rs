@@ -6,7 +6,7 @@
 //! of `docker-compose.yml` run, TLS on loopback with ephemeral ports.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
@@ -20,6 +20,9 @@ use super::meshes::{DemoMesh, Workload, describe_bundle};
 use super::sidecars::{self, BATCH, ECHO, FRONTEND};
 use crate::app::Daemon;
 use crate::cli::{Cli, Command};
+use crate::federation::client::FetchLimits;
+use crate::federation::invite::Invite;
+use crate::federation::invite_join::{self, JoinError, JoinRequest, Joined};
 use crate::sidecar::{self, Reporter};
 use crate::spiffe_id::TrustDomain;
 
@@ -42,35 +45,24 @@ pub struct Running {
 pub async fn run(work: &Path) -> anyhow::Result<Running> {
     let mut a = DemoMesh::new(work, "mesh-a").await?;
     let mut b = DemoMesh::new(work, "mesh-b").await?;
-    a.write_config(
-        &b,
-        &[
-            Workload {
-                path: "/ns/default/sa/frontend",
-                hint: "frontend",
-            },
-            Workload {
-                path: "/ns/default/sa/batch",
-                hint: "batch",
-            },
-        ],
-    )?;
-    b.write_config(
-        &a,
-        &[Workload {
-            path: "/ns/default/sa/echo",
-            hint: "echo",
-        }],
-    )?;
-    step(
-        "1. each operator creates a CA and hands its bundle to the other (`meshtrust bundle show`)",
-    );
-    say(&a.hand_bootstrap_to(&b)?);
-    say(&b.hand_bootstrap_to(&a)?);
+    a.write_config(&[
+        Workload {
+            path: "/ns/default/sa/frontend",
+            hint: "frontend",
+        },
+        Workload {
+            path: "/ns/default/sa/batch",
+            hint: "batch",
+        },
+    ])?;
+    b.write_config(&[Workload {
+        path: "/ns/default/sa/echo",
+        hint: "echo",
+    }])?;
 
-    step("2. both daemons start");
-    let da = a.start().await?;
-    let db = b.start().await?;
+    step("1. both daemons start; each creates its CA and has no peer yet");
+    let mut da = a.start().await?;
+    let mut db = b.start().await?;
     for (m, d) in [(&a, &da), (&b, &db)] {
         say(&format!(
             "{} serves its bundle at {} (https_spiffe, as {}) and workloads on {}",
@@ -81,14 +73,55 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
         ));
     }
 
-    step("3. each pins the other's bundle, fetched over TLS authenticated by the bootstrap bundle");
+    step(
+        "2. each operator makes an invite for the other (`meshtrust federation invite`): one line to hand over",
+    );
+    let token_a = invite(&a, &da).await?;
+    let token_b = invite(&b, &db).await?;
+
+    step("3. an invite altered on the way is refused, and nothing is written");
+    let mut altered = Invite::decode(&token_b, SystemTime::now())?;
+    altered.x509_authorities_sha256 = "0".repeat(64);
+    match join(&a, &b, &altered.encode()).await {
+        Ok(_) => bail!("an altered invite was accepted"),
+        Err(e) if a.bootstrap_path(&b).exists() => {
+            bail!("an altered invite was refused ({e}) but a file was written")
+        }
+        Err(e) => say(&format!(
+            "mesh-b.test's invite with another CA digest: refused: {}",
+            crate::commands::describe(&anyhow::Error::new(e))
+        )),
+    }
+
+    step(
+        "4. each joins with the other's invite (`meshtrust federation join TOKEN --bootstrap-out peers/<peer>.json --config meshtrust.toml --write`)",
+    );
+    for (m, peer, token) in [(&a, &b, &token_b), (&b, &a, &token_a)] {
+        let joined = join(m, peer, token).await?;
+        say(&format!(
+            "{} fetched {}'s bundle from {}: its CA certificates match the invite (sha256 {}…) and the endpoint proved {}; saved as {}, [[federation]] block appended to {}",
+            m.trust_domain(),
+            peer.trust_domain(),
+            joined.invite.url,
+            &joined.invite.x509_authorities_sha256[..16],
+            joined.invite.endpoint_spiffe_id,
+            joined.bootstrap_out.display(),
+            m.config_path().display()
+        ));
+    }
+
+    step(
+        "5. SIGHUP: each daemon applies its new peer and pins the other's bundle, fetched over TLS authenticated by the bootstrap bundle",
+    );
+    reload(&a, &mut da)?;
+    reload(&b, &mut db)?;
     pin(&a, &da, &b).await?;
     pin(&b, &db, &a).await?;
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     step(
-        "4. mesh-b: an echo service behind an inbound sidecar that lets in only mesh-a's frontend",
+        "6. mesh-b: an echo service behind an inbound sidecar that lets in only mesh-a's frontend",
     );
     let echo_listener = bind().await?;
     let echo_addr = echo_listener.local_addr()?;
@@ -104,7 +137,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
         inbound,
     )?;
 
-    step("5. mesh-a: the frontend's outbound sidecar, which accepts only mesh-b's echo as server");
+    step("7. mesh-a: the frontend's outbound sidecar, which accepts only mesh-b's echo as server");
     let outbound = bind().await?;
     let frontend_proxy = outbound.local_addr()?.to_string();
     let frontend_ready = start_sidecar(
@@ -118,7 +151,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
     wait_ready(echo_ready, "the echo sidecar's SVID").await?;
     wait_ready(frontend_ready, "the frontend sidecar's SVID").await?;
 
-    step("6. the frontend (mesh-a) calls echo (mesh-b): mTLS across the two trust domains");
+    step("8. the frontend (mesh-a) calls echo (mesh-b): mTLS across the two trust domains");
     let message = "hello from mesh-a's frontend";
     say(&format!(
         "frontend sends {message:?} to its sidecar at {frontend_proxy}"
@@ -131,7 +164,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
     }
     say(&format!("frontend got {answer:?} back from {ECHO}"));
 
-    step("7. batch, another mesh-a workload, is not on echo's allow list: it is refused");
+    step("9. batch, another mesh-a workload, is not on echo's allow list: it is refused");
     let refused = bind().await?;
     let refused_addr = refused.local_addr()?.to_string();
     let batch_ready = start_sidecar(
@@ -177,6 +210,10 @@ impl Running {
                 "    meshtrust status --admin-socket {}",
                 d.admin_socket.display()
             );
+            println!(
+                "    meshtrust federation invite --admin-socket {}",
+                d.admin_socket.display()
+            );
             println!("    curl -s http://127.0.0.1:{}/metrics", m.metrics_port);
             println!(
                 "    SPIFFE_ENDPOINT_SOCKET=unix://{sock} meshtrust sidecar files --out /tmp/svid-{}",
@@ -212,6 +249,57 @@ async fn bind() -> anyhow::Result<TcpListener> {
     TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding 127.0.0.1:0")
+}
+
+/// `meshtrust federation invite` against `d`'s admin socket; prints the token, shortened.
+async fn invite(m: &DemoMesh, d: &Daemon) -> anyhow::Result<String> {
+    let (code, body) =
+        crate::admin_client::request(&d.admin_socket, "POST", "/v1/federation/invite").await?;
+    let Some(token) = body["token"].as_str().filter(|_| code == 200) else {
+        bail!("{}'s invite was refused ({code}): {body}", m.trust_domain());
+    };
+    say(&format!(
+        "{}: {}… ({} characters: {}, {}, CA certificates sha256 {}…, valid until {})",
+        m.trust_domain(),
+        &token[..token.len().min(40)],
+        token.len(),
+        body["bundle_endpoint_url"].as_str().unwrap_or("?"),
+        body["endpoint_spiffe_id"].as_str().unwrap_or("?"),
+        body["x509_authorities_sha256"]
+            .as_str()
+            .map_or("?", |d| &d[..d.len().min(16)]),
+        body["expires_at"].as_str().unwrap_or("?"),
+    ));
+    Ok(token.to_owned())
+}
+
+/// `meshtrust federation join TOKEN --bootstrap-out peers/<peer>.json --config meshtrust.toml
+/// --write` in `m`'s folder.
+async fn join(m: &DemoMesh, peer: &DemoMesh, token: &str) -> Result<Joined, JoinError> {
+    let req = JoinRequest {
+        token: token.to_owned(),
+        bootstrap_out: m.bootstrap_path(peer),
+        config: Some(m.config_path()),
+        write: true,
+    };
+    invite_join::join(&req, FetchLimits::default(), SystemTime::now()).await
+}
+
+/// What SIGHUP does: re-reads `m`'s config and applies it; the new peer must be applied.
+fn reload(m: &DemoMesh, d: &mut Daemon) -> anyhow::Result<()> {
+    let outcome = d.reload(m.config()?);
+    if !outcome.federation_changed {
+        bail!(
+            "{}: the reload did not apply the new peer",
+            m.trust_domain()
+        );
+    }
+    say(&format!(
+        "{} reloaded {}: new federation relationship running",
+        m.trust_domain(),
+        m.config_path().display()
+    ));
+    Ok(())
 }
 
 /// Asks `d`'s fetcher for `peer` to fetch now and waits until the bundle is pinned.

@@ -213,6 +213,24 @@ impl PeerClient {
         Self::new(trust_domain, url, config, limits)
     }
 
+    /// A client whose endpoint is authenticated by `verifier` alone (no hostname check): for
+    /// `federation join`'s first contact, whose roots are not known before the fetch.
+    ///
+    /// # Errors
+    /// [`FetchError::Setup`] if the client cannot be built.
+    pub fn with_verifier(
+        trust_domain: TrustDomain,
+        url: Url,
+        verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+        limits: FetchLimits,
+    ) -> Result<Self, FetchError> {
+        let config = builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Self::new(trust_domain, url, config, limits)
+    }
+
     fn new(
         trust_domain: TrustDomain,
         url: Url,

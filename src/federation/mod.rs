@@ -10,6 +10,8 @@ pub mod client;
 pub mod endpoint;
 pub mod fd_budget;
 pub mod fetcher;
+pub mod invite;
+pub mod invite_join;
 pub mod pinned;
 pub mod server_tls;
 pub mod status;
