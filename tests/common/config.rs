@@ -29,6 +29,24 @@ impl DaemonConfig {
         }
     }
 
+    /// The minimal config of `trust_domain` with the daemon's own defaults for every top-level
+    /// key (its 30 s refresh floor included): for tests of those defaults.
+    pub fn plain(trust_domain: &str) -> Self {
+        Self {
+            head: format!("trust_domain = \"{trust_domain}\"\ndata_dir = \"data\"\n"),
+            sections: String::new(),
+        }
+    }
+
+    /// Raw top-level `key = value` lines, added before every section.
+    pub fn top(mut self, lines: &str) -> Self {
+        self.head.push_str(lines);
+        if !lines.ends_with('\n') {
+            self.head.push('\n');
+        }
+        self
+    }
+
     /// A `[ca]` section holding `lines` (e.g. `ca_ttl = "30s"`).
     pub fn ca(self, lines: &str) -> Self {
         self.section(&format!("[ca]\n{lines}\n"))
@@ -41,9 +59,17 @@ impl DaemonConfig {
         ))
     }
 
-    /// `[metrics]` on an ephemeral port.
+    /// `[metrics]` on an ephemeral port (its address is logged: [`super::metrics::listen_addr`]).
     pub fn metrics(self) -> Self {
         self.section("[metrics]\nlisten = \"127.0.0.1:0\"\n")
+    }
+
+    /// An https_spiffe `[bundle_endpoint]` on an ephemeral port holding `lines` as well (e.g.
+    /// `endpoint_spiffe_id = ...`; none when empty).
+    pub fn bundle_endpoint_any_port(self, lines: &str) -> Self {
+        self.section(&format!(
+            "[bundle_endpoint]\nlisten = \"127.0.0.1:0\"\n{lines}"
+        ))
     }
 
     /// An https_spiffe `[[federation]]` relationship with `td` at `url`, its endpoint

@@ -1,6 +1,6 @@
 //! The test harness every test uses: the real binary ([`daemon`]), config files ([`config`]),
 //! the Workload API over gRPC ([`grpc`]) and over HTTP ([`http`]), in-process daemons
-//! ([`mesh`]) and Workload APIs ([`workload`]), waits on events under one hang guard
+//! ([`mesh`]) and Workload APIs ([`workload`]), `/metrics` scrapes ([`metrics`]), waits on events under one hang guard
 //! ([`eventually`], [`guard`]), the CLI ([`cli`]), the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
+pub mod metrics;
 pub mod python;
 pub mod workload;
 
