@@ -76,13 +76,30 @@ impl DaemonConfig {
     /// `spiffe://td/meshtrust/server` unless `endpoint_id` says otherwise, bootstrapped from
     /// `peers/<td>.json` when `bootstrap` is set.
     pub fn peer(self, td: &str, url: &str, endpoint_id: Option<&str>, bootstrap: bool) -> Self {
+        let path = format!("peers/{td}.json");
+        self.federation(td, url, endpoint_id, bootstrap.then_some(path.as_str()))
+    }
+
+    /// [`DaemonConfig::peer`] bootstrapped from `bootstrap` (relative to the daemon's folder;
+    /// JSON or PEM).
+    pub fn peer_bootstrapped_from(self, td: &str, url: &str, bootstrap: &str) -> Self {
+        self.federation(td, url, None, Some(bootstrap))
+    }
+
+    fn federation(
+        self,
+        td: &str,
+        url: &str,
+        endpoint_id: Option<&str>,
+        bootstrap: Option<&str>,
+    ) -> Self {
         let id =
             endpoint_id.map_or_else(|| format!("spiffe://{td}/meshtrust/server"), str::to_owned);
         let mut text = format!(
             "[[federation]]\ntrust_domain = \"{td}\"\nbundle_endpoint_url = \"{url}\"\nprofile = \"https_spiffe\"\nendpoint_spiffe_id = \"{id}\"\n"
         );
-        if bootstrap {
-            writeln!(text, "bootstrap_bundle = \"peers/{td}.json\"").unwrap();
+        if let Some(path) = bootstrap {
+            writeln!(text, "bootstrap_bundle = \"{path}\"").unwrap();
         }
         self.section(&text)
     }
