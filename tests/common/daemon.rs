@@ -130,12 +130,7 @@ impl Proc {
     /// The `addr=` value of the first log line containing `needle` (waited for): where a
     /// listener bound to port 0 listens, e.g. `logged_addr("metrics listening")`.
     pub async fn logged_addr(&self, needle: &str) -> String {
-        let line = self.wait_for_log(needle).await;
-        line.split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no addr in {line}"))
-            .to_owned()
+        log_field(&self.wait_for_log(needle).await, "addr")
     }
 
     /// [`Proc::wait_for_log`] for tests without an async runtime.
@@ -244,6 +239,16 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `key=` in a text log line (up to the next space).
+pub fn log_field(line: &str, key: &str) -> String {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+        + key.len()
+        + 2;
+    line[start..].split_whitespace().next().unwrap().to_owned()
 }
 
 /// How many descriptors process `pid` holds (`/proc/<pid>/fd`; the process must exist).
