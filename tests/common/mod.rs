@@ -256,3 +256,32 @@ pub fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Spawns `cmd` with stdout piped (read on a thread to its end)
+/// and waits, under [`GUARD`], for its first stdout line starting with `prefix` (`""`: any
+/// line), naming `what` if none comes. Returns the child (the caller kills it) and that line.
+pub fn spawn_until_line(
+    cmd: &mut Command,
+    prefix: &'static str,
+    what: &str,
+) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // Drained to the end, so the child never blocks on (or dies of) a closed pipe.
+            if line.starts_with(prefix) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(GUARD)
+        .unwrap_or_else(|_| panic!("hang guard: {what}"));
+    (child, line)
+}
