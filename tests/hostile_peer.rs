@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::cli_async;
 use common::config::DaemonConfig;
 use common::daemon::Proc;
+use common::{CliOutput, cli_async};
 use meshtrust::bundle::{TrustBundle, jwks};
 use meshtrust::spiffe_id::TrustDomain;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
@@ -156,6 +156,18 @@ fn write_config(dir: &Path, evil_port: u16, stale_port: u16) -> PathBuf {
         .write(dir)
 }
 
+/// `meshtrust federation refresh evil.test` on `admin`: what it printed.
+async fn refresh_evil(admin: &Path) -> CliOutput {
+    cli_async(&[
+        "federation",
+        "refresh",
+        "evil.test",
+        "--admin-socket",
+        admin.to_str().unwrap(),
+    ])
+    .await
+}
+
 async fn peer_status(admin: &Path, td: &str) -> Value {
     common::peer_status(&common::status_json(admin).await, td).clone()
 }
@@ -204,7 +216,6 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     std::fs::write(dir.path().join("stale.pem"), common::pem(&[stale_ca])).unwrap();
     let config = write_config(dir.path(), evil.port, stale.port);
     let admin = dir.path().join("admin.sock");
-    let admin_arg = admin.to_str().unwrap().to_owned();
     let data = dir.path().join("data");
 
     let daemon = Proc::serve(&config).await;
@@ -223,15 +234,8 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     // An unchanged bundle, fetched again, writes nothing to the state.
     let written = state_files(&data);
     for _ in 0..3 {
-        let out = cli_async(&[
-            "federation",
-            "refresh",
-            "evil.test",
-            "--admin-socket",
-            &admin_arg,
-        ])
-        .await;
-        assert!(out.code == 0, "{}", out.stderr);
+        let out = refresh_evil(&admin).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
     }
     assert_eq!(
         state_files(&data),
@@ -249,14 +253,7 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     evil.serve(junk);
     let before = evil.requests();
     for _ in 0..5 {
-        let out = cli_async(&[
-            "federation",
-            "refresh",
-            "evil.test",
-            "--admin-socket",
-            &admin_arg,
-        ])
-        .await;
+        let out = refresh_evil(&admin).await;
         let text = out.stdout.clone() + &out.stderr;
         assert!(
             text.contains("bundle document has 500000 keys, more than the 1000 accepted"),
@@ -299,14 +296,7 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
 
     // A document without spiffe_sequence after sequence 5: refused as a possible rollback.
     evil.serve(bundle_json("evil.test", &evil_ca, None));
-    let out = cli_async(&[
-        "federation",
-        "refresh",
-        "evil.test",
-        "--admin-socket",
-        &admin_arg,
-    ])
-    .await;
+    let out = refresh_evil(&admin).await;
     let text = out.stdout.clone() + &out.stderr;
     assert!(text.contains("spiffe_sequence missing"), "{text}");
     assert_eq!(fetches(&metrics, "evil.test", "sequence_missing"), 1);
