@@ -204,7 +204,7 @@ async fn exported_families() -> std::collections::BTreeSet<String> {
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    for (i, _) in text.match_indices(|c: char| c == 'm' || c == 'p') {
+    for (i, _) in text.match_indices(['m', 'p']) {
         if i > 0 && text[..i].chars().next_back().is_some_and(is_ident) {
             continue;
         }
