@@ -12,52 +12,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::config::DaemonConfig;
 use common::daemon::Proc;
-use serde_json::Value;
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-    path.to_owned()
-}
-
-/// The value of `key=` in a text log line.
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!(" {key}="))
-        .unwrap_or_else(|| panic!("{key} in {line}"))
-        + key.len()
-        + 2;
-    line[start..].split_whitespace().next().unwrap().to_owned()
-}
 
 /// mesh-a's pinned authorities as mesh-b's `meshtrust status` shows them.
-fn pinned_authorities(admin: &Path) -> usize {
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "status",
-            "--json",
-            "--admin-socket",
-            admin.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let peer = status["federation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["trust_domain"] == "mesh-a.test")
-        .unwrap()
-        .clone();
+async fn pinned_authorities(admin: &Path) -> usize {
+    let status = common::status_json(admin).await;
+    let peer = common::peer_status(&status, "mesh-a.test");
     peer["authorities"].as_array().map_or(0, Vec::len)
 }
 
@@ -65,57 +29,24 @@ fn pinned_authorities(admin: &Path) -> usize {
 async fn a_peer_down_for_half_a_ca_lifetime_across_an_activation_catches_up_by_itself() {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let a_config = write(
-        &root.path().join("a/meshtrust.toml"),
-        r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[ca]
-ca_ttl = "30s"
-x509_svid_ttl = "5s"
-jwt_svid_ttl = "5s"
-[bundle_endpoint]
-listen = "127.0.0.1:0"
-refresh_hint = "1s"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-"#,
-    );
+    let a_config = DaemonConfig::plain("mesh-a.test")
+        .ca("ca_ttl = \"30s\"\nx509_svid_ttl = \"5s\"\njwt_svid_ttl = \"5s\"")
+        .bundle_endpoint(0, "1s")
+        .write(&root.path().join("a"));
     // `bundle show` creates mesh-a's first CA now: its 30 s life starts here.
     let created = tokio::time::Instant::now();
-    let shown = std::process::Command::new(common::bin())
-        .args(["bundle", "show", "--config", a_config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(shown.status.success());
-    write(
-        &root.path().join("b/peers/mesh-a.test.json"),
-        &String::from_utf8(shown.stdout).unwrap(),
-    );
+    let shown = common::cli(&["bundle", "show", "--config", a_config.to_str().unwrap()]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let b_dir = root.path().join("b");
+    std::fs::create_dir_all(b_dir.join("peers")).unwrap();
+    std::fs::write(b_dir.join("peers/mesh-a.test.json"), &shown.stdout).unwrap();
     let a = Proc::serve(&a_config).await;
-    let listening = a.wait_for_log("bundle endpoint listening").await;
-    let a_addr = field(&listening, "addr");
+    let a_addr = a.logged_addr("bundle endpoint listening").await;
 
-    let b_config = write(
-        &root.path().join("b/meshtrust.toml"),
-        &format!(
-            r#"trust_domain = "mesh-b.test"
-data_dir = "data"
-federation_min_refresh_interval = "1s"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[[federation]]
-trust_domain = "mesh-a.test"
-bundle_endpoint_url = "https://{a_addr}/"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://mesh-a.test/meshtrust/server"
-bootstrap_bundle = "peers/mesh-a.test.json"
-"#
-        ),
-    );
+    // mesh-b polls mesh-a every second (DaemonConfig's 1 s refresh floor).
+    let b_config = DaemonConfig::new("mesh-b.test")
+        .peer("mesh-a.test", &format!("https://{a_addr}/"), None, true)
+        .write(&b_dir);
     let b_admin = root.path().join("b/admin.sock");
     let b = Proc::serve(&b_config).await;
     b.wait_for_log("peer bundle fetched and pinned").await;
@@ -124,7 +55,7 @@ bootstrap_bundle = "peers/mesh-a.test.json"
     // only mesh-a's first CA (the next one is published at 15 s).
     tokio::time::sleep_until(created + Duration::from_secs(11)).await;
     assert_eq!(
-        pinned_authorities(&b_admin),
+        pinned_authorities(&b_admin).await,
         1,
         "mesh-b holds only the first CA"
     );
@@ -145,15 +76,9 @@ bootstrap_bundle = "peers/mesh-a.test.json"
     // mesh-b keeps following mesh-a's bundle with no operator step.
     a.wait_for_log("Prune").await;
     let fetched_before = b.count("peer bundle fetched");
-    let deadline = tokio::time::Instant::now() + common::daemon::GUARD;
-    while b.count("peer bundle fetched") < fetched_before + 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hang guard:\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Three more fetches (the hang guard's panic carries mesh-b's log).
+    b.wait_for_nth_log("peer bundle fetched", fetched_before + 2)
+        .await;
     assert_eq!(b.count("peer bundle fetch failed"), 0, "{}", b.log());
     let svids = a.log();
     let issued = svids

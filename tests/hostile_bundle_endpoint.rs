@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::daemon::{GUARD, Proc, root_or_skip};
+use common::config::DaemonConfig;
+use common::daemon::{GUARD, Proc, log_field, open_fds, root_or_skip};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshtrust::bundle::jwks;
@@ -78,41 +79,14 @@ fn serve_with_nofile(config: &Path, n: u64) -> Proc {
 }
 
 fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("meshtrust.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"trust_domain = "{TD}"
-data_dir = "data"
-[bundle_endpoint]
-listen = "127.0.0.1:0"
-endpoint_spiffe_id = "{ENDPOINT_ID}"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[[entry]]
-spiffe_id = "spiffe://{TD}/legit"
-selectors = ["unix:uid:0"]
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// The value of `key=` in a text log line.
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!(" {key}="))
-        .unwrap_or_else(|| panic!("{key} in {line}"))
-        + key.len()
-        + 2;
-    line[start..].split_whitespace().next().unwrap().to_owned()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+    DaemonConfig::plain(TD)
+        .bundle_endpoint_any_port(&format!("endpoint_spiffe_id = \"{ENDPOINT_ID}\"\n"))
+        .section(&common::config::entry(
+            &format!("spiffe://{TD}/legit"),
+            0,
+            &[],
+        ))
+        .write(dir)
 }
 
 /// A legitimate peer's fetch of the endpoint: `https_spiffe`, authenticated by the CA from
@@ -150,12 +124,9 @@ async fn idle_tcp_clients_at_the_fd_limit_starve_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let config_arg = config.to_str().unwrap();
-    let shown = std::process::Command::new(common::bin())
-        .args(["bundle", "show", "--config", config_arg])
-        .output()
-        .unwrap();
-    assert!(shown.status.success());
-    let roots = jwks::parse(&TrustDomain::new(TD).unwrap(), &shown.stdout)
+    let shown = common::cli(&["bundle", "show", "--config", config_arg]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let roots = jwks::parse(&TrustDomain::new(TD).unwrap(), shown.stdout.as_bytes())
         .unwrap()
         .bundle
         .x509_authorities;
@@ -164,8 +135,12 @@ async fn idle_tcp_clients_at_the_fd_limit_starve_no_one() {
     daemon.wait_for_log(common::daemon::READY).await;
     let listening = daemon.wait_for_log("bundle endpoint listening").await;
     // The endpoint's share of 256: a quarter of what the 64 reserved descriptors leave.
-    assert_eq!(field(&listening, "max_connections"), "48", "{listening}");
-    let addr: std::net::SocketAddr = field(&listening, "addr").parse().unwrap();
+    assert_eq!(
+        log_field(&listening, "max_connections"),
+        "48",
+        "{listening}"
+    );
+    let addr: std::net::SocketAddr = log_field(&listening, "addr").parse().unwrap();
     let baseline = open_fds(daemon.pid());
 
     // The attack: 300 clients connect and send nothing; each reconnects when it is closed.
@@ -226,26 +201,15 @@ async fn idle_tcp_clients_at_the_fd_limit_starve_no_one() {
 
     // `meshtrust status` on the admin socket.
     let admin = dir.path().join("admin.sock");
-    let status = tokio::time::timeout(
-        GUARD,
-        tokio::process::Command::new(common::bin())
-            .args([
-                "status",
-                "--json",
-                "--admin-socket",
-                admin.to_str().unwrap(),
-            ])
-            .output(),
-    )
-    .await
-    .expect("hang guard: meshtrust status")
-    .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    assert!(String::from_utf8_lossy(&status.stdout).contains(TD));
+    let status = common::cli_async(&[
+        "status",
+        "--json",
+        "--admin-socket",
+        admin.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stdout.contains(TD));
     let status_after = attack_on.elapsed();
 
     // A peer's fetch of the bundle: it waits its turn behind the idle sockets, which the endpoint

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::daemon::{GUARD, Proc};
+use common::config::DaemonConfig;
+use common::daemon::Proc;
+use common::{CliOutput, cli_async};
 use meshtrust::bundle::{TrustBundle, jwks};
 use meshtrust::spiffe_id::TrustDomain;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
@@ -137,79 +139,37 @@ fn bundle_json(td: &str, ca: &CertificateDer<'static>, sequence: Option<u64>) ->
     jwks::to_json(&bundle).unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, evil_port: u16, stale_port: u16, metrics_port: u16) -> PathBuf {
-    let path = dir.join("meshtrust.toml");
-    let peer = |td: &str, port: u16, bootstrap: &str| {
-        format!(
-            r#"
-[[federation]]
-trust_domain = "{td}"
-bundle_endpoint_url = "https://127.0.0.1:{port}/"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://{td}/meshtrust/server"
-bootstrap_bundle = "{bootstrap}"
-"#
+fn write_config(dir: &Path, evil_port: u16, stale_port: u16) -> PathBuf {
+    // The daemon's own 30 s refresh floor: that it holds is part of the test.
+    DaemonConfig::plain("ours.test")
+        .metrics()
+        .peer_bootstrapped_from(
+            "evil.test",
+            &format!("https://127.0.0.1:{evil_port}/"),
+            "evil.json",
         )
-    };
-    let text = format!(
-        r#"trust_domain = "ours.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-{}{}"#,
-        peer("evil.test", evil_port, "evil.json"),
-        peer("stale.test", stale_port, "stale.pem"),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+        .peer_bootstrapped_from(
+            "stale.test",
+            &format!("https://127.0.0.1:{stale_port}/"),
+            "stale.pem",
+        )
+        .write(dir)
 }
 
-/// `meshtrust ARGS` to completion (admin commands).
-async fn cli(args: &[&str]) -> std::process::Output {
-    tokio::time::timeout(
-        GUARD,
-        tokio::process::Command::new(common::bin())
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("hang guard: meshtrust cli")
-    .unwrap()
-}
-
-async fn peer_status(admin: &Path, td: &str) -> Value {
-    let out = cli(&[
-        "status",
-        "--json",
+/// `meshtrust federation refresh evil.test` on `admin`: what it printed.
+async fn refresh_evil(admin: &Path) -> CliOutput {
+    cli_async(&[
+        "federation",
+        "refresh",
+        "evil.test",
         "--admin-socket",
         admin.to_str().unwrap(),
     ])
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["federation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["trust_domain"] == td)
-        .unwrap_or_else(|| panic!("{td} in {status}"))
-        .clone()
+    .await
+}
+
+async fn peer_status(admin: &Path, td: &str) -> Value {
+    common::peer_status(&common::status_json(admin).await, td).clone()
 }
 
 fn rfc3339(value: &Value) -> time::OffsetDateTime {
@@ -218,23 +178,13 @@ fn rfc3339(value: &Value) -> time::OffsetDateTime {
 }
 
 /// `meshtrust_federation_fetches_total` for `td` and `result`, from /metrics.
-async fn fetches(metrics_port: u16, td: &str, result: &str) -> u64 {
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
-        .await
-        .unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(GUARD, tcp.read_to_string(&mut text))
-        .await
-        .expect("hang guard: /metrics")
-        .unwrap();
-    let series =
-        format!("meshtrust_federation_fetches_total{{trust_domain=\"{td}\",result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |n| n.trim().parse().unwrap())
+fn fetches(metrics: &str, td: &str, result: &str) -> u64 {
+    let family = "meshtrust_federation_fetches_total";
+    common::metrics::counter(
+        metrics,
+        family,
+        &format!("{family}{{trust_domain=\"{td}\",result=\"{result}\"}}"),
+    )
 }
 
 /// (modification time, size) of the state's database and WAL files.
@@ -264,13 +214,12 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     let stale = PeerServer::start(stale_leaf, stale_key).await;
     stale.serve(bundle_json("stale.test", &stale_ca, Some(1)));
     std::fs::write(dir.path().join("stale.pem"), common::pem(&[stale_ca])).unwrap();
-    let metrics_port = free_port();
-    let config = write_config(dir.path(), evil.port, stale.port, metrics_port);
+    let config = write_config(dir.path(), evil.port, stale.port);
     let admin = dir.path().join("admin.sock");
-    let admin_arg = admin.to_str().unwrap().to_owned();
     let data = dir.path().join("data");
 
     let daemon = Proc::serve(&config).await;
+    let metrics = common::metrics::listen_addr(&daemon).await;
     daemon.wait_for_log("peer bundle fetched and pinned").await;
     let evil_status = peer_status(&admin, "evil.test").await;
     assert_eq!(evil_status["sequence"], 5, "{evil_status}");
@@ -285,26 +234,15 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     // An unchanged bundle, fetched again, writes nothing to the state.
     let written = state_files(&data);
     for _ in 0..3 {
-        let out = cli(&[
-            "federation",
-            "refresh",
-            "evil.test",
-            "--admin-socket",
-            &admin_arg,
-        ])
-        .await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = refresh_evil(&admin).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
     }
     assert_eq!(
         state_files(&data),
         written,
         "an unchanged bundle was rewritten"
     );
-    assert_eq!(fetches(metrics_port, "evil.test", "ok").await, 4);
+    assert_eq!(fetches(&metrics, "evil.test", "ok"), 4);
 
     // The attack: 500,000 junk keys, a new sequence, a zero hint.
     let mut junk = br#"{"spiffe_sequence":6,"spiffe_refresh_hint":0,"keys":["#.to_vec();
@@ -315,16 +253,8 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     evil.serve(junk);
     let before = evil.requests();
     for _ in 0..5 {
-        let out = cli(&[
-            "federation",
-            "refresh",
-            "evil.test",
-            "--admin-socket",
-            &admin_arg,
-        ])
-        .await;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let out = refresh_evil(&admin).await;
+        let text = out.stdout.clone() + &out.stderr;
         assert!(
             text.contains("bundle document has 500000 keys, more than the 1000 accepted"),
             "{text}"
@@ -357,7 +287,7 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
     assert_eq!(evil_status["sequence"], 5, "{evil_status}");
     assert_eq!(evil_status["authorities"].as_array().unwrap().len(), 1);
     assert_eq!(evil_status["state"], "failing", "{evil_status}");
-    assert!(fetches(metrics_port, "evil.test", "too_many_keys").await >= 5);
+    assert!(fetches(&metrics, "evil.test", "too_many_keys") >= 5);
     eprintln!(
         "hostile peer: {hostile_fetches} fetches of a {junk_len} byte bundle, {} log lines in all ({} bytes)",
         log.lines().count(),
@@ -366,21 +296,10 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
 
     // A document without spiffe_sequence after sequence 5: refused as a possible rollback.
     evil.serve(bundle_json("evil.test", &evil_ca, None));
-    let out = cli(&[
-        "federation",
-        "refresh",
-        "evil.test",
-        "--admin-socket",
-        &admin_arg,
-    ])
-    .await;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = refresh_evil(&admin).await;
+    let text = out.stdout.clone() + &out.stderr;
     assert!(text.contains("spiffe_sequence missing"), "{text}");
-    assert_eq!(
-        fetches(metrics_port, "evil.test", "sequence_missing").await,
-        1
-    );
+    assert_eq!(fetches(&metrics, "evil.test", "sequence_missing"), 1);
     assert_eq!(peer_status(&admin, "evil.test").await["sequence"], 5);
     assert_eq!(
         daemon.count("fetched peer bundle not pinned; the pinned bundle stays"),
@@ -397,7 +316,7 @@ async fn a_hostile_peer_floods_neither_the_log_nor_the_disk_and_the_last_good_bu
         ),
         "{stale_status}"
     );
-    assert!(fetches(metrics_port, "stale.test", "tls").await >= 1);
+    assert!(fetches(&metrics, "stale.test", "tls") >= 1);
     assert_eq!(
         stale.requests(),
         0,

@@ -15,84 +15,48 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::config::DaemonConfig;
 use common::daemon::{GUARD, Proc, READY};
+use common::http::Curl;
 
 const ID: &str = "spiffe://mesh-a.test/w";
 
 fn meshtrust(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(common::bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn uid() -> u32 {
-    std::fs::metadata("/proc/self").unwrap().uid()
+    let out = common::cli(args);
+    (out.code, out.stdout, out.stderr)
 }
 
 /// A config in `dir`: data in `dir/data`, sockets in `dir`, one entry for this test's uid;
 /// `ca` is the `[ca]` body, `extra` more TOML.
 fn write_config(dir: &Path, ca: &str, extra: &str) -> PathBuf {
-    let path = dir.join("meshtrust.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[ca]
-{ca}
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[[entry]]
-spiffe_id = "{ID}"
-selectors = ["unix:uid:{uid}"]
-{extra}"#,
-            uid = uid()
-        ),
-    )
-    .unwrap();
-    path
+    DaemonConfig::plain("mesh-a.test")
+        .ca(ca)
+        .entry(ID, &[])
+        .section(extra)
+        .write(dir)
 }
 
 fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// One HTTP/1.1 GET over a Unix socket; the whole response (status line, headers, body).
-fn get(socket: &Path, target: &str, headers: &str) -> String {
-    let mut s =
-        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    s.set_read_timeout(Some(GUARD)).unwrap();
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The daemon answers both APIs on these sockets: the Workload API gives this test its SVID,
 /// the admin API its status.
 fn assert_serving(workload: &Path, admin: &Path) {
-    let svid = get(workload, "/v1/x509-svid", "workload.spiffe.io: true\r\n");
-    assert!(svid.starts_with("HTTP/1.1 200"), "workload api: {svid}");
-    assert!(svid.contains(ID), "the SVID for {ID}: {svid}");
-    let status = get(admin, "/v1/status", "");
-    assert!(status.starts_with("HTTP/1.1 200"), "admin api: {status}");
-    assert!(status.contains("mesh-a.test"), "{status}");
+    let svid = Curl::get(workload, "/v1/x509-svid").send_blocking();
+    assert_eq!(svid.status, 200, "workload api: {}", svid.body);
+    assert!(svid.body.contains(ID), "the SVID for {ID}: {}", svid.body);
+    let status = Curl::get(admin, "/v1/status")
+        .without_header()
+        .send_blocking();
+    assert_eq!(status.status, 200, "admin api: {}", status.body);
+    assert!(status.body.contains("mesh-a.test"), "{}", status.body);
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -300,13 +264,9 @@ fn a_start_that_fails_after_binding_leaves_no_socket_behind() {
     let config = write_config(
         dir.path(),
         "",
-        r#"[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "https://127.0.0.1:9/"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://mesh-b.test/meshtrust/server"
-bootstrap_bundle = "garbage.json"
-"#,
+        &DaemonConfig::plain("mesh-a.test")
+            .peer_bootstrapped_from("mesh-b.test", "https://127.0.0.1:9/", "garbage.json")
+            .sections(),
     );
     std::fs::write(dir.path().join("garbage.json"), "not a bundle").unwrap();
     let (code, _, err) = meshtrust(&["serve", "--config", arg(&config)]);
@@ -549,24 +509,14 @@ fn sidecar_outbound_refuses_a_non_loopback_listen_without_the_option() {
         if option {
             args.push("--allow-non-loopback".to_owned());
         }
-        let mut child = Command::new(common::bin())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = rx.recv_timeout(GUARD).expect("the first report line");
+        let (mut child, line) = common::spawn_until_line(
+            Command::new(common::bin())
+                .args(&args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null()),
+            "",
+            "the first report line",
+        );
         let _ = child.kill();
         let _ = child.wait();
         assert!(line.contains(expected), "{listen}: {line}");

@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
+use common::config::DaemonConfig;
 use common::daemon::{GUARD, Proc, root_or_skip};
+use common::http::Curl;
 use meshtrust::workload_api::{
     Limits, RefusalReason, Refusals, ServeOptions, WorkloadApiDeps, bind, serve_with,
 };
@@ -140,34 +142,18 @@ impl Attacker {
     /// Starts the attacker as uid 65534 and waits (under the guard) until it holds its
     /// connections; returns it and its report line.
     fn start(kind: &str, socket: &Path) -> (Self, String) {
-        let mut child = Command::new("setpriv")
-            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", "attacker", "--ignored", "--nocapture"])
-            .env(ATTACK_ENV, kind)
-            .env(SOCKET_ENV, socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.starts_with("ATTACKING") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let attacker = Self(child);
-        let line = rx
-            .recv_timeout(GUARD)
-            .expect("hang guard: the attacker did not report");
-        (attacker, line)
+        let (child, line) = common::spawn_until_line(
+            Command::new("setpriv")
+                .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", "attacker", "--ignored", "--nocapture"])
+                .env(ATTACK_ENV, kind)
+                .env(SOCKET_ENV, socket)
+                .stderr(Stdio::null()),
+            "ATTACKING",
+            "the attacker did not report",
+        );
+        (Self(child), line)
     }
 }
 
@@ -191,20 +177,9 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         // uid 65534 must reach the socket inside.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = dir.path().join("meshtrust.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-{entries}"#
-            ),
-        )
-        .unwrap();
+        let config = DaemonConfig::plain("mesh-a.test")
+            .section(entries)
+            .write(dir.path());
         let proc = Proc::serve(&config).await;
         Self { proc, dir }
     }
@@ -237,15 +212,11 @@ socket = "admin.sock"
     }
 
     fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        common::daemon::rss_kib(self.pid())
     }
 
     fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
+        common::daemon::open_fds(self.pid())
     }
 
     fn log_lines(&self) -> usize {
@@ -266,38 +237,18 @@ socket = "admin.sock"
             .unwrap();
         assert_eq!(svid.spiffe_id().to_string(), "spiffe://mesh-a.test/root");
 
-        let out = tokio::time::timeout(
-            GUARD,
-            tokio::process::Command::new("curl")
-                .args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
-                .arg(self.socket())
-                .args(["-H", "workload.spiffe.io: true"])
-                .arg("http://localhost/v1/x509-svid")
-                .output(),
-        )
-        .await
-        .expect("hang guard: curl")
-        .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(text.ends_with("\n200"), "{text}");
-        assert!(text.contains("spiffe://mesh-a.test/root"), "{text}");
-
-        let status = tokio::time::timeout(
-            GUARD,
-            tokio::process::Command::new(common::bin())
-                .arg("status")
-                .arg("--admin-socket")
-                .arg(self.dir.path().join("admin.sock"))
-                .output(),
-        )
-        .await
-        .expect("hang guard: meshtrust status")
-        .unwrap();
+        let reply = Curl::get(&self.socket(), "/v1/x509-svid").send().await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
         assert!(
-            status.status.success(),
-            "meshtrust status: {}",
-            String::from_utf8_lossy(&status.stderr)
+            reply.body.contains("spiffe://mesh-a.test/root"),
+            "{}",
+            reply.body
         );
+
+        let admin = self.dir.path().join("admin.sock");
+        let status =
+            common::cli_async(&["status", "--admin-socket", admin.to_str().unwrap()]).await;
+        assert_eq!(status.code, 0, "meshtrust status: {}", status.stderr);
     }
 }
 
@@ -436,17 +387,12 @@ fn identity_word(body: &str) -> &'static str {
     }
 }
 
-fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").unwrap().uid()
-}
-
 /// An entry for this test binary run by this uid (what the child processes below are).
 fn tester_entry() -> String {
     let exe = std::fs::read_link("/proc/self/exe").unwrap();
     format!(
         "[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/tester\"\nselectors = [\"unix:uid:{}\", \"unix:path:{}\"]\n",
-        own_uid(),
+        common::own_uid(),
         exe.display()
     )
 }
@@ -715,7 +661,7 @@ async fn a_caller_with_no_entry_is_answered_then_its_connection_is_closed() {
     // Only another uid has an entry: this process is a caller with none.
     let daemon = Daemon::start(&format!(
         "[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/other\"\nselectors = [\"unix:uid:{}\"]\n",
-        own_uid().wrapping_add(4242)
+        common::own_uid().wrapping_add(4242)
     ))
     .await;
 
@@ -784,7 +730,7 @@ async fn serve_short_limits() -> ShortLimits {
     let peers = meshtrust::federation::pinned::PeerStore::open(own, vec![]).unwrap();
     let entries = vec![entry(
         "spiffe://mesh-a.test/tester",
-        vec![meshtrust::config::Selector::Uid(own_uid())],
+        vec![meshtrust::config::Selector::Uid(common::own_uid())],
         &[],
         "",
     )];

@@ -12,236 +12,28 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::TcpStream;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::config::DaemonConfig;
 use common::daemon::{GUARD, Proc};
-use hyper_util::rt::TokioIo;
-use meshtrust::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use common::grpc::{with_header, workload_client};
+use common::guard;
+use common::http::{Curl, curl_status};
+use common::metrics::{self, Scrape, http_get, scrape, scrape_until};
 use meshtrust::workload_api::proto::{JwtsvidRequest, X509svidRequest};
-use tokio::net::UnixStream;
-use tonic::transport::Channel;
 
 const ENTRY_ID: &str = "spiffe://mesh-a.test/scraper";
 
-/// One metric family as scraped: its type, help and samples (`name{labels}` → value).
-#[derive(Debug, Default)]
-struct Family {
-    kind: String,
-    help: String,
-    samples: BTreeMap<String, f64>,
-}
-
-/// Parses the exposition text, checking its grouping: every family has `# HELP` then `# TYPE`,
-/// appears once, and its samples (for histograms `_bucket`, `_sum`, `_count`) follow them
-/// before any other family begins.
-fn parse(text: &str) -> BTreeMap<String, Family> {
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap();
-            assert!(
-                !families.contains_key(name),
-                "family {name} appears twice:\n{text}"
-            );
-            assert!(!help.trim().is_empty(), "{name} has an empty HELP");
-            families.insert(
-                name.to_owned(),
-                Family {
-                    help: help.to_owned(),
-                    ..Family::default()
-                },
-            );
-            current = Some(name.to_owned());
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap();
-            assert_eq!(
-                Some(name),
-                current.as_deref(),
-                "TYPE of {name} does not follow its HELP"
-            );
-            assert!(
-                ["counter", "gauge", "histogram"].contains(&kind),
-                "{name}: type {kind}"
-            );
-            families.get_mut(name).unwrap().kind = kind.to_owned();
-        } else {
-            assert!(!line.starts_with('#') && !line.is_empty(), "line {line:?}");
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("value of {line:?}"));
-            let name = series.split('{').next().unwrap();
-            let family_name = current.as_deref().expect("a sample before any family");
-            let family = families.get_mut(family_name).unwrap();
-            let ok = match family.kind.as_str() {
-                "histogram" => ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .any(|s| name == format!("{family_name}{s}")),
-                "" => false,
-                _ => name == family_name,
-            };
-            assert!(
-                ok,
-                "sample {name} is not in the family {family_name} it follows"
-            );
-            if let Some(labels) = series.strip_prefix(name) {
-                assert!(
-                    labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                    "labels of {line:?}"
-                );
-            }
-            assert!(
-                family.samples.insert(series.to_owned(), value).is_none(),
-                "duplicate series {series}"
-            );
-        }
-    }
-    for (name, f) in &families {
-        assert!(!f.kind.is_empty(), "{name} has no TYPE");
-    }
-    families
-}
-
-/// A scrape: the families, with getters that name what is missing.
-struct Scrape {
-    text: String,
-    families: BTreeMap<String, Family>,
-}
-
-impl Scrape {
-    fn family(&self, name: &str, kind: &str) -> &Family {
-        let f = self
-            .families
-            .get(name)
-            .unwrap_or_else(|| panic!("no family {name} in:\n{}", self.text));
-        assert_eq!(f.kind, kind, "type of {name}");
-        assert!(!f.help.is_empty(), "help of {name}");
-        f
-    }
-
-    /// The value of `series` (`name` or `name{labels}` exactly as rendered) in family `name`.
-    fn value(&self, family: &str, kind: &str, series: &str) -> f64 {
-        *self
-            .family(family, kind)
-            .samples
-            .get(series)
-            .unwrap_or_else(|| panic!("no sample {series} in:\n{}", self.text))
-    }
-
-    /// 0 when the series is absent.
-    fn value_or_0(&self, family: &str, series: &str) -> f64 {
-        self.families
-            .get(family)
-            .and_then(|f| f.samples.get(series))
-            .copied()
-            .unwrap_or(0.0)
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(GUARD)).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn scrape(addr: &str) -> Scrape {
-    let (status, text) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{text}");
-    Scrape {
-        families: parse(&text),
-        text,
-    }
-}
-
-/// Scrapes until `done` holds (a hang guard, not a timing assertion); returns that scrape.
-async fn scrape_until(addr: &str, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let s = scrape(addr);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hang guard: {what}; last scrape:\n{}",
-            s.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `addr=` of the first log line containing `needle`.
-async fn logged_addr(p: &Proc, needle: &str) -> String {
-    let line = p.wait_for_log(needle).await;
-    let addr = line.split("addr=").nth(1).unwrap();
-    addr.split_whitespace().next().unwrap().to_owned()
-}
-
-/// `curl` with `args`; returns the HTTP status it printed (0 when no HTTP answer).
-fn curl(args: &[&str]) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-        ])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
-fn write_config(dir: &Path, td: &str, extra: &str) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir.join("peers")).unwrap();
-    let path = dir.join("meshtrust.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"trust_domain = "{td}"
-data_dir = "data"
-[bundle_endpoint]
-listen = "127.0.0.1:0"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[metrics]
-listen = "127.0.0.1:0"
-{extra}"#
-        ),
-    )
-    .unwrap();
-    path
+/// A daemon config with a bundle endpoint and metrics, both on ephemeral ports, and the
+/// daemon's own defaults otherwise.
+fn mesh_config(td: &str) -> DaemonConfig {
+    DaemonConfig::plain(td)
+        .bundle_endpoint_any_port("")
+        .metrics()
 }
 
 /// `meshtrust bundle show`: the bootstrap bundle an operator hands to a peer.
@@ -255,62 +47,23 @@ fn bundle_show(config: &Path) -> Vec<u8> {
     out.stdout
 }
 
-async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let socket = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    request
-}
-
-async fn guard<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f).await.expect("hang guard")
-}
-
 /// A daemon for `mesh-a.test` that federates with a running `mesh-b.test` and has an entry
 /// for this test's uid. Returns (a, b, metrics addr, bundle endpoint addr, workload socket).
 async fn start_meshes(root: &Path) -> (Proc, Proc, String, String, std::path::PathBuf) {
-    let b_config = write_config(&root.join("b"), "mesh-b.test", "");
+    let b_config = mesh_config("mesh-b.test").write(&root.join("b"));
     let b_bundle = bundle_show(&b_config);
     let b = Proc::serve(&b_config).await;
-    let b_endpoint = logged_addr(&b, "bundle endpoint listening").await;
+    let b_endpoint = b.logged_addr("bundle endpoint listening").await;
 
     let a_dir = root.join("a");
-    std::fs::create_dir_all(a_dir.join("peers")).unwrap();
+    let a_config = mesh_config("mesh-a.test")
+        .peer("mesh-b.test", &format!("https://{b_endpoint}/"), None, true)
+        .entry(ENTRY_ID, &["mesh-b.test"])
+        .write(&a_dir);
     std::fs::write(a_dir.join("peers/mesh-b.test.json"), b_bundle).unwrap();
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    let a_config = write_config(
-        &a_dir,
-        "mesh-a.test",
-        &format!(
-            r#"[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "https://{b_endpoint}/"
-profile = "https_spiffe"
-endpoint_spiffe_id = "spiffe://mesh-b.test/meshtrust/server"
-bootstrap_bundle = "peers/mesh-b.test.json"
-[[entry]]
-spiffe_id = "{ENTRY_ID}"
-selectors = ["unix:uid:{uid}"]
-federates_with = ["mesh-b.test"]
-"#
-        ),
-    );
     let a = Proc::serve(&a_config).await;
-    let metrics = logged_addr(&a, "metrics listening").await;
-    let endpoint = logged_addr(&a, "bundle endpoint listening").await;
+    let metrics = metrics::listen_addr(&a).await;
+    let endpoint = a.logged_addr("bundle endpoint listening").await;
     (a, b, metrics, endpoint, a_dir.join("workload.sock"))
 }
 
@@ -356,7 +109,7 @@ async fn a_scrape_after_real_traffic_counts_it() {
     drop(client);
 
     // Our client: a call without the security header is refused (Workload Endpoint §3.1).
-    let mut raw = raw_client(&socket).await;
+    let mut raw = workload_client(&socket).await;
     let refused = guard(raw.fetch_jwtsvid(tonic::Request::new(JwtsvidRequest {
         audience: vec!["metrics-test".into()],
         spiffe_id: String::new(),
@@ -372,28 +125,24 @@ async fn a_scrape_after_real_traffic_counts_it() {
     guard(held.message()).await.unwrap().unwrap();
 
     // The JSON view: an SVID, a call without the header, an unknown route.
-    let unix = ["--unix-socket", socket.to_str().unwrap()];
-    let header = ["-H", "workload.spiffe.io: true"];
+    assert_eq!(Curl::get(&socket, "/v1/x509-svid").send().await.status, 200);
     assert_eq!(
-        curl(&[&unix[..], &header[..], &["http://localhost/v1/x509-svid"]].concat()),
-        200
-    );
-    assert_eq!(
-        curl(&[&unix[..], &["http://localhost/v1/x509-bundles"]].concat()),
+        Curl::get(&socket, "/v1/x509-bundles")
+            .without_header()
+            .send()
+            .await
+            .status,
         400
     );
-    assert_eq!(
-        curl(&[&unix[..], &header[..], &["http://localhost/v1/nope"]].concat()),
-        404
-    );
+    assert_eq!(Curl::get(&socket, "/v1/nope").send().await.status, 404);
 
     // The bundle endpoint: two GETs, a 404, a 405, and plain HTTP on the TLS port.
     let url = format!("https://{endpoint}/");
-    assert_eq!(curl(&["-k", &url]), 200);
-    assert_eq!(curl(&["-k", &url]), 200);
-    assert_eq!(curl(&["-k", &format!("{url}nope")]), 404);
-    assert_eq!(curl(&["-k", "-X", "POST", &url]), 405);
-    assert_eq!(curl(&[&format!("http://{endpoint}/")]), 0);
+    assert_eq!(curl_status(&["-k", &url]), 200);
+    assert_eq!(curl_status(&["-k", &url]), 200);
+    assert_eq!(curl_status(&["-k", &format!("{url}nope")]), 404);
+    assert_eq!(curl_status(&["-k", "-X", "POST", &url]), 405);
+    assert_eq!(curl_status(&[&format!("http://{endpoint}/")]), 0);
 
     let s = scrape_until(&metrics, "the failed handshake is counted", |s| {
         s.value_or_0(
@@ -645,11 +394,7 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
     common::init();
     let dir = tempfile::tempdir().unwrap();
     let (a, _b, metrics, endpoint, socket) = start_meshes(dir.path()).await;
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", a.pid()))
-            .unwrap()
-            .count()
-    };
+    let fds = || common::daemon::open_fds(a.pid());
     scrape(&metrics);
     let baseline = fds();
 
@@ -670,25 +415,14 @@ async fn the_metrics_listener_bounds_what_clients_hold() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let unix = ["--unix-socket", socket.to_str().unwrap()];
     for _ in 0..3 {
         assert_eq!(
-            curl(
-                &[
-                    &unix[..],
-                    &[
-                        "-H",
-                        "workload.spiffe.io: true",
-                        "http://localhost/v1/x509-svid"
-                    ]
-                ]
-                .concat()
-            ),
+            Curl::get(&socket, "/v1/x509-svid").send().await.status,
             200,
             "the Workload API serves during the flood"
         );
     }
-    assert_eq!(curl(&["-k", &format!("https://{endpoint}/")]), 200);
+    assert_eq!(curl_status(&["-k", &format!("https://{endpoint}/")]), 200);
     let during = fds();
     assert!(
         during <= baseline + meshtrust::metrics::MAX_CONNECTIONS + 8,

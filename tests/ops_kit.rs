@@ -183,47 +183,19 @@ fn the_systemd_unit_verifies_and_its_sandbox_scores_ok() {
 /// The metric families a running daemon exports (`# TYPE` lines; every family has one even
 /// before it has samples), scraped from the real binary.
 async fn exported_families() -> std::collections::BTreeSet<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("meshtrust.toml");
-    std::fs::write(
-        &config,
-        r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-[metrics]
-listen = "127.0.0.1:0"
-[[federation]]
-trust_domain = "mesh-b.test"
-bundle_endpoint_url = "https://127.0.0.1:1/"
-profile = "https_web"
-"#,
-    )
-    .unwrap();
+    let config = common::config::DaemonConfig::plain("mesh-a.test")
+        .metrics()
+        .section(&format!(
+            "[[federation]]\ntrust_domain = \"mesh-b.test\"\nbundle_endpoint_url = \"{}\"\nprofile = \"https_web\"\n",
+            common::refused_url()
+        ))
+        .write(dir.path());
     let daemon = common::daemon::Proc::serve(&config).await;
-    let line = daemon.wait_for_log("metrics listening").await;
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no addr in {line}"))
-        .to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(common::daemon::GUARD, tcp.read_to_string(&mut text))
-        .await
-        .expect("hang guard")
-        .unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+    let addr = common::metrics::listen_addr(&daemon).await;
+    common::metrics::scrape(&addr)
+        .families
+        .into_keys()
         .collect()
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 
+use common::config::DaemonConfig;
 use common::daemon::{Proc, READY};
 
 /// Rounds per signal: the window, if any, is short, so try it many times.
@@ -77,19 +78,7 @@ fn serve_signalled_at_ready(config: &Path, name: &str) -> Proc {
 }
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
-    let config = dir.join("meshtrust.toml");
-    std::fs::write(
-        &config,
-        r#"trust_domain = "mesh-a.test"
-data_dir = "data"
-[workload_api]
-socket = "workload.sock"
-[admin_api]
-socket = "admin.sock"
-"#,
-    )
-    .unwrap();
-    config
+    DaemonConfig::plain("mesh-a.test").write(dir)
 }
 
 /// `meshtrust status` against the daemon's admin socket succeeds: the daemon answers.

@@ -29,6 +29,24 @@ impl DaemonConfig {
         }
     }
 
+    /// The minimal config of `trust_domain` with the daemon's own defaults for every top-level
+    /// key (its 30 s refresh floor included): for tests of those defaults.
+    pub fn plain(trust_domain: &str) -> Self {
+        Self {
+            head: format!("trust_domain = \"{trust_domain}\"\ndata_dir = \"data\"\n"),
+            sections: String::new(),
+        }
+    }
+
+    /// Raw top-level `key = value` lines, added before every section.
+    pub fn top(mut self, lines: &str) -> Self {
+        self.head.push_str(lines);
+        if !lines.ends_with('\n') {
+            self.head.push('\n');
+        }
+        self
+    }
+
     /// A `[ca]` section holding `lines` (e.g. `ca_ttl = "30s"`).
     pub fn ca(self, lines: &str) -> Self {
         self.section(&format!("[ca]\n{lines}\n"))
@@ -41,22 +59,47 @@ impl DaemonConfig {
         ))
     }
 
-    /// `[metrics]` on an ephemeral port.
+    /// `[metrics]` on an ephemeral port (its address is logged: [`super::metrics::listen_addr`]).
     pub fn metrics(self) -> Self {
         self.section("[metrics]\nlisten = \"127.0.0.1:0\"\n")
+    }
+
+    /// An https_spiffe `[bundle_endpoint]` on an ephemeral port holding `lines` as well (e.g.
+    /// `endpoint_spiffe_id = ...`; none when empty).
+    pub fn bundle_endpoint_any_port(self, lines: &str) -> Self {
+        self.section(&format!(
+            "[bundle_endpoint]\nlisten = \"127.0.0.1:0\"\n{lines}"
+        ))
     }
 
     /// An https_spiffe `[[federation]]` relationship with `td` at `url`, its endpoint
     /// `spiffe://td/meshtrust/server` unless `endpoint_id` says otherwise, bootstrapped from
     /// `peers/<td>.json` when `bootstrap` is set.
     pub fn peer(self, td: &str, url: &str, endpoint_id: Option<&str>, bootstrap: bool) -> Self {
+        let path = format!("peers/{td}.json");
+        self.federation(td, url, endpoint_id, bootstrap.then_some(path.as_str()))
+    }
+
+    /// [`DaemonConfig::peer`] bootstrapped from `bootstrap` (relative to the daemon's folder;
+    /// JSON or PEM).
+    pub fn peer_bootstrapped_from(self, td: &str, url: &str, bootstrap: &str) -> Self {
+        self.federation(td, url, None, Some(bootstrap))
+    }
+
+    fn federation(
+        self,
+        td: &str,
+        url: &str,
+        endpoint_id: Option<&str>,
+        bootstrap: Option<&str>,
+    ) -> Self {
         let id =
             endpoint_id.map_or_else(|| format!("spiffe://{td}/meshtrust/server"), str::to_owned);
         let mut text = format!(
             "[[federation]]\ntrust_domain = \"{td}\"\nbundle_endpoint_url = \"{url}\"\nprofile = \"https_spiffe\"\nendpoint_spiffe_id = \"{id}\"\n"
         );
-        if bootstrap {
-            writeln!(text, "bootstrap_bundle = \"peers/{td}.json\"").unwrap();
+        if let Some(path) = bootstrap {
+            writeln!(text, "bootstrap_bundle = \"{path}\"").unwrap();
         }
         self.section(&text)
     }

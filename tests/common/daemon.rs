@@ -127,6 +127,12 @@ impl Proc {
         }
     }
 
+    /// The `addr=` value of the first log line containing `needle` (waited for): where a
+    /// listener bound to port 0 listens, e.g. `logged_addr("metrics listening")`.
+    pub async fn logged_addr(&self, needle: &str) -> String {
+        log_field(&self.wait_for_log(needle).await, "addr")
+    }
+
     /// [`Proc::wait_for_log`] for tests without an async runtime.
     pub fn wait_for_log_blocking(&self, needle: &str) -> String {
         self.wait_for_nth_log_blocking(needle, 0)
@@ -233,6 +239,30 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `key=` in a text log line (up to the next space).
+pub fn log_field(line: &str, key: &str) -> String {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+        + key.len()
+        + 2;
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+/// How many descriptors process `pid` holds (`/proc/<pid>/fd`; the process must exist).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The resident set of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Whether this process runs as root.

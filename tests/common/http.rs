@@ -150,3 +150,25 @@ pub fn parse_x509_bundles(reply: &Reply) -> BTreeMap<String, Vec<CertificateDer<
 pub async fn x509_bundles(socket: &Path) -> BTreeMap<String, Vec<CertificateDer<'static>>> {
     parse_x509_bundles(&workload_get_async(socket, "/v1/x509-bundles").await)
 }
+
+/// `curl ARGS` (any URL, e.g. `-k https://...`): the HTTP status it printed, 0 when there was
+/// no HTTP answer (a TLS port spoken to in plain HTTP, say).
+pub fn curl_status(args: &[&str]) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}

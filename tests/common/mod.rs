@@ -1,6 +1,6 @@
 //! The test harness every test uses: the real binary ([`daemon`]), config files ([`config`]),
 //! the Workload API over gRPC ([`grpc`]) and over HTTP ([`http`]), in-process daemons
-//! ([`mesh`]) and Workload APIs ([`workload`]), waits on events under one hang guard
+//! ([`mesh`]) and Workload APIs ([`workload`]), `/metrics` scrapes ([`metrics`]), waits on events under one hang guard
 //! ([`eventually`], [`guard`]), the CLI ([`cli`]), the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
+pub mod metrics;
 pub mod python;
 pub mod workload;
 
@@ -254,4 +255,33 @@ pub fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
         der = rest;
     }
     out
+}
+
+/// Spawns `cmd` with stdout piped (read on a thread to its end)
+/// and waits, under [`GUARD`], for its first stdout line starting with `prefix` (`""`: any
+/// line), naming `what` if none comes. Returns the child (the caller kills it) and that line.
+pub fn spawn_until_line(
+    cmd: &mut Command,
+    prefix: &'static str,
+    what: &str,
+) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // Drained to the end, so the child never blocks on (or dies of) a closed pipe.
+            if line.starts_with(prefix) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(GUARD)
+        .unwrap_or_else(|_| panic!("hang guard: {what}"));
+    (child, line)
 }
