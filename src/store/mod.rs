@@ -2,12 +2,13 @@
 //! sequence, and the pinned peer bundles.
 //!
 //! Every write is one transaction, so `kill -9` at any moment leaves either the old or the new
-//! state. The interface is synchronous and coarse (whole records, no queries) so that another
-//! backend (PostgreSQL, for several daemons of one mesh) can implement it later; [`sqlite`] is
-//! the embedded one.
+//! state. The interface is synchronous and coarse (whole records, no queries); [`sqlite`] is
+//! the embedded backend, [`postgres`] the shared one (`[store] kind = "postgres"`), which keeps
+//! CA private keys in `data_dir`, never in the database.
 
 pub mod lock;
 pub mod marker;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -25,6 +26,16 @@ pub enum StoreError {
     /// The database said no.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL said no (a query failed).
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database cannot be reached now (connection refused, timed out, pool exhausted):
+    /// what needs it waits and is retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The `[store]` settings cannot be used (URL, TLS, schema newer than this binary).
+    #[error("store config: {0}")]
+    Config(String),
     /// Creating or securing the data directory or database file failed.
     #[error("{path}: {source}")]
     Io {

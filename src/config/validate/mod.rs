@@ -5,6 +5,7 @@
 
 mod entry;
 mod federation;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
             Some(MetricsConfig { listen })
         }
     };
+    let store = cx.store(raw.store.unwrap_or_default())?;
     let federation = cx.federation(raw.federation, &trust_domain)?;
     let reserved_id = match &bundle_endpoint {
         Some(BundleEndpointConfig {
@@ -82,6 +84,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         workload_api,
         admin_api,
         metrics,
+        store,
         federation,
         entries,
     })
