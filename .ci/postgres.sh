@@ -7,6 +7,8 @@
 #                               `meshtrust` (CREATEDB: each test creates and drops its own
 #                               database) and the database `meshtrust`, and writes the URL to
 #                               DIR/url. Prints `export MESHTRUST_TEST_PG_URL_FILE=DIR/url`.
+#                               TLS is on: DIR/ca.pem authenticates the server (localhost,
+#                               127.0.0.1); the role `meshtrust_tls` may log in over TLS only.
 #   .ci/postgres.sh stop DIR    stops that cluster (fast shutdown).
 #   .ci/postgres.sh restart DIR starts it again after a stop (same port, same data).
 #
@@ -74,6 +76,21 @@ synchronous_commit = off
 full_page_writes = off
 EOF
       echo "$port" >"$dir/port"
+      # TLS: a throwaway CA and a server certificate for localhost/127.0.0.1. The role
+      # meshtrust_tls may connect over TLS only (tests prove verify-full is really used).
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=meshtrust test CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj "/CN=localhost" -keyout "$dir/data/server.key" -out "$dir/server.csr" 2>/dev/null
+      printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$dir/server.ext"
+      openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 30 -extfile "$dir/server.ext" -out "$dir/data/server.crt" 2>/dev/null
+      chmod 0600 "$dir/data/server.key"
+      if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$dir/data/server.key" "$dir/data/server.crt"; fi
+      chmod 0644 "$dir/ca.pem"
+      printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >>"$dir/data/postgresql.conf"
+      { echo "hostnossl all meshtrust_tls 0.0.0.0/0 reject"; cat "$dir/data/pg_hba.conf"; } >"$dir/hba.tmp"
+      cat "$dir/hba.tmp" >"$dir/data/pg_hba.conf" && rm -f "$dir/hba.tmp"
     fi
     port=$(cat "$dir/port")
     pg_start
@@ -81,6 +98,9 @@ EOF
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meshtrust') THEN
     CREATE ROLE meshtrust LOGIN CREATEDB PASSWORD 'meshtrust';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meshtrust_tls') THEN
+    CREATE ROLE meshtrust_tls LOGIN PASSWORD 'meshtrust';
   END IF;
 END $$;
 SELECT 'CREATE DATABASE meshtrust OWNER meshtrust'

@@ -347,3 +347,41 @@ fn an_unreachable_database_is_unavailable_and_the_password_is_not_shown() {
         other => panic!("expected unavailable, got {other:?}"),
     }
 }
+
+/// `sslmode=verify-full` through rustls: the server is authenticated by the CA file and its
+/// name, the connection is encrypted (the role used is refused without TLS), and a server the
+/// CA did not certify is refused with the certificate named as the reason.
+#[test]
+fn verify_full_connects_over_tls_and_refuses_a_server_the_ca_does_not_vouch_for() {
+    let Some(db) = pg_support::test_db("verify_full_tls") else {
+        return;
+    };
+    let Some((ca, url)) = pg_support::tls(&db) else {
+        assert!(
+            std::env::var("MESHTRUST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "the CI cluster has TLS (.ci/postgres.sh)"
+        );
+        eprintln!("SKIPPED verify_full_tls: the cluster was not made by .ci/postgres.sh");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ConnectOptions::parse(&format!("{url}?sslmode=disable"), None).unwrap();
+    match PostgresStorage::open(&plain, dir.path()) {
+        Err(e) => assert!(e.to_string().contains("no encryption"), "{e}"),
+        Ok(_) => panic!("the TLS-only role connected without TLS"),
+    }
+    let tls = ConnectOptions::parse(&format!("{url}?sslmode=verify-full"), Some(&ca)).unwrap();
+    let s = PostgresStorage::open(&tls, dir.path()).unwrap();
+    s.save_pinned(&pin("a.test", Some(1), "{}")).unwrap();
+    assert_eq!(s.load_pinned().unwrap().len(), 1);
+
+    // Another CA: the test cluster's certificate does not chain to it.
+    let other = dir.path().join("other-ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&other, cert.cert.pem()).unwrap();
+    let wrong = ConnectOptions::parse(&format!("{url}?sslmode=verify-full"), Some(&other)).unwrap();
+    match PostgresStorage::open(&wrong, tempfile::tempdir().unwrap().path()) {
+        Err(e) => assert!(e.to_string().contains("certificate"), "{e}"),
+        Ok(_) => panic!("connected to a server the CA does not vouch for"),
+    }
+}

@@ -26,9 +26,9 @@ pub enum StoreError {
     /// The database said no.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
-    /// PostgreSQL said no (a query failed).
+    /// PostgreSQL refused a query (the server's message, with its SQLSTATE).
     #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(String),
     /// The database cannot be reached now (connection refused, timed out, pool exhausted):
     /// what needs it waits and is retried.
     #[error("store unavailable: {0}")]
@@ -75,6 +75,34 @@ pub enum StoreError {
         /// What was found.
         why: &'static str,
     },
+}
+
+/// An error and its causes, `a: b: c` (tokio-postgres and deadpool keep the server's message
+/// in the sources; their own `Display` says only "db error").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// A failure without a SQLSTATE (closed connection, I/O, TLS) means the database is
+    /// unavailable; a query the server refused is [`StoreError::Postgres`].
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() || e.code().is_none() {
+            Self::Unavailable(error_chain(&e))
+        } else {
+            Self::Postgres(error_chain(&e))
+        }
+    }
 }
 
 /// Creates `data_dir` if missing and makes it 0700 (it holds CA keys).

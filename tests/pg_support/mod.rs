@@ -137,3 +137,19 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// The TLS side of the test cluster (`.ci/postgres.sh` makes it): the CA file that
+/// authenticates the server as `localhost`, and `db`'s URL for the role `meshtrust_tls`, which
+/// the server admits over TLS only. `None` when the cluster was not made by that script.
+pub fn tls(db: &TestDb) -> Option<(std::path::PathBuf, String)> {
+    let file = std::env::var_os("MESHTRUST_TEST_PG_URL_FILE")?;
+    let ca = std::path::Path::new(&file).parent()?.join("ca.pem");
+    if !ca.exists() {
+        return None;
+    }
+    run_sql(&db.url, "GRANT ALL ON SCHEMA public TO meshtrust_tls").unwrap();
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username("meshtrust_tls").unwrap();
+    url.set_host(Some("localhost")).unwrap();
+    Some((ca, url.to_string()))
+}

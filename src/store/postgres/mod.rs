@@ -59,6 +59,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A pool failure: the connection could not be made (or the pool waited too long).
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(super::error_chain(&e))
+}
+
 fn i64_of(v: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range")))
 }
@@ -108,7 +113,7 @@ impl PostgresStorage {
             target: options.redacted.clone(),
         };
         let found = storage.call(|pool| async move {
-            let mut client = pool.get().await.map_err(unavailable)?;
+            let mut client = pool.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await
         })?;
         if found < schema::current() {
@@ -148,7 +153,6 @@ impl PostgresStorage {
         });
         rx.recv()
             .unwrap_or_else(|_| Err(unavailable("store task ended")))
-            .map_err(classify)
     }
 
     fn attach_keys(&self, rows: Vec<AuthorityRow>) -> Result<Vec<StoredAuthority>, StoreError> {
@@ -194,17 +198,6 @@ impl PostgresStorage {
             .map(|a| keys::stem(&a.ca_cert))
             .collect();
         self.keys.retain(&keep);
-    }
-}
-
-/// Connection-level failures (closed connection, I/O) mean the database is unavailable; a
-/// query the server refused stays [`StoreError::Postgres`].
-fn classify(e: StoreError) -> StoreError {
-    match e {
-        StoreError::Postgres(pg) if pg.is_closed() || pg.code().is_none() => {
-            StoreError::Unavailable(pg.to_string())
-        }
-        other => other,
     }
 }
 
@@ -347,7 +340,7 @@ async fn write_ca(c: &impl GenericClient, p: &RecordParams) -> Result<(), StoreE
 impl Storage for PostgresStorage {
     fn load_ca(&self) -> Result<Option<CaRecord>, StoreError> {
         let raw = self.call(|pool| async move {
-            let client = pool.get().await.map_err(unavailable)?;
+            let client = pool.get().await.map_err(pool_err)?;
             read_ca(&**client).await
         })?;
         raw.map(|r| self.record(r)).transpose()
@@ -359,7 +352,7 @@ impl Storage for PostgresStorage {
         }
         let params = params_of(record)?;
         let existing = self.call(|pool| async move {
-            let mut client = pool.get().await.map_err(unavailable)?;
+            let mut client = pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CA_LOCK])
                 .await?;
@@ -386,7 +379,7 @@ impl Storage for PostgresStorage {
         }
         let params = params_of(record)?;
         self.call(|pool| async move {
-            let mut client = pool.get().await.map_err(unavailable)?;
+            let mut client = pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CA_LOCK])
                 .await?;
@@ -400,7 +393,7 @@ impl Storage for PostgresStorage {
 
     fn load_pinned(&self) -> Result<Vec<PinnedBundle>, StoreError> {
         let rows = self.call(|pool| async move {
-            let client = pool.get().await.map_err(unavailable)?;
+            let client = pool.get().await.map_err(pool_err)?;
             let rows = client
                 .query(
                     "SELECT trust_domain, json, sequence, fetched_at FROM pinned_bundle
@@ -439,7 +432,7 @@ impl Storage for PostgresStorage {
         let sequence = b.sequence.and_then(|s| i64::try_from(s).ok());
         let fetched_at = to_unix_millis(b.fetched_at);
         self.call(|pool| async move {
-            let client = pool.get().await.map_err(unavailable)?;
+            let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute(
                     "INSERT INTO pinned_bundle (trust_domain, json, sequence, fetched_at)
@@ -456,7 +449,7 @@ impl Storage for PostgresStorage {
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError> {
         let td = trust_domain.as_str().to_owned();
         self.call(|pool| async move {
-            let client = pool.get().await.map_err(unavailable)?;
+            let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute("DELETE FROM pinned_bundle WHERE trust_domain = $1", &[&td])
                 .await?;
