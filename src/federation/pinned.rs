@@ -127,6 +127,11 @@ impl PeerStore {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The store's kind and reachability (for status and `/readyz`).
+    pub fn store_health(&self) -> (&'static str, crate::store::StoreHealth) {
+        (self.storage.kind(), self.storage.health())
+    }
+
     /// Replaces the configured peers (a config reload): a relationship no longer configured
     /// loses its pinned bundle, in the state and for subscribers (the Workload API streams stop
     /// sending it), as at start; a new one has nothing pinned until its first fetch.

@@ -231,6 +231,12 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<MetricsState>) -> impl IntoResponse {
+    if let (_, crate::store::StoreHealth::Unavailable(_)) = state.peers.store_health() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: store unavailable\n",
+        );
+    }
     if state.ready.load(Ordering::Acquire) && state.ca.snapshot().active().is_some() {
         (StatusCode::OK, "ready\n")
     } else {

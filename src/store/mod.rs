@@ -217,8 +217,25 @@ pub struct PinnedBundle {
     pub fetched_at: SystemTime,
 }
 
+/// Whether the store can be reached now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// The last call or probe succeeded.
+    Available,
+    /// It cannot be reached: what the daemon holds is served, changes wait and are retried.
+    Unavailable(String),
+}
+
 /// Durable state. Implementations make every call atomic.
 pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+    /// Reachability now (a local file always is).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Available
+    }
     /// The CA state, if any.
     ///
     /// # Errors

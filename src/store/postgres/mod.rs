@@ -18,13 +18,15 @@ pub mod schema;
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::GenericClient;
 
-use super::{AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority};
+use super::{
+    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth, StoredAuthority,
+};
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
 
@@ -33,6 +35,10 @@ use keys::KeyDir;
 
 /// How long one storage call may take before the store counts as unavailable.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the database is probed, so that status and `/readyz` see an outage (and the
+/// end of one) even when nothing is written.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The advisory lock serialising CA writes (`init_ca`, `save_ca`) across replicas.
 const CA_LOCK: i64 = 0x6d65_7368_0000_00ca;
@@ -44,6 +50,7 @@ pub struct PostgresStorage {
     pool: Pool,
     keys: KeyDir,
     target: String,
+    health: Arc<Mutex<StoreHealth>>,
 }
 
 impl Drop for PostgresStorage {
@@ -111,6 +118,7 @@ impl PostgresStorage {
             pool,
             keys,
             target: options.redacted.clone(),
+            health: Arc::new(Mutex::new(StoreHealth::Available)),
         };
         let found = storage.call(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
@@ -124,7 +132,30 @@ impl PostgresStorage {
                 "store schema created or migrated"
             );
         }
+        storage.spawn_probe();
         Ok(storage)
+    }
+
+    /// Probes the database every [`PROBE_INTERVAL`] on this store's runtime (ends with it).
+    fn spawn_probe(&self) {
+        let Some(rt) = &self.rt else { return };
+        let pool = self.pool.clone();
+        let health = self.health.clone();
+        let target = self.target.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let probe = async {
+                    let client = pool.get().await.map_err(pool_err)?;
+                    client.simple_query("SELECT 1").await?;
+                    Ok::<_, StoreError>(())
+                };
+                let outcome = tokio::time::timeout(connect::CONNECT_TIMEOUT, probe)
+                    .await
+                    .unwrap_or_else(|_| Err(unavailable("the database did not answer in time")));
+                record_health(&health, &target, &outcome);
+            }
+        });
     }
 
     /// The database, password redacted.
@@ -151,8 +182,11 @@ impl PostgresStorage {
                 .unwrap_or_else(|_| Err(unavailable("the database did not answer in time")));
             let _ = tx.send(out);
         });
-        rx.recv()
-            .unwrap_or_else(|_| Err(unavailable("store task ended")))
+        let out = rx
+            .recv()
+            .unwrap_or_else(|_| Err(unavailable("store task ended")));
+        record_health(&self.health, &self.target, &out);
+        out
     }
 
     fn attach_keys(&self, rows: Vec<AuthorityRow>) -> Result<Vec<StoredAuthority>, StoreError> {
@@ -199,6 +233,26 @@ impl PostgresStorage {
             .collect();
         self.keys.retain(&keep);
     }
+}
+
+/// Notes a call's outcome: an unavailable store, or its return (logged once per change).
+fn record_health<T>(health: &Mutex<StoreHealth>, target: &str, outcome: &Result<T, StoreError>) {
+    let next = match outcome {
+        Err(StoreError::Unavailable(why)) => StoreHealth::Unavailable(why.clone()),
+        Err(_) => return,
+        Ok(_) => StoreHealth::Available,
+    };
+    let mut h = health.lock().unwrap_or_else(|e| e.into_inner());
+    match (&*h, &next) {
+        (StoreHealth::Available, StoreHealth::Unavailable(why)) => {
+            tracing::warn!(database = %target, error = %why, "store unavailable: serving what is held, changes wait");
+        }
+        (StoreHealth::Unavailable(_), StoreHealth::Available) => {
+            tracing::info!(database = %target, "store available again");
+        }
+        _ => {}
+    }
+    *h = next;
 }
 
 /// An authority row without its keys.
@@ -338,6 +392,17 @@ async fn write_ca(c: &impl GenericClient, p: &RecordParams) -> Result<(), StoreE
 }
 
 impl Storage for PostgresStorage {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn load_ca(&self) -> Result<Option<CaRecord>, StoreError> {
         let raw = self.call(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
