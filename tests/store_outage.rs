@@ -116,6 +116,15 @@ async fn postgres_stopped_then_started_again_the_daemon_serves_throughout_and_re
     assert_eq!(before["store"]["kind"], "postgres");
     assert_eq!(before["store"]["available"], true, "{before}");
     assert_eq!(get(&metrics, "/readyz").await.0, 200);
+    let scrape = get(&metrics, "/metrics").await.1;
+    assert!(
+        scrape.contains("meshtrust_store_up{kind=\"postgres\"} 1"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("meshtrust_store_calls_total{outcome=\"ok\"}"),
+        "{scrape}"
+    );
 
     tokio::task::spawn_blocking({
         let d = cluster.dir.path().to_owned();
@@ -145,6 +154,11 @@ async fn postgres_stopped_then_started_again_the_daemon_serves_throughout_and_re
     let (code, body) = get(&metrics, "/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("store unavailable"), "{body}");
+    let scrape = get(&metrics, "/metrics").await.1;
+    assert!(
+        scrape.contains("meshtrust_store_up{kind=\"postgres\"} 0"),
+        "{scrape}"
+    );
     let text = common::cli_async(&["status", "--admin-socket", admin.to_str().unwrap()]).await;
     assert!(text.stdout.contains("store unavailable"), "{}", text.stdout);
 
@@ -177,6 +191,15 @@ async fn postgres_stopped_then_started_again_the_daemon_serves_throughout_and_re
         "ready again, no restart"
     );
     assert!(daemon.log().contains("store available again"));
+    let scrape = get(&metrics, "/metrics").await.1;
+    assert!(
+        scrape.contains("meshtrust_store_up{kind=\"postgres\"} 1"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("meshtrust_store_availability_changes_total 2"),
+        "down once, up once: {scrape}"
+    );
     let seq = pg_support::query_text(&cluster.url(), "SELECT sequence FROM own_bundle").unwrap();
     assert_eq!(
         seq,

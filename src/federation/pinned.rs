@@ -132,6 +132,11 @@ impl PeerStore {
         (self.storage.kind(), self.storage.health())
     }
 
+    /// The store's call counters (a shared store only).
+    pub fn store_metrics(&self) -> Option<Arc<crate::metrics::store::StoreMetrics>> {
+        self.storage.metrics()
+    }
+
     /// Replaces the configured peers (a config reload): a relationship no longer configured
     /// loses its pinned bundle, in the state and for subscribers (the Workload API streams stop
     /// sending it), as at start; a new one has nothing pinned until its first fetch.

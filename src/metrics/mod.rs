@@ -34,6 +34,7 @@ pub mod histogram;
 pub mod issuance;
 mod process;
 pub mod registry;
+pub mod store;
 mod text;
 pub mod workload_api;
 
@@ -208,6 +209,13 @@ pub fn render(state: &MetricsState) -> String {
     state.registry.workload_api.render(&mut out);
     state.registry.bundle_endpoint.render(&mut out);
     state.ca.issuance_metrics().render(&mut out);
+    let (kind, health) = state.peers.store_health();
+    store::StoreMetrics::render(
+        kind,
+        health == crate::store::StoreHealth::Available,
+        state.peers.store_metrics().as_deref(),
+        &mut out,
+    );
     out
 }
 

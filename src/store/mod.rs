@@ -236,6 +236,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn health(&self) -> StoreHealth {
         StoreHealth::Available
     }
+    /// Call counters and latency, for a shared store.
+    fn metrics(&self) -> Option<std::sync::Arc<crate::metrics::store::StoreMetrics>> {
+        None
+    }
     /// The CA state, if any.
     ///
     /// # Errors

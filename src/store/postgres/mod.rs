@@ -30,6 +30,7 @@ use super::{
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
 
+use crate::metrics::store::{CallOutcome, StoreMetrics};
 pub use connect::{ConnectOptions, redact_url};
 use keys::KeyDir;
 
@@ -51,6 +52,7 @@ pub struct PostgresStorage {
     keys: KeyDir,
     target: String,
     health: Arc<Mutex<StoreHealth>>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl Drop for PostgresStorage {
@@ -119,6 +121,7 @@ impl PostgresStorage {
             keys,
             target: options.redacted.clone(),
             health: Arc::new(Mutex::new(StoreHealth::Available)),
+            metrics: Arc::new(StoreMetrics::default()),
         };
         let found = storage.call(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
@@ -142,6 +145,7 @@ impl PostgresStorage {
         let pool = self.pool.clone();
         let health = self.health.clone();
         let target = self.target.clone();
+        let metrics = self.metrics.clone();
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
@@ -153,7 +157,7 @@ impl PostgresStorage {
                 let outcome = tokio::time::timeout(connect::CONNECT_TIMEOUT, probe)
                     .await
                     .unwrap_or_else(|_| Err(unavailable("the database did not answer in time")));
-                record_health(&health, &target, &outcome);
+                record_health(&health, &metrics, &target, &outcome);
             }
         });
     }
@@ -175,6 +179,7 @@ impl PostgresStorage {
             .as_ref()
             .ok_or_else(|| unavailable("store closed"))?;
         let fut = f(self.pool.clone());
+        let started = std::time::Instant::now();
         let (tx, rx) = mpsc::sync_channel(1);
         rt.spawn(async move {
             let out = tokio::time::timeout(CALL_TIMEOUT, fut)
@@ -185,7 +190,15 @@ impl PostgresStorage {
         let out = rx
             .recv()
             .unwrap_or_else(|_| Err(unavailable("store task ended")));
-        record_health(&self.health, &self.target, &out);
+        self.metrics.observe(
+            match &out {
+                Ok(_) => CallOutcome::Ok,
+                Err(StoreError::Unavailable(_)) => CallOutcome::Unavailable,
+                Err(_) => CallOutcome::Error,
+            },
+            started.elapsed(),
+        );
+        record_health(&self.health, &self.metrics, &self.target, &out);
         out
     }
 
@@ -236,7 +249,12 @@ impl PostgresStorage {
 }
 
 /// Notes a call's outcome: an unavailable store, or its return (logged once per change).
-fn record_health<T>(health: &Mutex<StoreHealth>, target: &str, outcome: &Result<T, StoreError>) {
+fn record_health<T>(
+    health: &Mutex<StoreHealth>,
+    metrics: &StoreMetrics,
+    target: &str,
+    outcome: &Result<T, StoreError>,
+) {
     let next = match outcome {
         Err(StoreError::Unavailable(why)) => StoreHealth::Unavailable(why.clone()),
         Err(_) => return,
@@ -245,9 +263,11 @@ fn record_health<T>(health: &Mutex<StoreHealth>, target: &str, outcome: &Result<
     let mut h = health.lock().unwrap_or_else(|e| e.into_inner());
     match (&*h, &next) {
         (StoreHealth::Available, StoreHealth::Unavailable(why)) => {
+            metrics.transition();
             tracing::warn!(database = %target, error = %why, "store unavailable: serving what is held, changes wait");
         }
         (StoreHealth::Unavailable(_), StoreHealth::Available) => {
+            metrics.transition();
             tracing::info!(database = %target, "store available again");
         }
         _ => {}
@@ -394,6 +414,10 @@ async fn write_ca(c: &impl GenericClient, p: &RecordParams) -> Result<(), StoreE
 impl Storage for PostgresStorage {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
+        Some(self.metrics.clone())
     }
 
     fn health(&self) -> StoreHealth {
