@@ -143,6 +143,38 @@ fn pins_insert_replace_and_delete(s: &dyn Storage, open: &dyn Fn() -> Arc<dyn St
     );
 }
 
+/// The rollback guard is the store's: a lower sequence than the stored one is refused by the
+/// write itself (so two replicas can never pin out of order); equal or higher, or either
+/// without a sequence, is written; after a delete (a reset) a lower one is accepted.
+fn pins_never_go_back_in_the_store(s: &dyn Storage, open: &dyn Fn() -> Arc<dyn Storage>) {
+    s.save_pinned(&pin("p.test", Some(5), "{\"v\":5}")).unwrap();
+    match open().save_pinned(&pin("p.test", Some(4), "{\"v\":4}")) {
+        Err(StoreError::SequenceRollback {
+            pinned: 5,
+            received: 4,
+        }) => {}
+        other => panic!("expected the rollback refused by the store, got {other:?}"),
+    }
+    assert_eq!(
+        s.load_pinned().unwrap(),
+        vec![pin("p.test", Some(5), "{\"v\":5}")]
+    );
+    s.save_pinned(&pin("p.test", Some(5), "{\"v\":55}"))
+        .unwrap();
+    s.save_pinned(&pin("p.test", None, "{\"v\":0}")).unwrap();
+    s.save_pinned(&pin("p.test", Some(1), "{\"v\":1}")).unwrap();
+    s.delete_pinned(&TrustDomain::new("p.test").unwrap())
+        .unwrap();
+    s.save_pinned(&pin("p.test", Some(7), "{\"v\":7}")).unwrap();
+    s.delete_pinned(&TrustDomain::new("p.test").unwrap())
+        .unwrap();
+    s.save_pinned(&pin("p.test", Some(2), "{\"v\":2}")).unwrap();
+    assert_eq!(
+        s.load_pinned().unwrap(),
+        vec![pin("p.test", Some(2), "{\"v\":2}")]
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -186,6 +218,7 @@ suite!(
     init_ca_stores_once_and_returns_the_first,
     save_ca_replaces_everything_and_survives_a_restart,
     pins_insert_replace_and_delete,
+    pins_never_go_back_in_the_store,
 );
 
 fn pg(url: &str, data_dir: &Path) -> PostgresStorage {

@@ -207,12 +207,20 @@ impl PeerStore {
     }
 
     fn save(&self, bundle: &TrustBundle, fetched_at: SystemTime) -> Result<(), PinError> {
-        self.storage.save_pinned(&PinnedBundle {
-            trust_domain: bundle.trust_domain.clone(),
-            bundle_json: jwks::to_json(bundle)?,
-            sequence: bundle.sequence,
-            fetched_at,
-        })?;
+        self.storage
+            .save_pinned(&PinnedBundle {
+                trust_domain: bundle.trust_domain.clone(),
+                bundle_json: jwks::to_json(bundle)?,
+                sequence: bundle.sequence,
+                fetched_at,
+            })
+            .map_err(|e| match e {
+                // The store's own guard (another writer pinned a newer one first).
+                StoreError::SequenceRollback { pinned, received } => {
+                    PinError::SequenceRollback { pinned, received }
+                }
+                e => PinError::Store(e),
+            })?;
         Ok(())
     }
 

@@ -33,6 +33,15 @@ pub enum StoreError {
     /// what needs it waits and is retried.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A pin whose `spiffe_sequence` is below the stored one for that peer: refused by the
+    /// store itself, so two writers (replicas) can never pin out of order.
+    #[error("spiffe_sequence went backwards: pinned {pinned}, received {received}")]
+    SequenceRollback {
+        /// The stored sequence.
+        pinned: u64,
+        /// The refused one.
+        received: u64,
+    },
     /// The `[store]` settings cannot be used (URL, TLS, schema newer than this binary).
     #[error("store config: {0}")]
     Config(String),
@@ -261,10 +270,11 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On database failure.
     fn load_pinned(&self) -> Result<Vec<PinnedBundle>, StoreError>;
-    /// Pins (inserts or replaces) a peer bundle.
+    /// Pins (inserts or replaces) a peer bundle, unless both it and the stored one carry a
+    /// sequence and its is lower (checked in the same statement as the write).
     ///
     /// # Errors
-    /// On database failure.
+    /// [`StoreError::SequenceRollback`], or on database failure.
     fn save_pinned(&self, bundle: &PinnedBundle) -> Result<(), StoreError>;
     /// Forgets a peer's pinned bundle (relationship removed or reset).
     ///

@@ -522,15 +522,31 @@ impl Storage for PostgresStorage {
         let fetched_at = to_unix_millis(b.fetched_at);
         self.call(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
-            client
+            // One statement: the guard and the write cannot be split by another replica.
+            let changed = client
                 .execute(
                     "INSERT INTO pinned_bundle (trust_domain, json, sequence, fetched_at)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (trust_domain)
-                     DO UPDATE SET json = $2, sequence = $3, fetched_at = $4",
+                     DO UPDATE SET json = $2, sequence = $3, fetched_at = $4
+                     WHERE pinned_bundle.sequence IS NULL OR EXCLUDED.sequence IS NULL
+                        OR EXCLUDED.sequence >= pinned_bundle.sequence",
                     &[&td, &json, &sequence, &fetched_at],
                 )
                 .await?;
+            if changed == 0 {
+                let pinned: Option<i64> = client
+                    .query_opt(
+                        "SELECT sequence FROM pinned_bundle WHERE trust_domain = $1",
+                        &[&td],
+                    )
+                    .await?
+                    .and_then(|r| r.get(0));
+                return Err(StoreError::SequenceRollback {
+                    pinned: pinned.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
+                    received: sequence.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                });
+            }
             Ok(())
         })
     }
