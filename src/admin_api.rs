@@ -191,6 +191,15 @@ pub struct StatusView {
     ca: CaView,
     bundle: BundleView,
     federation: Vec<PeerView>,
+    store: StoreView,
+}
+
+/// `"store"`: the backend and whether it can be reached (`"error"`: "store unavailable: ...").
+#[derive(Debug, Serialize)]
+struct StoreView {
+    kind: &'static str,
+    available: bool,
+    error: Option<String>,
 }
 
 /// Builds the status document from the state.
@@ -241,6 +250,21 @@ pub fn status_view(state: &AdminState) -> StatusView {
                 .collect(),
         },
         federation,
+        store: {
+            let (kind, health) = state.peers.store_health();
+            match health {
+                crate::store::StoreHealth::Available => StoreView {
+                    kind,
+                    available: true,
+                    error: None,
+                },
+                crate::store::StoreHealth::Unavailable(why) => StoreView {
+                    kind,
+                    available: false,
+                    error: Some(format!("store unavailable: {why}")),
+                },
+            }
+        },
     }
 }
 

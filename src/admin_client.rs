@@ -73,6 +73,17 @@ pub fn render_status(body: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "trust domain  {}", s(&body["trust_domain"]));
+    let st = &body["store"];
+    if st.is_object() {
+        match st["error"].as_str() {
+            Some(e) => {
+                let _ = writeln!(out, "store         {} {e}", s(&st["kind"]));
+            }
+            None => {
+                let _ = writeln!(out, "store         {} available", s(&st["kind"]));
+            }
+        }
+    }
     for role in ["active", "prepared"] {
         let a = &body["ca"][role];
         if a.is_object() {

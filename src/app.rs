@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin_api::{self, AdminState};
 use crate::ca::{Ca, CaError, CaPolicy};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, EntryConfig};
+use crate::config::{Config, EntryConfig, StoreConfig};
 use crate::federation::RefreshHandles;
 use crate::federation::client::FetchLimits;
 use crate::federation::endpoint::{self, EndpointError, ServeOptions};
@@ -100,8 +100,20 @@ fn store_err(config: &Config) -> impl FnOnce(StoreError) -> AppError + '_ {
 }
 
 fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
-    let storage = SqliteStorage::open(&config.data_dir).map_err(store_err(config))?;
-    Ok(Arc::new(storage))
+    Ok(match &config.store {
+        StoreConfig::Sqlite => {
+            Arc::new(SqliteStorage::open(&config.data_dir).map_err(store_err(config))?)
+        }
+        StoreConfig::Postgres(pg) => Arc::new(
+            crate::store::postgres::open_configured(pg, &config.data_dir)
+                .map_err(store_err(config))?,
+        ),
+    })
+}
+
+/// Whether the state lives in `data_dir`'s SQLite file (whose loss [`marker`] detects).
+fn sqlite_store(config: &Config) -> bool {
+    matches!(config.store, StoreConfig::Sqlite)
 }
 
 /// How the state of `data_dir` may be opened.
@@ -132,7 +144,7 @@ fn open_state(
     let dir = &config.data_dir;
     let lock = DataDirLock::acquire(dir).map_err(store_err(config))?;
     let marked = marker::exists(dir).map_err(store_err(config))?;
-    if !opts.init_new_ca {
+    if !opts.init_new_ca && sqlite_store(config) {
         marker::check_db_file(dir).map_err(store_err(config))?;
     }
     let storage = open_storage(config)?;
@@ -220,8 +232,8 @@ pub fn init_state_with(config: &Config, opts: StateOptions) -> Result<InitState,
     };
     // Only a database that exists and is not a lost one's remains is opened without the lock
     // (opening creates the file).
-    let readable =
-        dir.join(crate::store::sqlite::DB_FILE).exists() && marker::check_db_file(dir).is_ok();
+    let readable = !sqlite_store(config)
+        || (dir.join(crate::store::sqlite::DB_FILE).exists() && marker::check_db_file(dir).is_ok());
     if readable && let Some(bundle_json) = stored(config)? {
         return Ok(InitState {
             bundle_json,

@@ -28,7 +28,7 @@ pub struct ReloadOutcome {
 /// Compares `running` with `new`: the entries to apply and the sections left as they are.
 pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
     let mut needs_restart = Vec::new();
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 9] = [
         ("trust_domain", running.trust_domain == new.trust_domain),
         ("data_dir", running.data_dir == new.data_dir),
         ("ca", running.ca == new.ca),
@@ -43,6 +43,7 @@ pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
             "federation_min_refresh_interval",
             running.federation_min_refresh_interval == new.federation_min_refresh_interval,
         ),
+        ("store", running.store == new.store),
     ];
     for (section, same) in checks {
         if !same {

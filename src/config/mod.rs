@@ -69,6 +69,8 @@ pub struct Config {
     pub admin_api: AdminApiConfig,
     /// The Prometheus endpoint; `None` serves none.
     pub metrics: Option<MetricsConfig>,
+    /// `[store]`: where the shared state lives (SQLite in `data_dir` by default).
+    pub store: StoreConfig,
     /// One relationship per peer trust domain, in file order; trust domains are unique.
     pub federation: Vec<FederationConfig>,
     /// The shortest poll interval of every peer, whatever its `spiffe_refresh_hint` says
@@ -134,6 +136,47 @@ pub struct WorkloadApiConfig {
 pub struct AdminApiConfig {
     /// The Unix socket path (fits in `sun_path`, differs from the Workload API's).
     pub socket: PathBuf,
+}
+
+/// `[store]`: the backend of the durable state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StoreConfig {
+    /// One SQLite file in `data_dir` (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by the replicas of one mesh.
+    Postgres(PostgresConfig),
+}
+
+/// `[store] kind = "postgres"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// Where the connection URL comes from.
+    pub url: PostgresUrl,
+    /// Roots that authenticate the server with `sslmode=verify-full` (else `sslrootcert` in the
+    /// URL).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The PostgreSQL URL: inline (its password redacted in `Debug`) or read from a file at start.
+#[derive(Clone, PartialEq)]
+pub enum PostgresUrl {
+    /// `url`.
+    Inline(String),
+    /// `url_file`: read when the daemon starts, so the secret stays out of the config.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(url) => f
+                .debug_tuple("Inline")
+                .field(&crate::store::postgres::redact_url(url))
+                .finish(),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 /// `[metrics]`.

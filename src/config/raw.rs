@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub workload_api: Option<RawSocket>,
     pub admin_api: Option<RawSocket>,
     pub metrics: Option<RawMetrics>,
+    pub store: Option<RawStore>,
     #[serde(default)]
     pub federation: Vec<RawFederation>,
     #[serde(default)]
@@ -66,6 +67,16 @@ pub(super) struct RawSocket {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawMetrics {
     pub listen: Option<String>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawStore {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// One `[[federation]]`.

@@ -175,7 +175,7 @@ pub async fn fetch_verified(
         expected: invite.x509_authorities_sha256.clone(),
         got,
     };
-    let got = authorities_digest(&first.bundle.x509_authorities);
+    let got = authorities_digest(&first.parsed.bundle.x509_authorities);
     if got != invite.x509_authorities_sha256 {
         return Err(mismatch(got));
     }
@@ -184,7 +184,7 @@ pub async fn fetch_verified(
     let roots = EndpointRoots::Peer {
         trust_domain: td.clone(),
         pinned,
-        bootstrap: Some(Arc::new(first.bundle)),
+        bootstrap: Some(Arc::new(first.parsed.bundle)),
     };
     let verifier =
         SpiffeEndpointVerifier::new(invite.endpoint_spiffe_id.clone(), roots, provider());
@@ -198,11 +198,11 @@ pub async fn fetch_verified(
         .fetch()
         .await
         .map_err(unproven)?;
-    let got = authorities_digest(&second.bundle.x509_authorities);
+    let got = authorities_digest(&second.parsed.bundle.x509_authorities);
     if got != invite.x509_authorities_sha256 {
         return Err(mismatch(got));
     }
-    Ok(second.bundle)
+    Ok(second.parsed.bundle)
 }
 
 /// What `join` was asked to do.

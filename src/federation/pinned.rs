@@ -163,6 +163,16 @@ impl PeerStore {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The store's kind and reachability (for status and `/readyz`).
+    pub fn store_health(&self) -> (&'static str, crate::store::StoreHealth) {
+        (self.storage.kind(), self.storage.health())
+    }
+
+    /// The store's call counters (a shared store only).
+    pub fn store_metrics(&self) -> Option<Arc<crate::metrics::store::StoreMetrics>> {
+        self.storage.metrics()
+    }
+
     /// Replaces the configured peers (a config reload): a relationship no longer configured
     /// loses its pinned bundle, in the state and for subscribers (the Workload API streams stop
     /// sending it), as at start; a new one has nothing pinned until its first fetch.
@@ -245,12 +255,20 @@ impl PeerStore {
     }
 
     fn save(&self, bundle: &TrustBundle, fetched_at: SystemTime) -> Result<(), PinError> {
-        self.storage.save_pinned(&PinnedBundle {
-            trust_domain: bundle.trust_domain.clone(),
-            bundle_json: jwks::to_json(bundle)?,
-            sequence: bundle.sequence,
-            fetched_at,
-        })?;
+        self.storage
+            .save_pinned(&PinnedBundle {
+                trust_domain: bundle.trust_domain.clone(),
+                bundle_json: jwks::to_json(bundle)?,
+                sequence: bundle.sequence,
+                fetched_at,
+            })
+            .map_err(|e| match e {
+                // The store's own guard (another writer pinned a newer one first).
+                StoreError::SequenceRollback { pinned, received } => {
+                    PinError::SequenceRollback { pinned, received }
+                }
+                e => PinError::Store(e),
+            })?;
         Ok(())
     }
 

@@ -34,6 +34,7 @@ pub mod histogram;
 pub mod issuance;
 mod process;
 pub mod registry;
+pub mod store;
 mod text;
 pub mod workload_api;
 
@@ -224,6 +225,13 @@ pub fn render(state: &MetricsState) -> String {
     state.registry.workload_api.render(&mut out);
     state.registry.bundle_endpoint.render(&mut out);
     state.ca.issuance_metrics().render(&mut out);
+    let (kind, health) = state.peers.store_health();
+    store::StoreMetrics::render(
+        kind,
+        health == crate::store::StoreHealth::Available,
+        state.peers.store_metrics().as_deref(),
+        &mut out,
+    );
     out
 }
 
@@ -247,6 +255,12 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<MetricsState>) -> impl IntoResponse {
+    if let (_, crate::store::StoreHealth::Unavailable(_)) = state.peers.store_health() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: store unavailable\n",
+        );
+    }
     if state.ready.load(Ordering::Acquire) && state.ca.snapshot().active().is_some() {
         (StatusCode::OK, "ready\n")
     } else {

@@ -2,12 +2,13 @@
 //! sequence, and the pinned peer bundles.
 //!
 //! Every write is one transaction, so `kill -9` at any moment leaves either the old or the new
-//! state. The interface is synchronous and coarse (whole records, no queries) so that another
-//! backend (PostgreSQL, for several daemons of one mesh) can implement it later; [`sqlite`] is
-//! the embedded one.
+//! state. The interface is synchronous and coarse (whole records, no queries); [`sqlite`] is
+//! the embedded backend, [`postgres`] the shared one (`[store] kind = "postgres"`), which keeps
+//! CA private keys in `data_dir`, never in the database.
 
 pub mod lock;
 pub mod marker;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -25,6 +26,25 @@ pub enum StoreError {
     /// The database said no.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL refused a query (the server's message, with its SQLSTATE).
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// The database cannot be reached now (connection refused, timed out, pool exhausted):
+    /// what needs it waits and is retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A pin whose `spiffe_sequence` is below the stored one for that peer: refused by the
+    /// store itself, so two writers (replicas) can never pin out of order.
+    #[error("spiffe_sequence went backwards: pinned {pinned}, received {received}")]
+    SequenceRollback {
+        /// The stored sequence.
+        pinned: u64,
+        /// The refused one.
+        received: u64,
+    },
+    /// The `[store]` settings cannot be used (URL, TLS, schema newer than this binary).
+    #[error("store config: {0}")]
+    Config(String),
     /// Creating or securing the data directory or database file failed.
     #[error("{path}: {source}")]
     Io {
@@ -64,6 +84,34 @@ pub enum StoreError {
         /// What was found.
         why: &'static str,
     },
+}
+
+/// An error and its causes, `a: b: c` (tokio-postgres and deadpool keep the server's message
+/// in the sources; their own `Display` says only "db error").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// A failure without a SQLSTATE (closed connection, I/O, TLS) means the database is
+    /// unavailable; a query the server refused is [`StoreError::Postgres`].
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() || e.code().is_none() {
+            Self::Unavailable(error_chain(&e))
+        } else {
+            Self::Postgres(error_chain(&e))
+        }
+    }
 }
 
 /// Creates `data_dir` if missing and makes it 0700 (it holds CA keys).
@@ -178,8 +226,29 @@ pub struct PinnedBundle {
     pub fetched_at: SystemTime,
 }
 
+/// Whether the store can be reached now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// The last call or probe succeeded.
+    Available,
+    /// It cannot be reached: what the daemon holds is served, changes wait and are retried.
+    Unavailable(String),
+}
+
 /// Durable state. Implementations make every call atomic.
 pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+    /// Reachability now (a local file always is).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Available
+    }
+    /// Call counters and latency, for a shared store.
+    fn metrics(&self) -> Option<std::sync::Arc<crate::metrics::store::StoreMetrics>> {
+        None
+    }
     /// The CA state, if any.
     ///
     /// # Errors
@@ -201,10 +270,11 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On database failure.
     fn load_pinned(&self) -> Result<Vec<PinnedBundle>, StoreError>;
-    /// Pins (inserts or replaces) a peer bundle.
+    /// Pins (inserts or replaces) a peer bundle, unless both it and the stored one carry a
+    /// sequence and its is lower (checked in the same statement as the write).
     ///
     /// # Errors
-    /// On database failure.
+    /// [`StoreError::SequenceRollback`], or on database failure.
     fn save_pinned(&self, bundle: &PinnedBundle) -> Result<(), StoreError>;
     /// Forgets a peer's pinned bundle (relationship removed or reset).
     ///

@@ -270,9 +270,12 @@ impl Storage for SqliteStorage {
     }
 
     fn save_pinned(&self, b: &PinnedBundle) -> Result<(), StoreError> {
-        self.conn().execute(
+        let conn = self.conn();
+        let changed = conn.execute(
             "INSERT INTO pinned_bundle (trust_domain, json, sequence, fetched_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(trust_domain) DO UPDATE SET json = ?2, sequence = ?3, fetched_at = ?4",
+             ON CONFLICT(trust_domain) DO UPDATE SET json = ?2, sequence = ?3, fetched_at = ?4
+             WHERE pinned_bundle.sequence IS NULL OR excluded.sequence IS NULL
+                OR excluded.sequence >= pinned_bundle.sequence",
             params![
                 b.trust_domain.as_str(),
                 b.bundle_json,
@@ -280,6 +283,17 @@ impl Storage for SqliteStorage {
                 to_unix_millis(b.fetched_at)
             ],
         )?;
+        if changed == 0 {
+            let pinned: Option<i64> = conn.query_row(
+                "SELECT sequence FROM pinned_bundle WHERE trust_domain = ?1",
+                params![b.trust_domain.as_str()],
+                |r| r.get(0),
+            )?;
+            return Err(StoreError::SequenceRollback {
+                pinned: pinned.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
+                received: b.sequence.unwrap_or(0),
+            });
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 mod entry;
 mod federation;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
             Some(MetricsConfig { listen })
         }
     };
+    let store = cx.store(raw.store.unwrap_or_default())?;
     let federation = cx.federation(raw.federation, &trust_domain)?;
     let federation_min_refresh_interval =
         cx.min_refresh_interval(raw.federation_min_refresh_interval)?;
@@ -84,6 +86,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         workload_api,
         admin_api,
         metrics,
+        store,
         federation,
         federation_min_refresh_interval,
         entries,

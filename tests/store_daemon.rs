@@ -1,0 +1,119 @@
+//! The real binary on `[store] kind = "postgres"` (a real PostgreSQL, a database per test; the
+//! tests skip with a note without one, and fail in CI with `MESHTRUST_REQUIRE_POSTGRES=1`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod pg_support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use common::config::DaemonConfig;
+use common::daemon::Proc;
+
+/// A daemon folder whose config points at `url` through a 0600 `url_file`.
+fn postgres_daemon(dir: &Path, url: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    let url_file = dir.join("secrets/pg-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    DaemonConfig::new("pg.test")
+        .section("[store]\nkind = \"postgres\"\nurl_file = \"secrets/pg-url\"\n")
+        .write(dir)
+}
+
+fn bundle_show(config: &Path) -> String {
+    let out = common::cli(&["bundle", "show", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+}
+
+/// The state lives in the database (the bundle and its sequence) and the CA key in data_dir:
+/// a restart serves the same bundle, which is the one the database holds.
+#[test]
+fn a_daemon_on_postgres_keeps_its_ca_and_bundle_across_a_restart() {
+    let Some(db) = pg_support::test_db("daemon_on_postgres_restart") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_daemon(dir.path(), &db.url);
+    let first = Proc::serve_blocking(&config);
+    assert_eq!(first.count("created the CA"), 1, "{}", first.log());
+    let before = bundle_show(&config);
+    let stored =
+        pg_support::query_text(&db.url, "SELECT convert_from(json, 'UTF8') FROM own_bundle")
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    let served: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let in_db: serde_json::Value = serde_json::from_str(&stored[0]).unwrap();
+    assert_eq!(
+        served["keys"], in_db["keys"],
+        "bundle show prints the database's bundle"
+    );
+    let keys = std::fs::read_dir(dir.path().join("data/ca-keys"))
+        .unwrap()
+        .count();
+    assert_eq!(keys, 2, "the CA and JWT keys are files in data_dir");
+    first.stop();
+
+    let second = Proc::serve_blocking(&config);
+    assert_eq!(second.count("created the CA"), 0, "{}", second.log());
+    assert_eq!(
+        bundle_show(&config),
+        before,
+        "same CA, same sequence after a restart"
+    );
+}
+
+/// Today one database holds one CA: a second daemon with another data_dir on the same
+/// database does not silently make a CA of its own; it refuses, naming the missing key.
+#[test]
+fn a_second_data_dir_on_the_same_database_is_refused_naming_the_missing_key() {
+    let Some(db) = pg_support::test_db("second_data_dir_refused") else {
+        return;
+    };
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let _first = Proc::serve_blocking(&postgres_daemon(a.path(), &db.url));
+    let config = postgres_daemon(b.path(), &db.url);
+    let out = common::cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not in this data_dir"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Nothing listening at the URL: the daemon does not start, says the store is unavailable, and
+/// never prints the password. Needs no PostgreSQL.
+#[test]
+fn a_daemon_whose_database_is_unreachable_at_start_says_store_unavailable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_daemon(
+        dir.path(),
+        &format!("postgres://u:hunter2@127.0.0.1:{port}/m"),
+    );
+    let out = common::cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("store unavailable"), "{}", out.stderr);
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+}
+
+/// A bad `[store]` is a config error: exit 64, the key named.
+#[test]
+fn a_bad_store_section_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DaemonConfig::new("pg.test")
+        .section(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://u@db.example/m?sslmode=require\"\n",
+        )
+        .write(dir.path());
+    let out = common::cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(out.stderr.contains("store.url"), "{}", out.stderr);
+}
