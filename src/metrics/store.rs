@@ -57,7 +57,9 @@ impl StoreMetrics {
         self.calls[outcome as usize].load(Ordering::Relaxed)
     }
 
-    /// `meshtrust_store_up{kind}` and, if `self` is given, the call families.
+    /// `meshtrust_store_up{kind}` and the call families: with samples when `self` is given (a
+    /// shared store), as empty families otherwise (SQLite), so that dashboards and alert rules
+    /// find the same names on every daemon.
     pub(super) fn render(kind: &str, up: bool, this: Option<&Self>, out: &mut String) {
         family(
             out,
@@ -66,20 +68,21 @@ impl StoreMetrics {
             "1 when the store can be reached (sqlite: always), 0 during an outage.",
         );
         sample(out, "meshtrust_store_up", &[("kind", kind)], u64::from(up));
-        let Some(m) = this else { return };
         family(
             out,
             "meshtrust_store_calls_total",
             "counter",
             "Calls to the shared store, by outcome (ok, error, unavailable).",
         );
-        for o in CallOutcome::ALL {
-            sample(
-                out,
-                "meshtrust_store_calls_total",
-                &[("outcome", o.label())],
-                m.calls(o),
-            );
+        if let Some(m) = this {
+            for o in CallOutcome::ALL {
+                sample(
+                    out,
+                    "meshtrust_store_calls_total",
+                    &[("outcome", o.label())],
+                    m.calls(o),
+                );
+            }
         }
         family(
             out,
@@ -87,19 +90,23 @@ impl StoreMetrics {
             "histogram",
             "Time of one call to the shared store (a transaction), answered or not.",
         );
-        m.latency
-            .render(out, "meshtrust_store_call_duration_seconds", &[]);
+        if let Some(m) = this {
+            m.latency
+                .render(out, "meshtrust_store_call_duration_seconds", &[]);
+        }
         family(
             out,
             "meshtrust_store_availability_changes_total",
             "counter",
             "Changes of the store between reachable and unreachable.",
         );
-        sample(
-            out,
-            "meshtrust_store_availability_changes_total",
-            &[],
-            m.transitions.load(Ordering::Relaxed),
-        );
+        if let Some(m) = this {
+            sample(
+                out,
+                "meshtrust_store_availability_changes_total",
+                &[],
+                m.transitions.load(Ordering::Relaxed),
+            );
+        }
     }
 }
