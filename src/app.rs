@@ -492,8 +492,8 @@ impl Daemon {
         tracker.spawn(workload_api::serve_with(
             workload_listener,
             WorkloadApiDeps {
-                ca: ca.subscribe(),
-                peers: peers.subscribe(),
+                own: ca.subscribe().into(),
+                peers: peers.subscribe().into(),
                 entries: entries_rx,
                 clock: clock.clone(),
             },

@@ -7,6 +7,7 @@
 
 mod authority;
 mod issue;
+pub mod issuer;
 pub mod key;
 mod rotation;
 mod snapshot;

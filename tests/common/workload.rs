@@ -160,8 +160,8 @@ impl Mesh {
         }
         let (entries_tx, entries_rx) = watch::channel(Arc::new(entries));
         let deps = WorkloadApiDeps {
-            ca: ca.subscribe(),
-            peers: peers.subscribe(),
+            own: ca.subscribe().into(),
+            peers: peers.subscribe().into(),
             entries: entries_rx,
             clock,
         };
