@@ -488,7 +488,7 @@ impl Daemon {
             });
         }
 
-        let (entries, entries_rx) = watch::channel(Arc::new(config.entries.clone()));
+        let (entries, entries_rx) = watch::channel(server_entries(&config.entries));
         tracker.spawn(workload_api::serve_with(
             workload_listener,
             WorkloadApiDeps {
@@ -584,7 +584,7 @@ impl Daemon {
             }
         }
         if outcome.entries_changed {
-            self.entries.send_replace(Arc::new(new.entries.clone()));
+            self.entries.send_replace(server_entries(&new.entries));
             self.config.entries = new.entries;
         }
         outcome
@@ -660,4 +660,10 @@ pub async fn run_with(
     }
     daemon.shutdown().await;
     Ok(())
+}
+
+/// The entries the server's own Workload API socket serves: those without `node` (node agents
+/// serve the others).
+fn server_entries(entries: &[EntryConfig]) -> Arc<Vec<EntryConfig>> {
+    Arc::new(entries.iter().filter(|e| e.on_server()).cloned().collect())
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod federation;
 pub mod metrics;
+pub mod node;
 pub mod reload;
 pub mod sidecar;
 pub mod signal;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use authority::Authority;
-pub use issue::BACKDATE;
+pub use issue::{BACKDATE, SignedLeaf};
 pub use key::KeyType;
 pub use rotation::RETIRE_GRACE;
 pub use snapshot::{AuthoritySlot, CaPolicy, CaSnapshot};

@@ -176,6 +176,39 @@ pub struct EntryConfig {
     pub federates_with: FederatesWith,
     /// Non-empty, at most [`MAX_HINT_LEN`] bytes, unique across entries; `hint = ""` is `None`.
     pub hint: Option<String>,
+    /// Which node agents serve it; `None`: the server's own Workload API socket.
+    pub node: Option<NodeScope>,
+}
+
+/// `[[entry]] node`: which node agents serve an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeScope {
+    /// `"*"`: every node.
+    All,
+    /// One node, by name (a valid SPIFFE ID path segment).
+    Node(String),
+}
+
+impl NodeScope {
+    /// Whether an agent of `node` serves the entry.
+    pub fn includes(&self, node: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Node(name) => name == node,
+        }
+    }
+}
+
+impl EntryConfig {
+    /// Served by the server's own socket (no `node`).
+    pub fn on_server(&self) -> bool {
+        self.node.is_none()
+    }
+
+    /// Served by the agent of `node`.
+    pub fn on_node(&self, node: &str) -> bool {
+        self.node.as_ref().is_some_and(|scope| scope.includes(node))
+    }
 }
 
 /// Which peer bundles an entry's workloads receive.

@@ -88,4 +88,5 @@ pub(super) struct RawEntry {
     #[serde(default)]
     pub federates_with: Vec<String>,
     pub hint: Option<String>,
+    pub node: Option<String>,
 }

@@ -468,3 +468,23 @@ fn a_refresh_hint_longer_than_a_third_of_the_rotation_lead_is_refused() {
         "{MINIMAL}\n[ca]\nca_ttl = \"3s\"\nx509_svid_ttl = \"1s\"\njwt_svid_ttl = \"1s\"\n"
     ));
 }
+
+#[test]
+fn entry_node_is_a_node_name_or_star_and_absent_stays_on_the_server() {
+    let entry = |node: &str| {
+        format!(
+            "{MINIMAL}\n[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/w\"\nselectors = [\"unix:uid:1\"]\n{node}"
+        )
+    };
+    let node = |text: &str| parse_ok(&entry(text)).entries[0].node.clone();
+    assert_eq!(node(""), None);
+    assert_eq!(node("node = \"*\""), Some(super::NodeScope::All));
+    assert_eq!(
+        node("node = \"web-1\""),
+        Some(super::NodeScope::Node("web-1".to_owned()))
+    );
+    for bad in ["", "a/b", "..", "web 1"] {
+        let err = parse_err(&entry(&format!("node = \"{bad}\"")));
+        assert_eq!(err.key(), Some("entry[0].node"), "{bad:?}: {err}");
+    }
+}

@@ -69,6 +69,7 @@ pub fn entry(spiffe_id: &str, selectors: Vec<Selector>, fw: &[&str], hint: &str)
             FederatesWith::Only(fw.iter().map(|t| td(t)).collect())
         },
         hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        node: None,
     }
 }
 
