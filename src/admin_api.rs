@@ -36,6 +36,8 @@ pub struct AdminState {
     pub status: Arc<StatusBoard>,
     /// The fetchers' refresh queues.
     pub refresh: RefreshHandles,
+    /// Join tokens and (later) attested agents.
+    pub nodes: Arc<crate::node::admin::Nodes>,
 }
 
 /// Binds the admin socket: a stale file from a crash is replaced; the socket is 0600.
@@ -121,6 +123,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/federation/{trust_domain}/refresh", post(refresh))
         .route("/v1/federation/{trust_domain}/reset", post(reset))
+        .route("/v1/tokens", post(crate::node::admin::create_token))
         .with_state(state)
 }
 

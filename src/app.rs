@@ -509,6 +509,7 @@ impl Daemon {
             peers: peers.clone(),
             status: status.clone(),
             refresh: refresh.clone(),
+            nodes: Arc::new(crate::node::admin::Nodes::new(clock.clone())),
         };
         tracker.spawn(admin_api::serve(
             admin_listener,

@@ -3,6 +3,8 @@
 //! and the checks on the CSRs an agent sends ([`csr`]: signature verified, only the public key
 //! taken, the SPIFFE ID allowed only when one of that node's entries names it).
 
+pub mod admin;
+pub mod cli;
 pub mod csr;
 pub mod token;
 
