@@ -68,6 +68,35 @@ pub struct Config {
     pub federation: Vec<FederationConfig>,
     /// Registration entries, in file order; non-empty hints are unique.
     pub entries: Vec<EntryConfig>,
+    /// Where node agents connect; `None`: no agents.
+    pub agent_api: Option<AgentApiConfig>,
+    /// How node agents prove which node they run on.
+    pub node_attestation: NodeAttestationConfig,
+}
+
+/// `[agent_api]`: the server side of node agents (gRPC over TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// `[node_attestation]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAttestationConfig {
+    /// Whether join tokens are accepted (default true).
+    pub join_token: bool,
+    /// PEM roots node certificates must chain to for `x509pop`; `None`: no x509pop.
+    pub x509pop_ca_file: Option<PathBuf>,
+}
+
+impl Default for NodeAttestationConfig {
+    fn default() -> Self {
+        Self {
+            join_token: true,
+            x509pop_ca_file: None,
+        }
+    }
 }
 
 /// `[ca]`: invariant `x509_svid_ttl <= ca_ttl / 2` and `jwt_svid_ttl <= ca_ttl / 2`.

@@ -17,6 +17,8 @@ pub(super) struct RawConfig {
     pub workload_api: Option<RawSocket>,
     pub admin_api: Option<RawSocket>,
     pub metrics: Option<RawMetrics>,
+    pub agent_api: Option<RawAgentApi>,
+    pub node_attestation: Option<RawNodeAttestation>,
     #[serde(default)]
     pub federation: Vec<RawFederation>,
     #[serde(default)]
@@ -89,4 +91,19 @@ pub(super) struct RawEntry {
     pub federates_with: Vec<String>,
     pub hint: Option<String>,
     pub node: Option<String>,
+}
+
+/// `[agent_api]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawAgentApi {
+    pub listen: Option<String>,
+}
+
+/// `[node_attestation]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawNodeAttestation {
+    pub join_token: Option<bool>,
+    pub x509pop_ca_file: Option<String>,
 }

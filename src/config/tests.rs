@@ -488,3 +488,40 @@ fn entry_node_is_a_node_name_or_star_and_absent_stays_on_the_server() {
         assert_eq!(err.key(), Some("entry[0].node"), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn agent_api_and_node_attestation_are_checked_naming_their_keys() {
+    let minimal = parse_ok(MINIMAL);
+    assert_eq!(minimal.agent_api, None);
+    assert_eq!(
+        minimal.node_attestation,
+        super::NodeAttestationConfig::default()
+    );
+    assert!(
+        minimal.node_attestation.join_token,
+        "join tokens on by default"
+    );
+    let with = parse_ok(&format!(
+        "{MINIMAL}\n[agent_api]\nlisten = \"127.0.0.1:8081\"\n[node_attestation]\njoin_token = false\n"
+    ));
+    assert_eq!(
+        with.agent_api.unwrap().listen,
+        "127.0.0.1:8081".parse().unwrap()
+    );
+    assert!(!with.node_attestation.join_token);
+    for (text, key) in [
+        ("[agent_api]\n", "agent_api.listen"),
+        ("[agent_api]\nlisten = \"nowhere\"\n", "agent_api.listen"),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:9090\"\n[agent_api]\nlisten = \"0.0.0.0:9090\"\n",
+            "agent_api.listen",
+        ),
+        (
+            "[node_attestation]\nx509pop_ca_file = \"no-such-roots.pem\"\n",
+            "node_attestation.x509pop_ca_file",
+        ),
+    ] {
+        let err = parse_err(&format!("{MINIMAL}\n{text}"));
+        assert_eq!(err.key(), Some(key), "{text}: {err}");
+    }
+}
