@@ -17,6 +17,7 @@
 
 pub mod admin_api;
 pub mod admin_client;
+pub mod agent_api;
 pub mod app;
 pub mod bundle;
 pub mod ca;

@@ -2,6 +2,8 @@
 //! create --node NAME [--ttl DUR] [--json]`, admin API `POST /v1/tokens`), and `[[entry]] node`:
 //! an entry for a node is not served on the server's own Workload API socket.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::config::DaemonConfig;
