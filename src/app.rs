@@ -530,6 +530,10 @@ impl Daemon {
             };
             tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
         }
+        if let Some(agent_api) = &config.agent_api {
+            // Parsed and validated, but the transport is not built yet: say so, never pretend.
+            tracing::warn!(listen = %agent_api.listen, "[agent_api] is configured but node agents are not served by this version; nothing listens there");
+        }
         ready.store(true, Ordering::Release);
         stop_on_error.disarm();
         let snapshot = ca.snapshot();
