@@ -39,6 +39,8 @@ pub struct AdminState {
     pub refresh: RefreshHandles,
     /// Our bundle endpoint, for `federation invite` (`None` without one).
     pub endpoint: Option<PublishedEndpoint>,
+    /// Join tokens and (later) attested agents.
+    pub nodes: Arc<crate::node::admin::Nodes>,
 }
 
 /// Binds the admin socket: a stale file from a crash is replaced; the socket is 0600.
@@ -125,6 +127,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/federation/invite", post(invite))
         .route("/v1/federation/{trust_domain}/refresh", post(refresh))
         .route("/v1/federation/{trust_domain}/reset", post(reset))
+        .route("/v1/tokens", post(crate::node::admin::create_token))
         .with_state(state)
 }
 

@@ -523,12 +523,12 @@ impl Daemon {
             });
         }
 
-        let (entries, entries_rx) = watch::channel(Arc::new(config.entries.clone()));
+        let (entries, entries_rx) = watch::channel(server_entries(&config.entries));
         tracker.spawn(workload_api::serve_with(
             workload_listener,
             WorkloadApiDeps {
-                ca: ca.subscribe(),
-                peers: peers.subscribe(),
+                own: ca.subscribe().into(),
+                peers: peers.subscribe().into(),
                 entries: entries_rx,
                 clock: clock.clone(),
             },
@@ -545,6 +545,7 @@ impl Daemon {
             status: status.clone(),
             refresh: refresh.clone(),
             endpoint: published_endpoint(&config, bundle_endpoint_addr),
+            nodes: Arc::new(crate::node::admin::Nodes::new(clock.clone())),
         };
         tracker.spawn(admin_api::serve(
             admin_listener,
@@ -564,6 +565,10 @@ impl Daemon {
                 registry,
             };
             tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
+        }
+        if let Some(agent_api) = &config.agent_api {
+            // Parsed and validated, but the transport is not built yet: say so, never pretend.
+            tracing::warn!(listen = %agent_api.listen, "[agent_api] is configured but node agents are not served by this version; nothing listens there");
         }
         ready.store(true, Ordering::Release);
         stop_on_error.disarm();
@@ -620,7 +625,7 @@ impl Daemon {
             }
         }
         if outcome.entries_changed {
-            self.entries.send_replace(Arc::new(new.entries.clone()));
+            self.entries.send_replace(server_entries(&new.entries));
             self.config.entries = new.entries;
         }
         outcome
@@ -696,4 +701,10 @@ pub async fn run_with(
     }
     daemon.shutdown().await;
     Ok(())
+}
+
+/// The entries the server's own Workload API socket serves: those without `node` (node agents
+/// serve the others).
+fn server_entries(entries: &[EntryConfig]) -> Arc<Vec<EntryConfig>> {
+    Arc::new(entries.iter().filter(|e| e.on_server()).cloned().collect())
 }

@@ -85,6 +85,12 @@ pub enum Command {
     /// Print the man page (roff) of meshtrust and its subcommands (e.g. `meshtrust man >
     /// meshtrust.1`).
     Man,
+    /// Join tokens for node agents (admin API of a server).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
 }
 
 /// Shells for `completions`.
@@ -96,6 +102,39 @@ pub enum Shell {
     Zsh,
     /// fish.
     Fish,
+}
+
+/// `--admin-socket PATH` or `--config FILE` (the admin socket named there).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct AdminTarget {
+    /// The daemon's admin socket.
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
+    /// The daemon's config file (its `admin_api.socket`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a one-time join token for node NAME and print it.
+    Create {
+        /// The node name (one SPIFFE ID path segment): the agent becomes
+        /// `spiffe://<td>/meshtrust/agent/NAME`.
+        #[arg(long)]
+        node: String,
+        /// How long the token may be used (e.g. `10m`, at most 7 days).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        /// Print `{"token","node","expires_at"}`.
+        #[arg(long)]
+        json: bool,
+        /// Where the server is.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 /// `--config FILE`.

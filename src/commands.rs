@@ -79,6 +79,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Federation { command } => {
             runtime_failure(crate::admin_client::federation(command))
         }
+        Command::Token { command } => crate::node::cli::token(command),
         Command::Sidecar(args) => crate::sidecar::command(args).map_err(|e| {
             eprintln!("meshtrust: sidecar: {e}");
             if e.is_usage() { EX_USAGE } else { 1 }

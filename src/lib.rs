@@ -17,6 +17,7 @@
 
 pub mod admin_api;
 pub mod admin_client;
+pub mod agent_api;
 pub mod app;
 pub mod bundle;
 pub mod ca;
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod federation;
 pub mod manual;
 pub mod metrics;
+pub mod node;
 pub mod reload;
 pub mod sidecar;
 pub mod signal;

@@ -28,7 +28,7 @@ pub struct ReloadOutcome {
 /// Compares `running` with `new`: the entries to apply and the sections left as they are.
 pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
     let mut needs_restart = Vec::new();
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 11] = [
         ("trust_domain", running.trust_domain == new.trust_domain),
         ("data_dir", running.data_dir == new.data_dir),
         ("ca", running.ca == new.ca),
@@ -44,6 +44,11 @@ pub fn diff(running: &Config, new: &Config) -> ReloadOutcome {
             running.federation_min_refresh_interval == new.federation_min_refresh_interval,
         ),
         ("store", running.store == new.store),
+        ("agent_api", running.agent_api == new.agent_api),
+        (
+            "node_attestation",
+            running.node_attestation == new.node_attestation,
+        ),
     ];
     for (section, same) in checks {
         if !same {

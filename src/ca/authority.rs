@@ -109,6 +109,20 @@ impl Authority {
     ) -> Result<X509Svid, CaError> {
         issue::new_x509_svid(&self.issuer, self.not_after, id, ttl, now)
     }
+
+    /// Signs an X509-SVID for `id` and `key`, a public key held elsewhere (a node agent's CSR).
+    ///
+    /// # Errors
+    /// As [`Authority::issue_x509_svid`].
+    pub fn sign_x509_svid_for_key(
+        &self,
+        id: &SpiffeId,
+        key: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<issue::SignedLeaf, CaError> {
+        issue::svid_for_key(&self.issuer, self.not_after, id, ttl, now, key)
+    }
 }
 
 impl fmt::Debug for Authority {

@@ -83,6 +83,44 @@ pub(crate) fn new_x509_svid(
         return Err(CaError::NotAWorkloadId(id.clone()));
     }
     let mut key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Rcgen)?;
+    let leaf = svid_for_key(issuer, ca_not_after, id, ttl, now, &key);
+    let private_key = PrivateKey::from_pkcs8_der(key.serialized_der().to_vec());
+    // rcgen's own PKCS#8 copy of the leaf key: wiped before it is freed.
+    key.zeroize();
+    let leaf = leaf?;
+    Ok(X509Svid {
+        spiffe_id: id.clone(),
+        cert_chain: vec![leaf.cert],
+        private_key,
+        not_after: leaf.not_after,
+        not_before: leaf.not_before,
+    })
+}
+
+/// A leaf certificate signed for a key held elsewhere (a node agent's CSR).
+#[derive(Debug, Clone)]
+pub struct SignedLeaf {
+    /// The certificate (DER).
+    pub cert: CertificateDer<'static>,
+    /// Its NotBefore.
+    pub not_before: SystemTime,
+    /// Its NotAfter.
+    pub not_after: SystemTime,
+}
+
+/// The X509-SVID profile of [`new_x509_svid`] for `key`, a public key from elsewhere: nothing
+/// but the key is taken from the requester.
+pub(crate) fn svid_for_key(
+    issuer: &Issuer<'static, super::key::CaSigningKey>,
+    ca_not_after: SystemTime,
+    id: &SpiffeId,
+    ttl: Duration,
+    now: SystemTime,
+    key: &impl rcgen::PublicKeyData,
+) -> Result<SignedLeaf, CaError> {
+    if id.path().is_empty() {
+        return Err(CaError::NotAWorkloadId(id.clone()));
+    }
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "meshtrust");
@@ -107,15 +145,10 @@ pub(crate) fn new_x509_svid(
     }
     params.not_before = not_before.into();
     params.not_after = not_after.into();
-    let cert = params.signed_by(&key, issuer).map_err(CaError::Rcgen)?;
-    let private_key = PrivateKey::from_pkcs8_der(key.serialized_der().to_vec());
-    // rcgen's own PKCS#8 copy of the leaf key: wiped before it is freed.
-    key.zeroize();
-    Ok(X509Svid {
-        spiffe_id: id.clone(),
-        cert_chain: vec![cert.der().clone()],
-        private_key,
-        not_after,
+    let cert = params.signed_by(key, issuer).map_err(CaError::Rcgen)?;
+    Ok(SignedLeaf {
+        cert: cert.der().clone(),
         not_before,
+        not_after,
     })
 }

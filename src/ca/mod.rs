@@ -7,6 +7,7 @@
 
 mod authority;
 mod issue;
+pub mod issuer;
 pub mod key;
 mod rotation;
 mod snapshot;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use authority::Authority;
-pub use issue::BACKDATE;
+pub use issue::{BACKDATE, SignedLeaf};
 pub use key::KeyType;
 pub use rotation::RETIRE_GRACE;
 use snapshot::Holds;

@@ -193,6 +193,23 @@ impl CaSnapshot {
             .map(|s| &s.authority)
     }
 
+    /// Signs an X509-SVID for `id` and a public key held elsewhere (a node agent's checked CSR),
+    /// with the active authority.
+    ///
+    /// # Errors
+    /// [`CaError`] for a root-path ID, no active CA or a signing failure.
+    pub fn sign_x509_svid_for_key(
+        &self,
+        id: &SpiffeId,
+        key: &impl rcgen::PublicKeyData,
+        now: SystemTime,
+    ) -> Result<super::SignedLeaf, CaError> {
+        let active = self.active().ok_or(CaError::Expired)?;
+        self.issuance.sign(SvidType::X509, || {
+            active.sign_x509_svid_for_key(id, key, self.x509_svid_ttl, now)
+        })
+    }
+
     /// Issues an X509-SVID for `id` with the active authority.
     ///
     /// # Errors

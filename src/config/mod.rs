@@ -78,6 +78,35 @@ pub struct Config {
     pub federation_min_refresh_interval: Duration,
     /// Registration entries, in file order; non-empty hints are unique.
     pub entries: Vec<EntryConfig>,
+    /// Where node agents connect; `None`: no agents.
+    pub agent_api: Option<AgentApiConfig>,
+    /// How node agents prove which node they run on.
+    pub node_attestation: NodeAttestationConfig,
+}
+
+/// `[agent_api]`: the server side of node agents (gRPC over TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// `[node_attestation]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAttestationConfig {
+    /// Whether join tokens are accepted (default true).
+    pub join_token: bool,
+    /// PEM roots node certificates must chain to for `x509pop`; `None`: no x509pop.
+    pub x509pop_ca_file: Option<PathBuf>,
+}
+
+impl Default for NodeAttestationConfig {
+    fn default() -> Self {
+        Self {
+            join_token: true,
+            x509pop_ca_file: None,
+        }
+    }
 }
 
 /// `[ca]`: invariant `x509_svid_ttl <= ca_ttl / 2` and `jwt_svid_ttl <= ca_ttl / 2`.
@@ -227,6 +256,39 @@ pub struct EntryConfig {
     pub federates_with: FederatesWith,
     /// Non-empty, at most [`MAX_HINT_LEN`] bytes, unique across entries; `hint = ""` is `None`.
     pub hint: Option<String>,
+    /// Which node agents serve it; `None`: the server's own Workload API socket.
+    pub node: Option<NodeScope>,
+}
+
+/// `[[entry]] node`: which node agents serve an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeScope {
+    /// `"*"`: every node.
+    All,
+    /// One node, by name (a valid SPIFFE ID path segment).
+    Node(String),
+}
+
+impl NodeScope {
+    /// Whether an agent of `node` serves the entry.
+    pub fn includes(&self, node: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Node(name) => name == node,
+        }
+    }
+}
+
+impl EntryConfig {
+    /// Served by the server's own socket (no `node`).
+    pub fn on_server(&self) -> bool {
+        self.node.is_none()
+    }
+
+    /// Served by the agent of `node`.
+    pub fn on_node(&self, node: &str) -> bool {
+        self.node.as_ref().is_some_and(|scope| scope.includes(node))
+    }
 }
 
 /// Which peer bundles an entry's workloads receive.

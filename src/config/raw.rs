@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     pub admin_api: Option<RawSocket>,
     pub metrics: Option<RawMetrics>,
     pub store: Option<RawStore>,
+    pub agent_api: Option<RawAgentApi>,
+    pub node_attestation: Option<RawNodeAttestation>,
     #[serde(default)]
     pub federation: Vec<RawFederation>,
     #[serde(default)]
@@ -100,4 +102,20 @@ pub(super) struct RawEntry {
     #[serde(default)]
     pub federates_with: Vec<String>,
     pub hint: Option<String>,
+    pub node: Option<String>,
+}
+
+/// `[agent_api]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawAgentApi {
+    pub listen: Option<String>,
+}
+
+/// `[node_attestation]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawNodeAttestation {
+    pub join_token: Option<bool>,
+    pub x509pop_ca_file: Option<String>,
 }

@@ -499,3 +499,60 @@ fn a_refresh_hint_longer_than_a_third_of_the_rotation_lead_is_refused() {
         "{MINIMAL}\n[ca]\nca_ttl = \"3s\"\nx509_svid_ttl = \"1s\"\njwt_svid_ttl = \"1s\"\n"
     ));
 }
+
+#[test]
+fn entry_node_is_a_node_name_or_star_and_absent_stays_on_the_server() {
+    let entry = |node: &str| {
+        format!(
+            "{MINIMAL}\n[[entry]]\nspiffe_id = \"spiffe://mesh-a.test/w\"\nselectors = [\"unix:uid:1\"]\n{node}"
+        )
+    };
+    let node = |text: &str| parse_ok(&entry(text)).entries[0].node.clone();
+    assert_eq!(node(""), None);
+    assert_eq!(node("node = \"*\""), Some(super::NodeScope::All));
+    assert_eq!(
+        node("node = \"web-1\""),
+        Some(super::NodeScope::Node("web-1".to_owned()))
+    );
+    for bad in ["", "a/b", "..", "web 1"] {
+        let err = parse_err(&entry(&format!("node = \"{bad}\"")));
+        assert_eq!(err.key(), Some("entry[0].node"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn agent_api_and_node_attestation_are_checked_naming_their_keys() {
+    let minimal = parse_ok(MINIMAL);
+    assert_eq!(minimal.agent_api, None);
+    assert_eq!(
+        minimal.node_attestation,
+        super::NodeAttestationConfig::default()
+    );
+    assert!(
+        minimal.node_attestation.join_token,
+        "join tokens on by default"
+    );
+    let with = parse_ok(&format!(
+        "{MINIMAL}\n[agent_api]\nlisten = \"127.0.0.1:8081\"\n[node_attestation]\njoin_token = false\n"
+    ));
+    assert_eq!(
+        with.agent_api.unwrap().listen,
+        "127.0.0.1:8081".parse().unwrap()
+    );
+    assert!(!with.node_attestation.join_token);
+    for (text, key) in [
+        ("[agent_api]\n", "agent_api.listen"),
+        ("[agent_api]\nlisten = \"nowhere\"\n", "agent_api.listen"),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:9090\"\n[agent_api]\nlisten = \"0.0.0.0:9090\"\n",
+            "agent_api.listen",
+        ),
+        (
+            "[node_attestation]\nx509pop_ca_file = \"no-such-roots.pem\"\n",
+            "node_attestation.x509pop_ca_file",
+        ),
+    ] {
+        let err = parse_err(&format!("{MINIMAL}\n{text}"));
+        assert_eq!(err.key(), Some(key), "{text}: {err}");
+    }
+}

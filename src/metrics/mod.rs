@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod agents;
 pub mod bundle_endpoint;
 pub mod gauge;
 pub mod histogram;

@@ -166,6 +166,7 @@ mod tests {
             selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
             federates_with: FederatesWith::Only(vec![]),
             hint: hint.map(str::to_owned),
+            node: None,
         }
     }
 

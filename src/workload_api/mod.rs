@@ -8,6 +8,8 @@
 //!   that keep one uid from starving another; [`refusal`]: every refusal, counted by reason.
 //! - [`service`]: the gRPC service; [`grpc`]: its tower service (small stream buffers);
 //!   `stream`: its server streams; [`json`]: the JSON view; `observe`: their metrics.
+//! - [`source`]: the seam to whoever provides identities ([`OwnSnapshot`], [`Issuer`],
+//!   [`PeerBundles`], [`Feed`]): the server's CA and fetchers, or a node agent's sync.
 //! - [`state`]: inputs ([`WorkloadApiDeps`]), errors, change watching; `views`: what a caller
 //!   is served; [`identity`]: entry matching and the SVID cache; [`jwt`]: JWT-SVIDs.
 
@@ -24,6 +26,7 @@ pub mod proto;
 pub mod refusal;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod state;
 mod stream;
 mod views;
@@ -31,5 +34,6 @@ mod views;
 pub use limits::Limits;
 pub use refusal::{RefusalReason, Refusals};
 pub use server::{ServeOptions, bind, serve, serve_with};
+pub use source::{Feed, Issuer, OwnSnapshot, PeerBundles};
 pub use state::{Attestation, WorkloadApiDeps, WorkloadApiError};
 pub use stream::ResponseStream;

@@ -27,8 +27,6 @@ use super::proto::{
 use super::state::{Inputs, SECURITY_HEADER, Shared, Watchers, WorkloadApiDeps, WorkloadApiError};
 use super::stream::{self, JwtBundles, ResponseStream, X509Bundles};
 use super::views::{BundlesView, X509SvidView};
-use crate::ca::CaError;
-use crate::metrics::issuance::SvidType;
 use crate::spiffe_id::SpiffeId;
 
 /// The Workload API service. Cheap to clone (one `Arc`).
@@ -135,22 +133,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
         }
         let now = self.shared.now();
-        let active = inputs
-            .ca
-            .active()
-            .ok_or(WorkloadApiError::Ca(CaError::Expired))?;
-        // A token never outlives the authority whose key signs it.
-        let exp = (now + inputs.ca.jwt_svid_ttl).min(active.not_after);
         let hints = identity::unique_hints(&ids);
         let svids = ids
             .iter()
             .zip(hints)
             .map(|(entry, hint)| {
-                let svid = (inputs.ca.issuance)
-                    .sign(SvidType::Jwt, || {
-                        jwt::mint(&active.jwt, &entry.spiffe_id, &req.audience, exp, now)
-                    })
-                    .map_err(|e| WorkloadApiError::Internal(format!("minting a jwt-svid: {e}")))?;
+                let svid = inputs
+                    .own
+                    .issuer
+                    .jwt_svid(&entry.spiffe_id, &req.audience, now)?;
                 Ok(Jwtsvid {
                     spiffe_id: entry.spiffe_id.to_string(),
                     svid,

@@ -11,23 +11,25 @@ use tokio_util::sync::CancellationToken;
 use super::attest::CallerInfo;
 use super::identity::{self, SvidCache};
 use super::jwt::JwtError;
-use crate::ca::{CaError, CaSnapshot};
+use super::source::{Feed, OwnSnapshot, PeerBundles};
+use crate::ca::CaError;
 use crate::clock::Clock;
 use crate::config::EntryConfig;
-use crate::federation::pinned::PeerBundles;
 
 /// The metadata key every Workload API call must carry with the value `true` (Workload
 /// Endpoint §3, SPIFFE.md 1.6.3). Also the HTTP header of the JSON view.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
-/// Everything the Workload API serves from. All inputs are `watch` receivers, so streams wake
+/// Everything the Workload API serves from. All inputs are watches ([`Feed`]s), so streams wake
 /// on a change and a slow stream never holds anything up (a watch keeps only the latest value).
+/// Its own types ([`super::source`]): the server feeds them from its CA and fetchers, a node
+/// agent from what it synced.
 #[derive(Debug, Clone)]
 pub struct WorkloadApiDeps {
-    /// The CA's snapshots (`Ca::subscribe()`): the active authority signs, the bundle is ours.
-    pub ca: watch::Receiver<Arc<CaSnapshot>>,
-    /// Pinned peer bundles (`PeerStore::subscribe()`).
-    pub peers: watch::Receiver<Arc<PeerBundles>>,
+    /// Our bundle and the issuer of our SVIDs (on a server, `Ca::subscribe().into()`).
+    pub own: Feed<Arc<OwnSnapshot>>,
+    /// Peer bundles (on a server, `PeerStore::subscribe().into()`).
+    pub peers: Feed<Arc<PeerBundles>>,
     /// Registration entries in config order. A watch so that a config reload can replace them;
     /// a caller whose identities vanish then sees its streams end with PermissionDenied. The
     /// sender may be dropped at once when entries never change ([`WorkloadApiDeps::new`]).
@@ -39,15 +41,15 @@ pub struct WorkloadApiDeps {
 impl WorkloadApiDeps {
     /// Deps with a fixed set of entries.
     pub fn new(
-        ca: watch::Receiver<Arc<CaSnapshot>>,
-        peers: watch::Receiver<Arc<PeerBundles>>,
+        own: impl Into<Feed<Arc<OwnSnapshot>>>,
+        peers: impl Into<Feed<Arc<PeerBundles>>>,
         entries: Vec<EntryConfig>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let (_, entries) = watch::channel(Arc::new(entries));
         Self {
-            ca,
-            peers,
+            own: own.into(),
+            peers: peers.into(),
             entries,
             clock,
         }
@@ -95,15 +97,22 @@ pub enum WorkloadApiError {
     /// A JWT-SVID did not validate (InvalidArgument).
     #[error(transparent)]
     Jwt(#[from] JwtError),
-    /// The CA cannot issue right now (Unavailable / 503).
+    /// No SVID can be served right now: the CA cannot issue, or an agent has none synced yet
+    /// (Unavailable / 503).
     #[error("cannot issue: {0}")]
-    Ca(#[from] CaError),
+    Ca(String),
     /// The server is stopping (Unavailable / 503).
     #[error("workload api is shutting down")]
     ShuttingDown,
     /// A bug (Internal / 500).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<CaError> for WorkloadApiError {
+    fn from(e: CaError) -> Self {
+        Self::Ca(e.to_string())
+    }
 }
 
 impl From<WorkloadApiError> for tonic::Status {
@@ -152,7 +161,7 @@ impl Shared {
 /// A consistent view of the inputs, taken at once (and marked seen, for [`Watchers::wait`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Inputs {
-    pub(crate) ca: Arc<CaSnapshot>,
+    pub(crate) own: Arc<OwnSnapshot>,
     pub(crate) peers: Arc<PeerBundles>,
     pub(crate) entries: Arc<Vec<EntryConfig>>,
 }
@@ -184,8 +193,8 @@ pub(crate) enum Wake {
 /// A stream's own receivers of every input (cheap clones: an `Arc` and a version each).
 #[derive(Debug)]
 pub(crate) struct Watchers {
-    ca: watch::Receiver<Arc<CaSnapshot>>,
-    peers: watch::Receiver<Arc<PeerBundles>>,
+    own: Feed<Arc<OwnSnapshot>>,
+    peers: Feed<Arc<PeerBundles>>,
     entries: watch::Receiver<Arc<Vec<EntryConfig>>>,
     cancel: CancellationToken,
 }
@@ -199,7 +208,7 @@ const MIN_SLEEP: Duration = Duration::from_millis(50);
 impl Watchers {
     pub(crate) fn new(shared: &Shared) -> Self {
         Self {
-            ca: shared.deps.ca.clone(),
+            own: shared.deps.own.clone(),
             peers: shared.deps.peers.clone(),
             entries: shared.deps.entries.clone(),
             cancel: shared.cancel.clone(),
@@ -209,8 +218,8 @@ impl Watchers {
     /// The current inputs, marked as seen.
     pub(crate) fn inputs(&mut self) -> Inputs {
         Inputs {
-            ca: self.ca.borrow_and_update().clone(),
-            peers: self.peers.borrow_and_update().clone(),
+            own: self.own.current(),
+            peers: self.peers.current(),
             entries: self.entries.borrow_and_update().clone(),
         }
     }
@@ -220,8 +229,8 @@ impl Watchers {
         let sleep = until.unwrap_or(MAX_SLEEP).clamp(MIN_SLEEP, MAX_SLEEP);
         tokio::select! {
             () = self.cancel.cancelled() => Wake::Cancelled,
-            () = changed(&mut self.ca) => Wake::Changed,
-            () = changed(&mut self.peers) => Wake::Changed,
+            () = self.own.changed() => Wake::Changed,
+            () = self.peers.changed() => Wake::Changed,
             () = changed(&mut self.entries) => Wake::Changed,
             () = tokio::time::sleep(sleep) => Wake::Changed,
         }

@@ -1,12 +1,12 @@
 //! What one caller is served, built from one consistent set of inputs, for both front ends.
 //!
-//! A view holds `Arc`s into the CA snapshot, the peer bundles and the SVID cache, never copies,
+//! A view holds `Arc`s into the own snapshot, the peer bundles and the SVID cache, never copies,
 //! so a stream keeping its last view costs a few pointers; it is turned into a message only when
 //! it differs from the last one sent (Workload API §4.3: the full state on every change, and
 //! nothing when nothing changed).
 //!
 //! Bundles are kept per trust domain and never merged (Federation 1.5.5): the own bundle comes
-//! from the CA, each peer's from the pinned store, keyed `spiffe://<td>` on the wire. A peer
+//! from the own snapshot, each peer's from the peer bundles, keyed `spiffe://<td>` on the wire. A peer
 //! bundle is served only to callers with an entry that `federates_with` it. An empty (revoked)
 //! peer bundle is still served, as an empty value (SPIFFE.md §7.14: propagate revocation).
 
@@ -41,7 +41,7 @@ impl BundlesView {
             .map(|(_, bundle)| bundle.clone())
             .collect();
         Self {
-            own: inputs.ca.bundle.clone(),
+            own: inputs.own.bundle.clone(),
             federated,
         }
     }
@@ -126,7 +126,7 @@ impl X509SvidView {
     /// The SVIDs of `ids` from `cache` (minted if needed) and the caller's bundles.
     ///
     /// # Errors
-    /// [`WorkloadApiError::Ca`] when an SVID cannot be minted.
+    /// [`WorkloadApiError::Ca`] when an SVID cannot be served.
     pub fn build(
         inputs: &Inputs,
         ids: &[&EntryConfig],
@@ -138,7 +138,7 @@ impl X509SvidView {
             .iter()
             .zip(hints)
             .map(|(entry, hint)| {
-                let cached = cache.get(&entry.spiffe_id, &inputs.ca, now)?;
+                let cached = inputs.own.issuer.x509_svid(&entry.spiffe_id, cache, now)?;
                 Ok(ServedSvid { cached, hint })
             })
             .collect::<Result<Vec<_>, WorkloadApiError>>()?;

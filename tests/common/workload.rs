@@ -69,6 +69,7 @@ pub fn entry(spiffe_id: &str, selectors: Vec<Selector>, fw: &[&str], hint: &str)
             FederatesWith::Only(fw.iter().map(|t| td(t)).collect())
         },
         hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        node: None,
     }
 }
 
@@ -160,8 +161,8 @@ impl Mesh {
         }
         let (entries_tx, entries_rx) = watch::channel(Arc::new(entries));
         let deps = WorkloadApiDeps {
-            ca: ca.subscribe(),
-            peers: peers.subscribe(),
+            own: ca.subscribe().into(),
+            peers: peers.subscribe().into(),
             entries: entries_rx,
             clock,
         };

@@ -6,7 +6,9 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 use super::{Cx, Result};
 use crate::config::raw::RawEntry;
-use crate::config::{EntryConfig, FederatesWith, FederationConfig, MAX_HINT_LEN, Selector};
+use crate::config::{
+    EntryConfig, FederatesWith, FederationConfig, MAX_HINT_LEN, NodeScope, Selector,
+};
 
 impl Cx<'_> {
     pub(super) fn entries(
@@ -71,11 +73,22 @@ impl Cx<'_> {
                     ));
                 }
             }
+            let node = match entry.node {
+                None => None,
+                Some(star) if star == "*" => Some(NodeScope::All),
+                Some(name) => {
+                    if let Err(why) = crate::node::validate_node_name(&name) {
+                        return Err(self.invalid(key("node"), why.to_string()));
+                    }
+                    Some(NodeScope::Node(name))
+                }
+            };
             entries.push(EntryConfig {
                 spiffe_id,
                 selectors,
                 federates_with,
                 hint,
+                node,
             });
         }
         Ok(entries)

@@ -6,6 +6,7 @@
 mod entry;
 mod federation;
 mod store;
+mod node;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,16 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         _ => None,
     };
     let entries = cx.entries(raw.entry, &trust_domain, &federation, reserved_id)?;
+    let taken: Vec<(&str, SocketAddr)> = bundle_endpoint
+        .iter()
+        .map(|b| ("bundle_endpoint.listen", b.listen))
+        .chain(metrics.iter().map(|m| ("metrics.listen", m.listen)))
+        .collect();
+    let agent_api = raw
+        .agent_api
+        .map(|raw| cx.agent_api(raw, &taken))
+        .transpose()?;
+    let node_attestation = cx.node_attestation(raw.node_attestation.unwrap_or_default())?;
     Ok(Config {
         source: source.to_owned(),
         trust_domain,
@@ -90,6 +101,8 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
         federation,
         federation_min_refresh_interval,
         entries,
+        agent_api,
+        node_attestation,
     })
 }
 
