@@ -325,15 +325,19 @@ impl PeerFetcher {
             changed: false,
             sequence: pinned.as_ref().and_then(|b| b.sequence),
             authorities: pinned.as_ref().map_or(0, |b| b.x509_authorities.len()),
-            error: Some(self.describe(e)),
+            error: Some(self.describe(e, true)),
         }
     }
 
     /// A fetch error as the status and the operator see it: an `UnknownIssuer` (the endpoint's
-    /// certificate is not signed by any CA we trust for it) carries a hint on what to check.
-    fn describe(&self, e: &FetchError) -> String {
+    /// certificate is not signed by any CA we trust for it; `BadSignature` when one of those
+    /// CAs has the same name as its real issuer, as a peer's new CA does) carries a hint on
+    /// what to check.
+    /// `over_bootstrap`: the fetch was authenticated by the bootstrap bundle alone (a reset).
+    fn describe(&self, e: &FetchError, over_bootstrap: bool) -> String {
         let text = e.to_string();
-        if !(matches!(e, FetchError::Tls(_)) && text.contains("UnknownIssuer")) {
+        let untrusted = text.contains("UnknownIssuer") || text.contains("BadSignature");
+        if !(matches!(e, FetchError::Tls(_)) && untrusted) {
             return text;
         }
         let hint = match &self.config.profile {
@@ -344,7 +348,7 @@ impl PeerFetcher {
                 let id_td = endpoint_spiffe_id.trust_domain();
                 if id_td == self.own_roots.trust_domain() {
                     format!("the endpoint's certificate is not signed by our own CA ({id_td})")
-                } else if self.store.get(id_td).is_some() {
+                } else if self.store.get(id_td).is_some() && !over_bootstrap {
                     format!(
                         "the endpoint's certificate is not signed by a CA of the pinned bundle of \
                          {id_td}: if {id_td} lost its state and has a new CA, put its new bundle \
@@ -390,7 +394,7 @@ impl PeerFetcher {
         let now = self.clock.now();
         let pinned = self.store.get(&self.td);
         let label = result.as_ref().map_or_else(FetchError::kind, |_| "ok");
-        let error = result.as_ref().err().map(|e| self.describe(e));
+        let error = result.as_ref().err().map(|e| self.describe(e, false));
         // The pinned bundle's fetch time, as stored: the same value after a restart.
         let fetched_at = self.store.fetched_at(&self.td).unwrap_or(now);
         self.status.update(&self.td, |s| {
