@@ -39,10 +39,19 @@ fn check_config_warns_about_exposed_metrics_and_unreachable_sockets() {
         "{}",
         out.stderr
     );
-    assert!(out.stdout.contains("ok (trust domain mesh-a.test, 1 warning)"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("ok (trust domain mesh-a.test, 1 warning)"),
+        "{}",
+        out.stdout
+    );
     let strict = check(&config, true);
     assert_eq!(strict.code, 64, "{}", strict.stderr);
-    assert!(strict.stderr.contains("metrics.listen"), "{}", strict.stderr);
+    assert!(
+        strict.stderr.contains("metrics.listen"),
+        "{}",
+        strict.stderr
+    );
 
     let config = DaemonConfig::new("mesh-a.test")
         .section("[metrics]\nlisten = \"0.0.0.0:9090\"\nnon_loopback_reason = \"scraped over the compose network\"\n")
@@ -55,7 +64,11 @@ fn check_config_warns_about_exposed_metrics_and_unreachable_sockets() {
         .write(dir.path());
     let out = check(&config, false);
     assert_eq!(out.code, 64, "an empty reason is no reason: {}", out.stderr);
-    assert!(out.stderr.contains("metrics.non_loopback_reason"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("metrics.non_loopback_reason"),
+        "{}",
+        out.stderr
+    );
 
     // The workload socket in a folder only its owner can search.
     let m = dir.path().join("m");
@@ -139,12 +152,22 @@ fn admin_commands_find_their_socket_and_usage_errors_exit_64() {
     assert_eq!(out.code, 64, "{}", out.stderr);
     let out = cli(&["federation", "refresh", "NOT A TD!", "--config", cfg]);
     assert_eq!(out.code, 64, "{}", out.stderr);
-    assert!(out.stderr.contains("invalid trust domain"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid trust domain"),
+        "{}",
+        out.stderr
+    );
     let out = cli(&["status", "--config", "/nonexistent/meshtrust.toml"]);
     assert_eq!(out.code, 64, "{}", out.stderr);
     std::fs::write(dir.path().join("bare.toml"), "trust_domain = \"a.test\"\n").unwrap();
     let bare = dir.path().join("bare.toml");
-    let out = cli(&["federation", "reset", "mesh-b.test", "--config", bare.to_str().unwrap()]);
+    let out = cli(&[
+        "federation",
+        "reset",
+        "mesh-b.test",
+        "--config",
+        bare.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 64, "{}", out.stderr);
     assert!(out.stderr.contains("admin_api.socket"), "{}", out.stderr);
     assert_eq!(cli(&["federation", "reset"]).code, 64, "no trust domain");
@@ -153,13 +176,22 @@ fn admin_commands_find_their_socket_and_usage_errors_exit_64() {
     let out = cli(&["status", "--config", cfg]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     let socket = dir.path().join("admin.sock");
-    assert!(out.stderr.contains(&socket.display().to_string()), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&socket.display().to_string()),
+        "{}",
+        out.stderr
+    );
 
     // Running: `--config` and `--admin-socket` reach the same daemon.
     let daemon = Proc::serve_blocking(&config);
     for args in [
         vec!["status", "--json", "--config", cfg],
-        vec!["status", "--json", "--admin-socket", socket.to_str().unwrap()],
+        vec![
+            "status",
+            "--json",
+            "--admin-socket",
+            socket.to_str().unwrap(),
+        ],
     ] {
         let out = cli(&args);
         assert_eq!(out.code, 0, "{}", out.stderr);
@@ -168,14 +200,22 @@ fn admin_commands_find_their_socket_and_usage_errors_exit_64() {
     }
     let out = cli(&["federation", "refresh", "mesh-b.test", "--config", cfg]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("not a federation peer"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a federation peer"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(daemon.stop().code(), Some(0));
 
     // Neither: the default path, named when it cannot be reached.
     if !std::path::Path::new(meshtrust::cli::DEFAULT_ADMIN_SOCKET).exists() {
         let out = cli(&["status"]);
         assert_eq!(out.code, 1, "{}", out.stderr);
-        assert!(out.stderr.contains("/run/meshtrust/admin.sock"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("/run/meshtrust/admin.sock"),
+            "{}",
+            out.stderr
+        );
     }
 }
 
@@ -194,7 +234,11 @@ fn help_is_short_for_log_format_and_serve_mentions_sighup() {
             .find(|l| l.contains("--log-format"))
             .unwrap();
         assert!(line.len() < 120, "{sub}: {line}");
-        assert!(!out.stdout.contains("warn for `demo`"), "{sub}: {}", out.stdout);
+        assert!(
+            !out.stdout.contains("warn for `demo`"),
+            "{sub}: {}",
+            out.stdout
+        );
     }
 }
 
@@ -230,10 +274,16 @@ fn the_demo_ends_with_ok_and_its_things_to_try_stay_in_its_folder() {
         .skip_while(|l| !l.contains("Things to try"))
         .collect();
     let files = tries.iter().find(|l| l.contains("sidecar files")).unwrap();
-    assert!(files.contains(&format!("--out {work}/svid-mesh-a")), "{files}");
+    assert!(
+        files.contains(&format!("--out {work}/svid-mesh-a")),
+        "{files}"
+    );
     assert!(!log.contains("/tmp/svid-"), "{log}");
     for l in tries.iter().filter(|l| l.contains(" status ")) {
-        assert!(l.trim_start().starts_with(&exe.display().to_string()), "{l}");
+        assert!(
+            l.trim_start().starts_with(&exe.display().to_string()),
+            "{l}"
+        );
     }
     assert_eq!(demo.stop().code(), Some(0));
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::config::DaemonConfig;
 use common::daemon::Proc;
-use common::grpc::{next, workload_client, with_header, x509_bundles};
+use common::grpc::{next, with_header, workload_client, x509_bundles};
 use common::http::{Curl, curl_program, parse_x509_bundles, workload_get_async};
 use common::mesh::Mesh;
 use common::{cli_async, own_uid, status_json, wait_for_peer};
@@ -177,7 +177,10 @@ async fn status_shows_entries_and_the_last_reload_and_a_reload_is_all_or_nothing
     assert_eq!(status["federation"], json!([]), "{status}");
     // The Workload API serves the running entries only.
     let reply = workload_get_async(&socket, "/v1/x509-svid").await;
-    assert!(!reply.body.contains("spiffe://mesh-a.test/second"), "{reply:?}");
+    assert!(
+        !reply.body.contains("spiffe://mesh-a.test/second"),
+        "{reply:?}"
+    );
 
     // A change that needs a restart (a metrics listener) applies nothing either.
     base.clone()
@@ -214,12 +217,19 @@ async fn status_shows_entries_and_the_last_reload_and_a_reload_is_all_or_nothing
         ["spiffe://mesh-a.test/first", "spiffe://mesh-a.test/second"]
     );
     let reply = workload_get_async(&socket, "/v1/x509-svid").await;
-    assert!(reply.body.contains("spiffe://mesh-a.test/second"), "{reply:?}");
+    assert!(
+        reply.body.contains("spiffe://mesh-a.test/second"),
+        "{reply:?}"
+    );
 
     // The text form, found through the config file: aligned columns, the entries, the reload.
     let out = cli_async(&["status", "--config", config.to_str().unwrap()]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("last reload   applied at "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("last reload   applied at "),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("\n2 entries\n"), "{}", out.stdout);
     assert!(out.stdout.contains("0 federation peers"), "{}", out.stdout);
     let rows: Vec<&str> = out
@@ -296,7 +306,10 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
         error.contains("tls: invalid peer certificate") && error.contains("hint:"),
         "{error}"
     );
-    assert!(error.contains("`meshtrust federation reset mesh-b.test`"), "{error}");
+    assert!(
+        error.contains("`meshtrust federation reset mesh-b.test`"),
+        "{error}"
+    );
 
     // Reset on the old bootstrap bundle: the fetch fails and nothing changes.
     let cfg = config.to_str().unwrap();
@@ -306,7 +319,9 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
     assert!(
         out.stderr
             .contains("mesh-b.test: reset not done, nothing changed")
-            && out.stderr.contains("hint: the endpoint's certificate is not signed by a CA of the bootstrap bundle"),
+            && out.stderr.contains(
+                "hint: the endpoint's certificate is not signed by a CA of the bootstrap bundle"
+            ),
         "{}",
         out.stderr
     );
@@ -318,7 +333,8 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
     let out = cli_async(&reset).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("replaced the pinned bundle; bundle updated")
+        out.stdout
+            .contains("replaced the pinned bundle; bundle updated")
             && out.stdout.contains("1 authority)"),
         "{}",
         out.stdout
@@ -347,7 +363,11 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
         out.stderr
     );
     let m = next(&mut stream).await;
-    assert!(!m.bundles.contains_key("spiffe://mesh-b.test"), "{:?}", m.bundles.keys());
+    assert!(
+        !m.bundles.contains_key("spiffe://mesh-b.test"),
+        "{:?}",
+        m.bundles.keys()
+    );
     assert_eq!(daemon.stop().code(), Some(0));
 }
 

@@ -357,9 +357,10 @@ impl PeerFetcher {
                         self.td
                     )
                 } else {
-                    let file = bootstrap_bundle
-                        .as_ref()
-                        .map_or_else(|| "(none configured)".to_owned(), |f| f.display().to_string());
+                    let file = bootstrap_bundle.as_ref().map_or_else(
+                        || "(none configured)".to_owned(),
+                        |f| f.display().to_string(),
+                    );
                     format!(
                         "the endpoint's certificate is not signed by a CA of the bootstrap bundle \
                          {file}: is it {id_td}'s current bundle (`meshtrust bundle show` on \

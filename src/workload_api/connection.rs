@@ -160,7 +160,11 @@ impl Activity {
 
     /// [`Activity::refuse`] for an attested caller: the log line names its pid, uid, gid and
     /// executable (rate-limited per caller).
-    pub(crate) fn refuse_caller(&self, reason: RefusalReason, caller: Option<&super::attest::CallerInfo>) {
+    pub(crate) fn refuse_caller(
+        &self,
+        reason: RefusalReason,
+        caller: Option<&super::attest::CallerInfo>,
+    ) {
         match caller {
             Some(caller) if !self.close.is_cancelled() => {
                 self.refusals.record_caller(reason, caller);
