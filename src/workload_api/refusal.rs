@@ -260,6 +260,37 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_is_logged_once_per_window_and_another_caller_at_once() {
+        let refusals = Refusals::new();
+        let t0 = Instant::now();
+        let key = |uid: u32| (uid, uid, Some(PathBuf::from("/usr/bin/curl")));
+        assert_eq!(refusals.caller_hit(key(1000), t0), Some(0));
+        assert_eq!(
+            refusals.caller_hit(key(1000), t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            refusals.caller_hit(key(1001), t0 + Duration::from_secs(1)),
+            Some(0)
+        );
+        assert_eq!(refusals.caller_hit(key(1000), t0 + LOG_WINDOW), Some(1));
+        // A flood of distinct callers: bounded memory, then the reason's own limiter.
+        let t1 = t0 + LOG_WINDOW;
+        for uid in 0..u32::try_from(MAX_CALLERS_LOGGED).unwrap() {
+            refusals.caller_hit(key(10_000 + uid), t1);
+        }
+        let callers = refusals.callers.lock().unwrap().len();
+        assert_eq!(callers, MAX_CALLERS_LOGGED);
+        // The table is full of callers in their window: newcomers share the reason's limiter,
+        // which the flood's overflow already used in this window.
+        assert_eq!(refusals.caller_hit(key(99_999), t1), None);
+        // A window later the stale callers are forgotten and a newcomer has its line again.
+        assert_eq!(refusals.caller_hit(key(99_998), t1 + LOG_WINDOW), Some(0));
+        let callers = refusals.callers.lock().unwrap().len();
+        assert!(callers < MAX_CALLERS_LOGGED, "{callers}");
+    }
+
+    #[test]
     fn refusals_are_counted_by_reason() {
         let refusals = Refusals::new();
         for _ in 0..5 {
