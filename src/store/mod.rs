@@ -82,7 +82,7 @@ pub fn ensure_data_dir(data_dir: &Path) -> Result<(), StoreError> {
     }
     match DirBuilder::new().mode(0o700).create(data_dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && data_dir.is_dir() => {}
         Err(e) => return Err(io(e)),
     }
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700)).map_err(io)
