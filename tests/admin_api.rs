@@ -240,7 +240,10 @@ async fn metrics_healthz_and_readyz_report_the_daemon_and_its_peers() {
         } else if !line.starts_with('#') && !line.is_empty() {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(
-                name == current || name.strip_suffix("_total") == Some(current),
+                name == current
+                    || ["_total", "_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(current)),
                 "sample {name} outside its family (after TYPE {current}):\n{text}"
             );
         }
