@@ -21,9 +21,11 @@ use crate::bundle::summary::{self, AuthoritySummary};
 use crate::ca::{Authority, Ca};
 use crate::clock::rfc3339;
 use crate::federation::invite::{self, PublishedEndpoint};
+use crate::config::{EntryConfig, FederatesWith};
 use crate::federation::pinned::PeerStore;
 use crate::federation::status::StatusBoard;
 use crate::federation::{FetchReport, RefreshHandles, ResetError};
+use crate::reload::{LastReload, ReloadRecord};
 use crate::spiffe_id::TrustDomain;
 
 /// What the admin API reads.
@@ -41,6 +43,10 @@ pub struct AdminState {
     pub endpoint: Option<PublishedEndpoint>,
     /// Join tokens and (later) attested agents.
     pub nodes: Arc<crate::node::admin::Nodes>,
+    /// The registration entries in force.
+    pub entries: tokio::sync::watch::Receiver<Arc<Vec<EntryConfig>>>,
+    /// The outcome of the last config reload.
+    pub last_reload: LastReload,
 }
 
 /// Binds the admin socket: a stale file from a crash is replaced; the socket is 0600.
@@ -187,6 +193,31 @@ struct PeerView {
     earliest_expiry: Option<String>,
 }
 
+/// One registration entry in force.
+#[derive(Debug, Serialize)]
+struct EntryView {
+    spiffe_id: String,
+    selectors: Vec<String>,
+    /// Peer trust domains, or `["*"]`.
+    federates_with: Vec<String>,
+    /// The node agent serving it; always `null` until agents exist (the server's own socket).
+    node: Option<String>,
+    hint: Option<String>,
+}
+
+fn entry_view(e: &EntryConfig) -> EntryView {
+    EntryView {
+        spiffe_id: e.spiffe_id.to_string(),
+        selectors: e.selectors.iter().map(ToString::to_string).collect(),
+        federates_with: match &e.federates_with {
+            FederatesWith::All => vec!["*".to_owned()],
+            FederatesWith::Only(list) => list.iter().map(ToString::to_string).collect(),
+        },
+        node: None,
+        hint: e.hint.clone(),
+    }
+}
+
 /// The body of `GET /v1/status`.
 #[derive(Debug, Serialize)]
 pub struct StatusView {
@@ -195,6 +226,8 @@ pub struct StatusView {
     bundle: BundleView,
     federation: Vec<PeerView>,
     store: StoreView,
+    entries: Vec<EntryView>,
+    last_reload: Option<ReloadRecord>,
 }
 
 /// `"store"`: the backend and whether it can be reached (`"error"`: "store unavailable: ...").
@@ -268,6 +301,8 @@ pub fn status_view(state: &AdminState) -> StatusView {
                 },
             }
         },
+        entries: state.entries.borrow().iter().map(entry_view).collect(),
+        last_reload: state.last_reload.get(),
     }
 }
 
@@ -314,15 +349,30 @@ async fn refresh(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) 
     }
 }
 
-/// `POST /v1/federation/{trust_domain}/reset`: the fetch outcome after the reset (200/502), 409
-/// when the reset was refused (its bootstrap bundle is unreadable: nothing changed), 500 when
-/// the state could not be written.
-async fn reset(State(state): State<AdminState>, UrlPath(td): UrlPath<String>) -> Response {
+/// The query of a reset: `?force=true` forgets the pinned bundle before fetching.
+#[derive(Debug, serde::Deserialize)]
+struct ResetQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /v1/federation/{trust_domain}/reset[?force=true]`: the fetch outcome (200/502; without
+/// `force`, a 502 changed nothing), 409 when the reset was refused (its bootstrap bundle is
+/// unreadable: nothing changed), 500 when the state could not be written.
+async fn reset(
+    State(state): State<AdminState>,
+    UrlPath(td): UrlPath<String>,
+    query: Result<axum::extract::Query<ResetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let td = match TrustDomain::new(&td) {
         Ok(td) => td,
         Err(e) => return bad_name(&td, &e),
     };
-    match state.refresh.reset(&td).await {
+    let force = match query {
+        Ok(q) => q.0.force,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
+    match state.refresh.reset(&td, force).await {
         Some(Ok(report)) => fetch_outcome(report),
         Some(Err(e @ ResetError::Refused(_))) => error(StatusCode::CONFLICT, e.to_string()),
         Some(Err(e @ ResetError::Store(_))) => {

@@ -1,7 +1,8 @@
 //! The CLI side of the admin API: `meshtrust status`, `meshtrust federation refresh` and
-//! `meshtrust federation reset`, as HTTP/1.1 requests over the admin Unix socket.
+//! `meshtrust federation reset`, as HTTP/1.1 requests over the admin Unix socket, found from
+//! `--admin-socket`, `--config` or the default path ([`AdminTarget`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Empty};
@@ -9,7 +10,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::cli::FederationCommand;
+use crate::cli::{AdminTarget, DEFAULT_ADMIN_SOCKET, FederationCommand};
+use crate::commands::UsageError;
 
 /// Sends one request and returns the status code and the JSON body.
 ///
@@ -43,12 +45,46 @@ fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
         .block_on(f)
 }
 
+/// The admin socket an admin command talks to: `--admin-socket`, else the `[admin_api] socket`
+/// of `--config`, else [`DEFAULT_ADMIN_SOCKET`].
+///
+/// # Errors
+/// A [`UsageError`] (exit 64) when the config file cannot be read or names no admin socket.
+pub fn admin_socket(target: &AdminTarget) -> anyhow::Result<PathBuf> {
+    if let Some(socket) = &target.admin_socket {
+        return Ok(socket.clone());
+    }
+    match &target.config {
+        Some(config) => crate::config::admin_socket_of(config)
+            .map_err(|e| UsageError(format!("bad config: {e}")).into()),
+        None => Ok(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+    }
+}
+
+/// Connects with a message that says which socket and how it was found.
+async fn request_on(
+    target: &AdminTarget,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let socket = admin_socket(target)?;
+    request(&socket, method, path).await.map_err(|e| {
+        if target.admin_socket.is_none() && target.config.is_none() {
+            e.context(format!(
+                "no --admin-socket or --config given, so the default {DEFAULT_ADMIN_SOCKET} was tried"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
 /// `meshtrust status`: a readable summary, or the raw JSON with `--json`.
 ///
 /// # Errors
 /// When the daemon cannot be reached.
-pub fn status(admin_socket: &Path, json: bool) -> anyhow::Result<()> {
-    let (code, body) = block_on(request(admin_socket, "GET", "/v1/status"))?;
+pub fn status(target: &AdminTarget, json: bool) -> anyhow::Result<()> {
+    let (code, body) = block_on(request_on(target, "GET", "/v1/status"))?;
     if code != 200 {
         bail!("admin API answered {code}: {body}");
     }
@@ -68,11 +104,54 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// The human form of `GET /v1/status`.
+/// `1 authority`, `2 authorities`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Rows as columns aligned on their widest cell, two spaces apart, each line indented by two.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn list(v: &Value) -> String {
+    let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
+/// The human form of `GET /v1/status`: the daemon, its last reload, the entries in force and
+/// one line per federation relationship, in aligned columns.
 pub fn render_status(body: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "trust domain  {}", s(&body["trust_domain"]));
+    let _ = writeln!(out, "{:<14}{}", "trust domain", s(&body["trust_domain"]));
     let st = &body["store"];
     if st.is_object() {
         match st["error"].as_str() {
@@ -89,7 +168,8 @@ pub fn render_status(body: &Value) -> String {
         if a.is_object() {
             let _ = writeln!(
                 out,
-                "ca {role:<9} generation {} not_after {} sha256 {}",
+                "{:<14}generation {}  not_after {}  sha256 {}",
+                format!("ca {role}"),
                 s(&a["generation"]),
                 s(&a["not_after"]),
                 s(&a["sha256"])
@@ -100,71 +180,142 @@ pub fn render_status(body: &Value) -> String {
     let n = b["authorities"].as_array().map_or(0, Vec::len);
     let _ = writeln!(
         out,
-        "bundle        sequence {} authorities {n} refresh_hint {}s",
+        "{:<14}sequence {}  {}  refresh_hint {}s",
+        "bundle",
         s(&b["sequence"]),
+        count(n, "authority", "authorities"),
         s(&b["refresh_hint"])
     );
-    for p in body["federation"].as_array().into_iter().flatten() {
-        let n = p["authorities"].as_array().map_or(0, Vec::len);
-        let _ = writeln!(
-            out,
-            "peer {} [{}] {} sequence {} authorities {n} last_success {} next_refresh {}{}",
-            s(&p["trust_domain"]),
-            s(&p["state"]),
-            s(&p["url"]),
-            s(&p["sequence"]),
-            s(&p["last_success"]),
-            s(&p["next_refresh"]),
+    let r = &body["last_reload"];
+    let reload = if r.is_object() {
+        let mut text = format!("{} at {}", s(&r["outcome"]), s(&r["at"]));
+        if r["error"].is_string() {
+            let _ = write!(text, ": {}", s(&r["error"]));
+        }
+        text
+    } else {
+        "none since the start".to_owned()
+    };
+    let _ = writeln!(out, "{:<14}{reload}", "last reload");
+
+    let entries = body["entries"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\n{}", count(entries.len(), "entry", "entries"));
+    if !entries.is_empty() {
+        let mut rows = vec![vec![
+            "SPIFFE ID".to_owned(),
+            "SELECTORS".to_owned(),
+            "FEDERATES WITH".to_owned(),
+            "HINT".to_owned(),
+        ]];
+        rows.extend(entries.iter().map(|e| {
+            vec![
+                s(&e["spiffe_id"]),
+                list(&e["selectors"]),
+                list(&e["federates_with"]),
+                s(&e["hint"]),
+            ]
+        }));
+        out.push_str(&table(&rows));
+    }
+
+    let peers = body["federation"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\n{}",
+        count(peers.len(), "federation peer", "federation peers")
+    );
+    if !peers.is_empty() {
+        let mut rows = vec![vec![
+            "TRUST DOMAIN".to_owned(),
+            "STATE".to_owned(),
+            "SEQUENCE".to_owned(),
+            "AUTHORITIES".to_owned(),
+            "LAST SUCCESS".to_owned(),
+            "NEXT REFRESH".to_owned(),
+            "URL".to_owned(),
+        ]];
+        rows.extend(peers.iter().map(|p| {
+            vec![
+                s(&p["trust_domain"]),
+                s(&p["state"]),
+                s(&p["sequence"]),
+                p["authorities"]
+                    .as_array()
+                    .map_or_else(|| "-".to_owned(), |a| a.len().to_string()),
+                s(&p["last_success"]),
+                s(&p["next_refresh"]),
+                s(&p["url"]),
+            ]
+        }));
+        out.push_str(&table(&rows));
+        for p in &peers {
             if p["last_error"].is_string() {
-                format!("\n     last_error: {}", s(&p["last_error"]))
-            } else {
-                String::new()
+                let _ = writeln!(
+                    out,
+                    "  {} last error: {}",
+                    s(&p["trust_domain"]),
+                    s(&p["last_error"])
+                );
             }
-        );
+        }
     }
     out
 }
 
-/// `meshtrust federation refresh TD` (fetch now) and `meshtrust federation reset TD` (forget the
-/// pinned bundle, then fetch now): print the outcome.
+/// `meshtrust federation refresh TD` (fetch now) and `meshtrust federation reset TD [--force]`:
+/// print the outcome.
 ///
 /// # Errors
-/// When the daemon cannot be reached, the peer is unknown, the reset was refused or the fetch
-/// failed.
+/// A [`UsageError`] for an invalid trust domain; otherwise when the daemon cannot be reached,
+/// the peer is unknown, the reset was refused or the fetch failed.
 pub fn federation(command: FederationCommand) -> anyhow::Result<()> {
-    let (trust_domain, admin_socket, action) = match command {
+    let (trust_domain, admin, action, force) = match command {
         FederationCommand::Refresh {
             trust_domain,
-            admin_socket,
-        } => (trust_domain, admin_socket, "refresh"),
+            admin,
+        } => (trust_domain, admin, "refresh", false),
         FederationCommand::Reset {
             trust_domain,
-            admin_socket,
-        } => (trust_domain, admin_socket, "reset"),
+            admin,
+            force,
+        } => (trust_domain, admin, "reset", force),
         other => bail!("not an admin API command: {other:?}"),
     };
     let td = crate::spiffe_id::TrustDomain::new(&trust_domain)
-        .with_context(|| format!("invalid trust domain {trust_domain:?}"))?;
-    let path = format!("/v1/federation/{td}/{action}");
-    let (code, body) = block_on(request(&admin_socket, "POST", &path))?;
+        .map_err(|e| UsageError(format!("invalid trust domain {trust_domain:?}: {e}")))?;
+    let path = format!(
+        "/v1/federation/{td}/{action}{}",
+        if force { "?force=true" } else { "" }
+    );
+    let (code, body) = block_on(request_on(&admin, "POST", &path))?;
     let reset = action == "reset";
+    let bundle = |body: &Value| {
+        format!(
+            "sequence {}, {}",
+            s(&body["sequence"]),
+            count(
+                usize::try_from(body["authorities"].as_u64().unwrap_or(0)).unwrap_or(0),
+                "authority",
+                "authorities"
+            )
+        )
+    };
     match code {
         200 => {
-            println!(
-                "{td}: {}ok, {} (sequence {}, {} authorities)",
-                if reset {
-                    "reset, pinned bundle forgotten; fetch "
-                } else {
-                    ""
-                },
-                if body["changed"] == Value::Bool(true) {
-                    "bundle updated"
-                } else {
-                    "bundle unchanged"
-                },
-                s(&body["sequence"]),
-                s(&body["authorities"])
-            );
+            let changed = if body["changed"] == Value::Bool(true) {
+                "bundle updated"
+            } else {
+                "bundle unchanged"
+            };
+            let what = match (reset, force) {
+                (false, _) => "ok, ".to_owned(),
+                (true, true) => "reset, pinned bundle forgotten; fetch ok, ".to_owned(),
+                (true, false) => {
+                    "reset: fetched over the bootstrap bundle, which replaced the pinned bundle; "
+                        .to_owned()
+                }
+            };
+            println!("{td}: {what}{changed} ({})", bundle(&body));
             Ok(())
         }
         502 => {
@@ -173,13 +324,19 @@ pub fn federation(command: FederationCommand) -> anyhow::Result<()> {
             } else {
                 body.to_string()
             };
-            if reset {
-                bail!(
+            match (reset, force) {
+                (true, true) => bail!(
                     "{td}: reset, pinned bundle forgotten; but the fetch failed: {error} (nothing \
                      is pinned until a fetch succeeds; the daemon keeps retrying)"
-                )
+                ),
+                (true, false) => bail!(
+                    "{td}: reset not done, nothing changed: the fetch authenticated by the \
+                     bootstrap bundle failed: {error} (the pinned bundle stays in force, {}; \
+                     `--force` forgets it anyway)",
+                    bundle(&body)
+                ),
+                _ => bail!("{td}: fetch failed: {error} (the pinned bundle stays in force)"),
             }
-            bail!("{td}: fetch failed: {error} (the pinned bundle stays in force)")
         }
         _ => bail!(
             "{}",

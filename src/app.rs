@@ -32,7 +32,7 @@ use crate::federation::server_tls::ServerCerts;
 use crate::federation::status::StatusBoard;
 use crate::federation::verifier::OwnRoots;
 use crate::metrics::{self, MetricsState, Registry};
-use crate::reload::{self, ReloadOutcome};
+use crate::reload::{self, LastReload, ReloadOutcome};
 use crate::store::lock::DataDirLock;
 use crate::store::sqlite::SqliteStorage;
 use crate::store::{Storage, StoreError, marker};
@@ -305,6 +305,8 @@ pub struct Daemon {
     config: Config,
     /// The peer fetchers, for a reload.
     fetchers: Fetchers,
+    /// The outcome of the last reload, for the admin API's status.
+    last_reload: LastReload,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -539,6 +541,7 @@ impl Daemon {
             cancel.child_token(),
         ));
 
+        let last_reload = LastReload::default();
         let admin_state = AdminState {
             ca: ca.clone(),
             peers: peers.clone(),
@@ -546,6 +549,8 @@ impl Daemon {
             refresh: refresh.clone(),
             endpoint: published_endpoint(&config, bundle_endpoint_addr),
             nodes: Arc::new(crate::node::admin::Nodes::new(clock.clone())),
+            entries: entries.subscribe(),
+            last_reload: last_reload.clone(),
         };
         tracker.spawn(admin_api::serve(
             admin_listener,
@@ -578,7 +583,7 @@ impl Daemon {
             sequence = snapshot.bundle.sequence.unwrap_or(0),
             authorities = snapshot.slots.len(),
             pinned_peers = peers.current().len(),
-            bundle_endpoint = ?bundle_endpoint_addr,
+            bundle_endpoint = %bundle_endpoint_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
             workload_socket = %workload_socket.display(),
             admin_socket = %admin_socket.display(),
             "meshtrust ready"
@@ -597,6 +602,7 @@ impl Daemon {
             entries,
             config,
             fetchers,
+            last_reload,
             cancel,
             tracker,
         })
@@ -607,28 +613,41 @@ impl Daemon {
         &self.config.source
     }
 
-    /// Applies a re-read config (`SIGHUP`): the entries and the federation relationships now,
-    /// the rest only after a restart (see [`crate::reload`]). The running config is kept for
-    /// the sections not applied.
-    pub fn reload(&mut self, new: Config) -> ReloadOutcome {
-        let mut outcome = reload::diff(&self.config, &new);
+    /// Applies a re-read config (`SIGHUP`), all or nothing (see [`crate::reload`]): the entries
+    /// and the federation relationships at once, or nothing at all when any part cannot apply
+    /// (a relationship that cannot start, a section that needs a restart).
+    ///
+    /// # Errors
+    /// Why nothing was applied, in words.
+    pub fn reload(&mut self, new: Config) -> Result<ReloadOutcome, String> {
+        let outcome = reload::diff(&self.config, &new);
+        if !outcome.needs_restart.is_empty() {
+            return Err(format!(
+                "{} changed, which applies only after a restart; nothing applied (restart the \
+                 daemon, or undo that change and send SIGHUP again)",
+                outcome.needs_restart.join(", ")
+            ));
+        }
+        // Every relationship's client is built before anything changes: a failure here
+        // leaves the running relationships and entries as they were.
         if outcome.federation_changed {
-            match self.fetchers.apply(&new.federation) {
-                Ok((started, removed)) => {
-                    tracing::info!(?started, ?removed, "federation relationships updated");
-                    self.config.federation = new.federation;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "federation change refused; the relationships run as before");
-                    outcome.federation_changed = false;
-                }
-            }
+            let (started, removed) = self
+                .fetchers
+                .apply(&new.federation)
+                .map_err(|e| format!("{e}; nothing applied"))?;
+            tracing::info!(?started, ?removed, "federation relationships updated");
+            self.config.federation = new.federation;
         }
         if outcome.entries_changed {
             self.entries.send_replace(server_entries(&new.entries));
             self.config.entries = new.entries;
         }
-        outcome
+        Ok(outcome)
+    }
+
+    /// Records a reload's outcome for `meshtrust status`.
+    pub fn record_reload(&self, result: Result<(), String>) {
+        self.last_reload.record(result);
     }
 
     /// Stops every task, waiting up to [`SHUTDOWN_GRACE`], removes the socket files it bound

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "meshtrust", version, about)]
 pub struct Cli {
-    /// Log format on stderr. Filtering follows RUST_LOG (default: info; warn for `demo`, which prints its own story).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    /// Log lines on stderr as text or json (filtered by RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, hide_possible_values = true)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -29,7 +29,15 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon for one trust domain until SIGINT/SIGTERM.
+    /// Run the daemon for one trust domain until SIGINT/SIGTERM; SIGHUP re-reads the config.
+    #[command(
+        long_about = "Run the daemon for one trust domain until SIGINT/SIGTERM.\n\n\
+        SIGHUP re-reads the config file and applies the [[entry]] and [[federation]] changes at \
+        once, all or nothing: a config that does not load, a relationship that cannot start \
+        (e.g. a missing bootstrap bundle) or a change to a section that needs a restart \
+        (trust_domain, data_dir, [ca], listeners, sockets) applies nothing. `meshtrust status` \
+        shows the outcome of the last reload."
+    )]
     Serve {
         /// The config file.
         #[command(flatten)]
@@ -38,8 +46,9 @@ pub enum Command {
         #[command(flatten)]
         state: InitNewCaArg,
     },
-    /// Validate a config file without binding anything.
-    CheckConfig(ConfigArg),
+    /// Validate a config file without binding anything; print warnings about what works
+    /// today but will hurt. Exit 64 on an error (or, with --strict, on a warning).
+    CheckConfig(CheckConfigArgs),
     /// The trust bundle of this trust domain.
     Bundle {
         /// What to do with the bundle.
@@ -48,9 +57,9 @@ pub enum Command {
     },
     /// CA, own bundle and every federation relationship's state, from a running daemon.
     Status {
-        /// The daemon's admin socket.
-        #[arg(long)]
-        admin_socket: PathBuf,
+        /// Where the daemon's admin socket is.
+        #[command(flatten)]
+        admin: AdminTarget,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -104,18 +113,6 @@ pub enum Shell {
     Fish,
 }
 
-/// `--admin-socket PATH` or `--config FILE` (the admin socket named there).
-#[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-pub struct AdminTarget {
-    /// The daemon's admin socket.
-    #[arg(long)]
-    pub admin_socket: Option<PathBuf>,
-    /// The daemon's config file (its `admin_api.socket`).
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-}
-
 /// `token` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -143,6 +140,33 @@ pub struct ConfigArg {
     /// The TOML config file.
     #[arg(long, short)]
     pub config: PathBuf,
+}
+
+/// `check-config`'s arguments.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also read what the daemon reads at start (bootstrap bundles: present, parseable, of
+    /// the right trust domain), and fail (exit 64) on warnings too.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Default admin socket, when neither `--admin-socket` nor `--config` is given.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/meshtrust/admin.sock";
+
+/// How an admin command finds the daemon's admin socket: `--admin-socket PATH`, or
+/// `--config FILE` (its `[admin_api] socket`), else [`DEFAULT_ADMIN_SOCKET`].
+#[derive(Debug, Clone, Args)]
+pub struct AdminTarget {
+    /// The daemon's admin socket [default: /run/meshtrust/admin.sock].
+    #[arg(long, conflicts_with = "config")]
+    pub admin_socket: Option<PathBuf>,
+    /// The daemon's config file: its [admin_api] socket is used.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// `--init-new-ca`.
@@ -189,20 +213,24 @@ pub enum FederationCommand {
     Refresh {
         /// The peer trust domain.
         trust_domain: String,
-        /// The daemon's admin socket.
-        #[arg(long)]
-        admin_socket: PathBuf,
+        /// Where the daemon's admin socket is.
+        #[command(flatten)]
+        admin: AdminTarget,
     },
-    /// Reset a relationship: forget the peer's pinned bundle, so that the configured bootstrap
-    /// bundle (re-read from disk) authenticates its endpoint again and any spiffe_sequence is
-    /// accepted; then fetch now and print the outcome. For a peer that published `keys: []` or
-    /// restarted its sequence after losing its state.
+    /// Reset a relationship: fetch the peer's bundle authenticated by the configured bootstrap
+    /// bundle (re-read from disk) alone, and only if that succeeds replace the pinned bundle
+    /// with it, whatever its spiffe_sequence. For a peer that published `keys: []` or lost its
+    /// state and changed its CA. A failed fetch changes nothing.
     Reset {
         /// The peer trust domain.
         trust_domain: String,
-        /// The daemon's admin socket.
+        /// Where the daemon's admin socket is.
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// Forget the pinned bundle first, even if the fetch then fails (workloads lose the
+        /// peer's bundle until a fetch succeeds).
         #[arg(long)]
-        admin_socket: PathBuf,
+        force: bool,
     },
     /// Print a one-line peering token for this daemon's bundle (trust domain, bundle endpoint
     /// URL, endpoint SPIFFE ID, SHA-256 of its CA certificates, expiry), for the other

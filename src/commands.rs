@@ -17,16 +17,16 @@ use crate::federation::invite_join::JoinRequest;
 /// sysexits EX_USAGE: a bad config or command line.
 pub const EX_USAGE: u8 = 64;
 
+/// A command-line or config mistake found after parsing (an invalid trust domain argument, a
+/// config without an admin socket): the command exits [`EX_USAGE`], not 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Runs one subcommand to completion.
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
-        Command::CheckConfig(arg) => load_config(&arg.config).map(|c| {
-            println!(
-                "{}: ok (trust domain {})",
-                c.source.display(),
-                c.trust_domain
-            );
-        }),
+        Command::CheckConfig(args) => check_config(&args),
         Command::Serve { config, state } => load_config(&config.config)
             .and_then(|c| runtime_failure(serve(c, state_options(&state)))),
         Command::Bundle {
@@ -38,8 +38,8 @@ pub fn run(command: Command) -> ExitCode {
                 },
         } => load_config(&config)
             .and_then(|c| runtime_failure(bundle_show(&c, format, state_options(&state)))),
-        Command::Status { admin_socket, json } => {
-            runtime_failure(crate::admin_client::status(&admin_socket, json))
+        Command::Status { admin, json } => {
+            runtime_failure(crate::admin_client::status(&admin, json))
         }
         Command::Demo {
             keep_running,
@@ -166,11 +166,51 @@ fn load_config(path: &Path) -> Result<Config, u8> {
     })
 }
 
+/// Prints the error; exits 64 for a [`UsageError`], else 1.
 fn runtime_failure(result: anyhow::Result<()>) -> Result<(), u8> {
     result.map_err(|e| {
         eprintln!("meshtrust: {}", describe(&e));
-        1
+        if e.chain().any(|c| c.is::<UsageError>()) {
+            EX_USAGE
+        } else {
+            1
+        }
     })
+}
+
+/// `check-config [--strict]`: errors exit 64; warnings are printed (and exit 64 with
+/// `--strict`, which also reads the bootstrap bundles the daemon reads at start).
+fn check_config(args: &crate::cli::CheckConfigArgs) -> Result<(), u8> {
+    let c = load_config(&args.config.config)?;
+    let mut findings = crate::config::lint::warnings(&c);
+    if args.strict {
+        findings.extend(crate::config::lint::start_checks(&c));
+    }
+    for f in &findings {
+        eprintln!("meshtrust: warning: {}: {f}", c.source.display());
+    }
+    if args.strict && !findings.is_empty() {
+        eprintln!(
+            "meshtrust: {}: {} (--strict)",
+            c.source.display(),
+            crate::admin_client::count(findings.len(), "warning", "warnings")
+        );
+        return Err(EX_USAGE);
+    }
+    let warned = if findings.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {}",
+            crate::admin_client::count(findings.len(), "warning", "warnings")
+        )
+    };
+    println!(
+        "{}: ok (trust domain {}{warned})",
+        c.source.display(),
+        c.trust_domain
+    );
+    Ok(())
 }
 
 /// The error and its causes on one line, each cause once: many of our messages already quote

@@ -1,15 +1,20 @@
-//! `SIGHUP`: re-read the config file and apply what can change under a running daemon.
+//! `SIGHUP`: re-read the config file and apply what can change under a running daemon, all or
+//! nothing: the running state always matches one config file.
 //!
 //! Registration entries (`[[entry]]`, with their `federates_with`) apply at once: the Workload
 //! API streams of every connected workload push the new identities and bundle sets, and a
 //! caller whose last identity went away gets PermissionDenied. Federation relationships
 //! (`[[federation]]`) apply at once too: a removed peer's fetcher stops and its bundle leaves
 //! the streams, an added one starts fetching, a changed one restarts. Everything else (trust
-//! domain, CA, listeners, sockets) needs a restart; a reload that changes such a section keeps
-//! the running values and names the sections in a warning. A config that does not load
-//! changes nothing and is logged with the key at fault.
+//! domain, CA, listeners, sockets) needs a restart; a reload that changes such a section applies
+//! nothing and names the sections. A config that does not load changes nothing and is logged
+//! with the key at fault; so does a relationship that cannot start (a missing bootstrap bundle).
+//! The outcome of the last reload is in `meshtrust status` ([`LastReload`]).
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
 
 use crate::app::Daemon;
 use crate::config::Config;
@@ -23,6 +28,38 @@ pub struct ReloadOutcome {
     pub federation_changed: bool,
     /// Sections that differ from the running config but need a restart.
     pub needs_restart: Vec<&'static str>,
+}
+
+/// The outcome of the last reload, as `GET /v1/status` shows it (`last_reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadRecord {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `applied` or `refused`.
+    pub outcome: &'static str,
+    /// Why it was refused.
+    pub error: Option<String>,
+}
+
+/// The last reload's outcome, shared by the daemon (writer) and the admin API (reader).
+#[derive(Debug, Clone, Default)]
+pub struct LastReload(Arc<Mutex<Option<ReloadRecord>>>);
+
+impl LastReload {
+    /// Records a reload now: applied (`Ok`) or refused with why.
+    pub fn record(&self, result: Result<(), String>) {
+        let record = ReloadRecord {
+            at: crate::clock::rfc3339(std::time::SystemTime::now()),
+            outcome: if result.is_ok() { "applied" } else { "refused" },
+            error: result.err(),
+        };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    /// The last reload, if any since the start.
+    pub fn get(&self) -> Option<ReloadRecord> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Compares `running` with `new`: the entries to apply and the sections left as they are.
@@ -70,27 +107,23 @@ pub fn load(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
 
-/// Re-reads the daemon's config file and applies it, logging what happened.
+/// Re-reads the daemon's config file and applies it (all or nothing), logging and recording
+/// what happened.
 pub fn from_disk(daemon: &mut Daemon) {
     let path = daemon.config_file().to_path_buf();
-    match load(&path) {
+    match load(&path).and_then(|new| daemon.reload(new)) {
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "config reload refused; nothing changed")
+            tracing::error!(file = %path.display(), error = %e, "config reload refused; nothing changed");
+            daemon.record_reload(Err(e));
         }
-        Ok(new) => {
-            let outcome = daemon.reload(new);
+        Ok(outcome) => {
             tracing::info!(
                 file = %path.display(),
                 entries_changed = outcome.entries_changed,
                 federation_changed = outcome.federation_changed,
                 "config reloaded"
             );
-            if !outcome.needs_restart.is_empty() {
-                tracing::warn!(
-                    sections = ?outcome.needs_restart,
-                    "these config sections changed but apply only after a restart"
-                );
-            }
+            daemon.record_reload(Ok(()));
         }
     }
 }

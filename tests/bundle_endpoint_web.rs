@@ -224,9 +224,9 @@ async fn the_daemon_serves_replaced_https_web_files_and_keeps_its_certificate_on
     let daemon = Proc::serve(&config).await;
     let ready = daemon.log();
     let addr: std::net::SocketAddr = ready
-        .split("bundle_endpoint=Some(")
+        .split("bundle_endpoint=")
         .nth(1)
-        .and_then(|rest| rest.split(')').next())
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("the ready line names the endpoint's address: {ready}"))
         .parse()
         .unwrap();

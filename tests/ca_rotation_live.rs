@@ -52,9 +52,9 @@ fn served(addr: SocketAddr) -> (Vec<Vec<u8>>, u64) {
 /// The bundle endpoint's address, from the ready line.
 fn endpoint_addr(daemon: &Proc) -> SocketAddr {
     let log = daemon.log();
-    log.split("bundle_endpoint=Some(")
+    log.split("bundle_endpoint=")
         .nth(1)
-        .and_then(|rest| rest.split(')').next())
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("the ready line names the endpoint's address: {log}"))
         .parse()
         .unwrap()

@@ -15,6 +15,7 @@
 
 mod duration;
 mod error;
+pub mod lint;
 mod raw;
 mod selector;
 mod validate;
@@ -213,6 +214,10 @@ impl std::fmt::Debug for PostgresUrl {
 pub struct MetricsConfig {
     /// The HTTP listen address (differs from the bundle endpoint's).
     pub listen: SocketAddr,
+    /// Why `listen` is not a loopback address (e.g. "scraped by Prometheus over the compose
+    /// network"): the metrics are unauthenticated, so `check-config` warns about a non-loopback
+    /// address without one. Never empty.
+    pub non_loopback_reason: Option<String>,
 }
 
 /// One `[[federation]]`: a peer trust domain whose bundle we fetch and pin.
@@ -310,6 +315,34 @@ impl FederatesWith {
     }
 }
 
+/// See [`Config::admin_socket_of`].
+///
+/// # Errors
+/// As [`Config::admin_socket_of`].
+pub fn admin_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::from_toml(path, &text, &e))?;
+    let invalid = |message: &str| ConfigError::Invalid {
+        file: path.to_owned(),
+        key: "admin_api.socket".to_owned(),
+        message: message.to_owned(),
+    };
+    let socket = table
+        .get("admin_api")
+        .and_then(|t| t.get("socket"))
+        .ok_or_else(|| invalid("missing required key (the admin socket to reach)"))?
+        .as_str()
+        .ok_or_else(|| invalid("expected a string"))?;
+    if socket.is_empty() {
+        return Err(invalid("path must not be empty"));
+    }
+    Ok(path.parent().unwrap_or(Path::new("")).join(socket))
+}
+
 impl Config {
     /// Reads and validates a config file.
     ///
@@ -331,6 +364,16 @@ impl Config {
     pub fn from_toml(text: &str, source: &Path) -> Result<Self, ConfigError> {
         let raw = toml::from_str(text).map_err(|e| ConfigError::from_toml(source, text, &e))?;
         validate::validate(raw, source)
+    }
+
+    /// The `[admin_api] socket` of the config file at `path`, resolved against its folder as the
+    /// daemon resolves it, without validating the rest of the file: what the admin commands
+    /// (`status`, `federation ...`) read with `--config`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read, is not TOML or names no admin socket.
+    pub fn admin_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        admin_socket_of(path)
     }
 
     /// The relationship with `trust_domain`, if it is a configured peer.

@@ -69,6 +69,7 @@ pub(super) struct RawSocket {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawMetrics {
     pub listen: Option<String>,
+    pub non_loopback_reason: Option<String>,
 }
 
 /// `[store]`.

@@ -5,7 +5,8 @@
 //! Workload API on Unix sockets), sidecars started from the very command lines the containers
 //! of `docker-compose.yml` run, TLS on loopback with ephemeral ports.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -36,6 +37,35 @@ pub struct Running {
     tracker: TaskTracker,
     cancel: CancellationToken,
     frontend_proxy: String,
+    work: PathBuf,
+    console: Console,
+}
+
+/// The sidecars' lines on stdout, held back once the demo said `demo: OK` (so that it stays the
+/// last line) until `--keep-running` has printed what to try.
+#[derive(Debug, Clone, Default)]
+struct Console(Arc<Mutex<bool>>);
+
+impl Console {
+    /// Prints a sidecar's line unless muted. The lock is held while printing: a line is either
+    /// out before `demo: OK` or not printed at all.
+    fn sidecar_line(&self, line: &str) {
+        let muted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !*muted {
+            println!("{line}");
+        }
+    }
+
+    /// Mutes the sidecars and prints `line` as the last one.
+    fn last_line(&self, line: &str) {
+        let mut muted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *muted = true;
+        println!("{line}");
+    }
+
+    fn unmute(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
 }
 
 /// Runs every step; `Ok` means the last line printed was `demo: OK`.
@@ -120,6 +150,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let console = Console::default();
     step(
         "6. mesh-b: an echo service behind an inbound sidecar that lets in only mesh-a's frontend",
     );
@@ -131,6 +162,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
     let echo_ready = start_sidecar(
         &tracker,
         &cancel,
+        &console,
         "echo-b sidecar",
         &b,
         &sidecars::echo_inbound(&inbound_addr.to_string(), &echo_addr.to_string()),
@@ -143,6 +175,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
     let frontend_ready = start_sidecar(
         &tracker,
         &cancel,
+        &console,
         "frontend sidecar",
         &a,
         &sidecars::frontend_outbound(&frontend_proxy, &inbound_addr.to_string()),
@@ -170,6 +203,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
     let batch_ready = start_sidecar(
         &tracker,
         &cancel,
+        &console,
         "batch sidecar",
         &a,
         &sidecars::batch_outbound(&refused_addr, &inbound_addr.to_string()),
@@ -183,20 +217,26 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
         )),
     }
 
-    println!(
+    console.last_line(&format!(
         "demo: OK (mesh-a.test and mesh-b.test federated; {FRONTEND} reached {ECHO} over mTLS; {BATCH} was refused)"
-    );
+    ));
     Ok(Running {
         daemons: vec![(a, da), (b, db)],
         tracker,
         cancel,
         frontend_proxy,
+        work: work.to_owned(),
+        console,
     })
 }
 
 impl Running {
-    /// What to poke at while `--keep-running` holds the demo up.
+    /// What to poke at while `--keep-running` holds the demo up: commands with this binary's
+    /// real path, writing only under the demo's work folder (removed at the end). The
+    /// sidecars' lines follow from then on.
     pub fn print_endpoints(&self) {
+        let exe = std::env::current_exe()
+            .map_or_else(|_| "meshtrust".to_owned(), |p| p.display().to_string());
         println!();
         println!("The demo keeps running; Ctrl-C stops it. Things to try:");
         for (m, d) in &self.daemons {
@@ -206,8 +246,9 @@ impl Running {
             println!(
                 "    curl -s --unix-socket {sock} -H 'workload.spiffe.io: true' http://localhost/v1/x509-bundles"
             );
+            println!("    {exe} status --config {}", m.config_path().display());
             println!(
-                "    meshtrust status --admin-socket {}",
+                "    {exe} status --admin-socket {}",
                 d.admin_socket.display()
             );
             println!(
@@ -216,14 +257,15 @@ impl Running {
             );
             println!("    curl -s http://127.0.0.1:{}/metrics", m.metrics_port);
             println!(
-                "    SPIFFE_ENDPOINT_SOCKET=unix://{sock} meshtrust sidecar files --out /tmp/svid-{}",
-                m.name
+                "    SPIFFE_ENDPOINT_SOCKET=unix://{sock} {exe} sidecar files --out {}",
+                self.work.join(format!("svid-{}", m.name)).display()
             );
         }
         println!(
-            "  the frontend's proxy: meshtrust demo call --connect {} --message hi",
+            "  the frontend's proxy: {exe} demo call --connect {} --message hi",
             self.frontend_proxy
         );
+        self.console.unmute();
     }
 
     /// Stops the sidecars, the echo service and both daemons.
@@ -287,7 +329,7 @@ async fn join(m: &DemoMesh, peer: &DemoMesh, token: &str) -> Result<Joined, Join
 
 /// What SIGHUP does: re-reads `m`'s config and applies it; the new peer must be applied.
 fn reload(m: &DemoMesh, d: &mut Daemon) -> anyhow::Result<()> {
-    let outcome = d.reload(m.config()?);
+    let outcome = d.reload(m.config()?).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !outcome.federation_changed {
         bail!(
             "{}: the reload did not apply the new peer",
@@ -335,6 +377,7 @@ async fn pin(m: &DemoMesh, d: &Daemon, peer: &DemoMesh) -> anyhow::Result<()> {
 fn start_sidecar(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
+    console: &Console,
     label: &'static str,
     mesh: &DemoMesh,
     args: &str,
@@ -349,17 +392,19 @@ fn start_sidecar(
         bail!("not a sidecar command: {args}");
     };
     let (ready_tx, ready_rx) = watch::channel(false);
+    let out = console.clone();
     let report = Reporter::new(move |line: &str| {
         if line.starts_with("svid update:") {
             ready_tx.send_replace(true);
         }
-        println!("      [{label}] {line}");
+        out.sidecar_line(&format!("      [{label}] {line}"));
     });
+    let out = console.clone();
     let env_socket = Some(format!("unix://{}", mesh.workload_socket().display()));
     let cancel = cancel.child_token();
     tracker.spawn(async move {
         if let Err(e) = sidecar::run_on(parsed, env_socket, Some(listener), report, cancel).await {
-            println!("      [{label}] stopped: {e}");
+            out.sidecar_line(&format!("      [{label}] stopped: {e}"));
         }
     });
     Ok(ready_rx)

@@ -27,6 +27,7 @@ mod schedule;
 mod setup;
 
 pub use runner::Fetchers;
+pub use setup::read_bootstrap_bundle;
 
 use schedule::Backoff;
 pub use schedule::{
@@ -207,7 +208,8 @@ impl PeerFetcher {
                 Some(RefreshRequest::Refresh(reply)) => {
                     let _ = reply.send(report);
                 }
-                Some(RefreshRequest::Reset(reply)) => {
+                // (A `Replace` is answered where it is handled, never left pending.)
+                Some(RefreshRequest::Reset(reply) | RefreshRequest::Replace(reply)) => {
                     let _ = reply.send(Ok(report));
                 }
                 None => {}
@@ -222,6 +224,38 @@ impl PeerFetcher {
                         return;
                     }
                     request = requests.recv(), if requests_open => match request {
+                        Some(RefreshRequest::Replace(reply)) => {
+                            let outcome = tokio::select! {
+                                biased;
+                                () = cancel.cancelled() => {
+                                    tracing::info!("fetcher stopped");
+                                    return;
+                                }
+                                r = self.reset_by_fetch() => r,
+                            };
+                            match outcome {
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "federation relationship reset refused");
+                                    let _ = reply.send(Err(e));
+                                }
+                                // Nothing changed: the pinned bundle and the schedule go on.
+                                Ok(Err(e)) => {
+                                    let report = self.unchanged_report(&e);
+                                    tracing::warn!(error = report.error.as_deref().unwrap_or_default(), "federation relationship reset not done: the fetch authenticated by the bootstrap bundle failed; the pinned bundle stays");
+                                    let _ = reply.send(Ok(report));
+                                }
+                                Ok(Ok(outcome)) => {
+                                    let interval = refresh_interval(
+                                        self.store.get(&self.td).and_then(|b| b.refresh_hint),
+                                        self.limits.min_interval,
+                                    );
+                                    backoff.reset();
+                                    let report = self.record(Ok(outcome), interval, interval);
+                                    let _ = reply.send(Ok(report));
+                                    sleep.as_mut().reset(tokio::time::Instant::now() + interval);
+                                }
+                            }
+                        }
                         Some(RefreshRequest::Reset(reply)) => match self.reset() {
                             Ok(()) => {
                                 pending = Some(RefreshRequest::Reset(reply));
@@ -268,6 +302,105 @@ impl PeerFetcher {
             "federation relationship reset by the operator: pinned bundle forgotten, the bootstrap bundle authenticates the endpoint and any sequence is accepted"
         );
         Ok(())
+    }
+
+    /// The operator reset without `--force`: a fetch authenticated by the bootstrap bundle alone
+    /// (re-read from disk; the peer's pinned bundle is ignored), and only when it succeeds the
+    /// fetched bundle replaces the pinned one whatever its sequence, in one publication (the
+    /// Workload API streams never see the peer without a bundle). A failed fetch changes
+    /// nothing. The outer error is a reset refused before any fetch (bootstrap unreadable).
+    async fn reset_by_fetch(&mut self) -> Result<Result<PinOutcome, FetchError>, ResetError> {
+        let build = |purpose| {
+            build_client(
+                &self.config,
+                &self.store,
+                &self.own_roots,
+                self.limits,
+                purpose,
+            )
+            .map_err(ResetError::Refused)
+        };
+        let normal = build(Purpose::Reset)?;
+        let probe = build(Purpose::ResetProbe)?;
+        let parsed = match probe.fetch().await {
+            Ok(fetched) => fetched.parsed,
+            Err(e) => return Ok(Err(e)),
+        };
+        let previous = self.store.get(&self.td);
+        let outcome = match self.store.replace(parsed.bundle, self.clock.now()) {
+            Ok(outcome) => outcome,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        self.client = normal;
+        tracing::warn!(
+            replaced_sequence = ?previous.as_ref().and_then(|b| b.sequence),
+            sequence = ?self.store.get(&self.td).and_then(|b| b.sequence),
+            "federation relationship reset by the operator: the bundle fetched over the bootstrap bundle replaced the pinned one"
+        );
+        Ok(Ok(outcome))
+    }
+
+    /// The report of a fetch that changed nothing (a reset not done).
+    fn unchanged_report(&self, e: &FetchError) -> FetchReport {
+        let pinned = self.store.get(&self.td);
+        FetchReport {
+            trust_domain: self.td.to_string(),
+            ok: false,
+            changed: false,
+            sequence: pinned.as_ref().and_then(|b| b.sequence),
+            authorities: pinned.as_ref().map_or(0, |b| b.x509_authorities.len()),
+            error: Some(self.describe(e, true)),
+        }
+    }
+
+    /// A fetch error as the status and the operator see it: an `UnknownIssuer` (the endpoint's
+    /// certificate is not signed by any CA we trust for it; `BadSignature` when one of those
+    /// CAs has the same name as its real issuer, as a peer's new CA does) carries a hint on
+    /// what to check.
+    /// `over_bootstrap`: the fetch was authenticated by the bootstrap bundle alone (a reset).
+    fn describe(&self, e: &FetchError, over_bootstrap: bool) -> String {
+        let text = e.to_string();
+        let untrusted = text.contains("UnknownIssuer") || text.contains("BadSignature");
+        if !(matches!(e, FetchError::Tls(_)) && untrusted) {
+            return text;
+        }
+        let hint = match &self.config.profile {
+            PeerProfile::HttpsSpiffe {
+                endpoint_spiffe_id,
+                bootstrap_bundle,
+            } => {
+                let id_td = endpoint_spiffe_id.trust_domain();
+                if id_td == self.own_roots.trust_domain() {
+                    format!("the endpoint's certificate is not signed by our own CA ({id_td})")
+                } else if self.store.get(id_td).is_some() && !over_bootstrap {
+                    format!(
+                        "the endpoint's certificate is not signed by a CA of the pinned bundle of \
+                         {id_td}: if {id_td} lost its state and has a new CA, put its new bundle \
+                         (`meshtrust bundle show` there) in bootstrap_bundle and run \
+                         `meshtrust federation reset {}`",
+                        self.td
+                    )
+                } else {
+                    let file = bootstrap_bundle.as_ref().map_or_else(
+                        || "(none configured)".to_owned(),
+                        |f| f.display().to_string(),
+                    );
+                    format!(
+                        "the endpoint's certificate is not signed by a CA of the bootstrap bundle \
+                         {file}: is it {id_td}'s current bundle (`meshtrust bundle show` on \
+                         {id_td}'s daemon)?"
+                    )
+                }
+            }
+            PeerProfile::HttpsWeb { ca_file } => format!(
+                "the endpoint's certificate does not chain to {}",
+                ca_file.as_ref().map_or_else(
+                    || "the system's roots".to_owned(),
+                    |f| format!("the roots of ca_file {}", f.display())
+                )
+            ),
+        };
+        format!("{text} (hint: {hint})")
     }
 
     /// One fetch, and its one log line: what was fetched, the outcome, and for a bundle with
@@ -345,7 +478,7 @@ impl PeerFetcher {
         let now = self.clock.now();
         let pinned = self.store.get(&self.td);
         let label = result.as_ref().map_or_else(FetchError::kind, |_| "ok");
-        let error = result.as_ref().err().map(ToString::to_string);
+        let error = result.as_ref().err().map(|e| self.describe(e, false));
         // The pinned bundle's fetch time, as stored: the same value after a restart.
         let fetched_at = self.store.fetched_at(&self.td).unwrap_or(now);
         self.status.update(&self.td, |s| {

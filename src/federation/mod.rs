@@ -61,8 +61,11 @@ pub enum RefreshRequest {
     /// Fetch now.
     Refresh(oneshot::Sender<FetchReport>),
     /// Forget the pinned bundle (the bootstrap bundle, re-read, authenticates the endpoint again
-    /// and any sequence is accepted), then fetch now.
+    /// and any sequence is accepted), then fetch now (`federation reset --force`).
     Reset(oneshot::Sender<Result<FetchReport, ResetError>>),
+    /// Fetch now authenticated by the bootstrap bundle (re-read) alone, and only on success
+    /// replace the pinned bundle whatever its sequence (`federation reset`).
+    Replace(oneshot::Sender<Result<FetchReport, ResetError>>),
 }
 
 /// The senders to every peer fetcher's refresh queue.
@@ -102,12 +105,23 @@ impl RefreshHandles {
         outcome.await.ok()
     }
 
-    /// Asks `td`'s fetcher to reset the relationship and fetch, and waits for the outcome.
-    /// `None` when `td` is not a configured peer or its fetcher has stopped.
-    pub async fn reset(&self, td: &TrustDomain) -> Option<Result<FetchReport, ResetError>> {
+    /// Asks `td`'s fetcher to reset the relationship, and waits for the outcome: with `force`,
+    /// forget the pinned bundle and then fetch; without, fetch with the bootstrap bundle and
+    /// replace the pinned bundle only if that succeeds. `None` when `td` is not a configured
+    /// peer or its fetcher has stopped.
+    pub async fn reset(
+        &self,
+        td: &TrustDomain,
+        force: bool,
+    ) -> Option<Result<FetchReport, ResetError>> {
         let tx = self.sender(td)?;
         let (reply, outcome) = oneshot::channel();
-        tx.send(RefreshRequest::Reset(reply)).await.ok()?;
+        let request = if force {
+            RefreshRequest::Reset(reply)
+        } else {
+            RefreshRequest::Replace(reply)
+        };
+        tx.send(request).await.ok()?;
         outcome.await.ok()
     }
 }

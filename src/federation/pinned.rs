@@ -254,6 +254,38 @@ impl PeerStore {
         Ok(PinOutcome::Updated)
     }
 
+    /// Replaces a peer's pinned bundle with `bundle` fetched at `now`, whatever its sequence
+    /// (operator reset: the fetch was authenticated by the bootstrap bundle). Stored, then
+    /// published in one change: subscribers never see the peer without a bundle.
+    ///
+    /// # Errors
+    /// [`PinError`]; the previously pinned bundle then stays in force.
+    pub fn replace(&self, bundle: TrustBundle, now: SystemTime) -> Result<PinOutcome, PinError> {
+        let td = bundle.trust_domain.clone();
+        if !self.peers().contains(&td) {
+            return Err(PinError::UnknownPeer(td));
+        }
+        let mut fetched = self.lock();
+        let unchanged = self.get(&td).is_some_and(|p| {
+            p.same_authorities(&bundle)
+                && p.sequence == bundle.sequence
+                && p.refresh_hint == bundle.refresh_hint
+        });
+        // The store refuses a lower sequence than the one it holds (its rollback guard): an
+        // operator's replace deletes the stored pin first (memory and subscribers keep the old
+        // bundle until the new one is published below, so no update drops the peer).
+        self.storage.delete_pinned(&td)?;
+        self.save(&bundle, now)?;
+        fetched.insert(td.clone(), FetchTimes::stored(now));
+        if unchanged {
+            return Ok(PinOutcome::Unchanged);
+        }
+        self.tx.send_modify(|map| {
+            Arc::make_mut(map).insert(td, Arc::new(bundle));
+        });
+        Ok(PinOutcome::Updated)
+    }
+
     fn save(&self, bundle: &TrustBundle, fetched_at: SystemTime) -> Result<(), PinError> {
         self.storage
             .save_pinned(&PinnedBundle {

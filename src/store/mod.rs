@@ -114,7 +114,9 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-/// Creates `data_dir` if missing and makes it 0700 (it holds CA keys).
+/// Creates `data_dir` if missing and makes it 0700 (it holds CA keys). Only `data_dir` itself
+/// is private: the folders above it are created like `mkdir -p` does (the umask's mode), since
+/// they often hold the sockets workloads must reach too.
 ///
 /// # Errors
 /// [`StoreError::Io`].
@@ -123,11 +125,14 @@ pub fn ensure_data_dir(data_dir: &Path) -> Result<(), StoreError> {
         path: data_dir.display().to_string(),
         source,
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(io)?;
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    match DirBuilder::new().mode(0o700).create(data_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && data_dir.is_dir() => {}
+        Err(e) => return Err(io(e)),
+    }
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700)).map_err(io)
 }
 

@@ -157,6 +157,22 @@ impl Activity {
             self.close.cancel();
         }
     }
+
+    /// [`Activity::refuse`] for an attested caller: the log line names its pid, uid, gid and
+    /// executable (rate-limited per caller).
+    pub(crate) fn refuse_caller(
+        &self,
+        reason: RefusalReason,
+        caller: Option<&super::attest::CallerInfo>,
+    ) {
+        match caller {
+            Some(caller) if !self.close.is_cancelled() => {
+                self.refusals.record_caller(reason, caller);
+                self.close.cancel();
+            }
+            _ => self.refuse(reason),
+        }
+    }
 }
 
 /// Keeps a request or stream counted as open (see [`Activity::begin`]).

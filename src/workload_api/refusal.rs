@@ -2,7 +2,14 @@
 //! with a [`RefusalReason`], so they can be counted (for metrics) and logged without letting an
 //! attacker flood the log: one line per [`LOG_WINDOW`] per reason, with the count of the ones
 //! not logged. The same limiter keeps accept errors (`EMFILE`) to one line per window.
+//!
+//! A caller refused for want of an identity ([`Refusals::record_caller`]) gets its own line
+//! instead, naming its pid, uid, gid and executable: one per caller (uid, gid, executable) per
+//! window, so an operator sees every distinct caller that matches no entry while a loop of one
+//! caller still writes one line per window.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -77,11 +84,21 @@ impl RefusalReason {
     }
 }
 
+/// How many distinct callers the per-caller log limiter remembers; beyond that (callers whose
+/// last line is older than the window are forgotten first) the reason's own limiter applies.
+pub const MAX_CALLERS_LOGGED: usize = 1024;
+
+/// Who a caller is, for the per-caller log limit: uid, gid and executable (a pid changes with
+/// every run of a loop, so it is not part of it).
+type CallerKey = (u32, u32, Option<PathBuf>);
+
 /// Counts of refusals by reason, and their rate-limited log.
 #[derive(Debug, Default)]
 pub struct Refusals {
     counts: [AtomicU64; RefusalReason::ALL.len()],
     logs: [LogLimiter; RefusalReason::ALL.len()],
+    /// Per caller: when its last line was written, and how many refusals since were not.
+    callers: Mutex<HashMap<CallerKey, LimiterState>>,
 }
 
 impl Refusals {
@@ -107,6 +124,70 @@ impl Refusals {
         } else {
             tracing::debug!(reason, uid, unlogged, "workload api closed a connection");
         }
+    }
+
+    /// Counts one refusal of an attested caller and logs it with the caller's pid, uid, gid and
+    /// executable, at most once per [`LOG_WINDOW`] per caller (uid, gid, executable).
+    pub fn record_caller(&self, reason: RefusalReason, caller: &super::attest::CallerInfo) {
+        self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
+        let key = (caller.uid, caller.gid, caller.exe.clone());
+        let Some(unlogged) = self.caller_hit(key, Instant::now()) else {
+            return;
+        };
+        let why = match reason {
+            RefusalReason::NoIdentity => "no entry matches",
+            _ => reason.as_str(),
+        };
+        let exe = caller
+            .exe
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |p| p.display().to_string());
+        tracing::info!(
+            reason = reason.as_str(),
+            pid = caller.pid,
+            uid = caller.uid,
+            gid = caller.gid,
+            exe = %exe,
+            unlogged,
+            "workload api caller refused: {why}"
+        );
+    }
+
+    /// The per-caller limiter: `Some(unlogged)` when a line is due. When it remembers
+    /// [`MAX_CALLERS_LOGGED`] callers, the ones out of their window are forgotten; if all are in
+    /// theirs, the reason's limiter decides for the newcomer.
+    fn caller_hit(&self, key: CallerKey, now: Instant) -> Option<u64> {
+        let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = callers.get_mut(&key) {
+            return match st.last {
+                Some(last) if now.saturating_duration_since(last) < LOG_WINDOW => {
+                    st.unlogged += 1;
+                    None
+                }
+                _ => {
+                    st.last = Some(now);
+                    Some(std::mem::take(&mut st.unlogged))
+                }
+            };
+        }
+        if callers.len() >= MAX_CALLERS_LOGGED {
+            callers.retain(|_, st| {
+                st.last
+                    .is_some_and(|last| now.saturating_duration_since(last) < LOG_WINDOW)
+            });
+            if callers.len() >= MAX_CALLERS_LOGGED {
+                drop(callers);
+                return self.logs[RefusalReason::NoIdentity.index()].hit(now);
+            }
+        }
+        callers.insert(
+            key,
+            LimiterState {
+                last: Some(now),
+                unlogged: 0,
+            },
+        );
+        Some(0)
     }
 
     /// How many refusals for `reason` so far.
@@ -176,6 +257,37 @@ mod tests {
         assert_eq!(limiter.hit(t0 + Duration::from_secs(10)), Some(3));
         assert_eq!(limiter.hit(t0 + Duration::from_secs(11)), None);
         assert_eq!(limiter.hit(t0 + Duration::from_secs(25)), Some(1));
+    }
+
+    #[test]
+    fn a_caller_is_logged_once_per_window_and_another_caller_at_once() {
+        let refusals = Refusals::new();
+        let t0 = Instant::now();
+        let key = |uid: u32| (uid, uid, Some(PathBuf::from("/usr/bin/curl")));
+        assert_eq!(refusals.caller_hit(key(1000), t0), Some(0));
+        assert_eq!(
+            refusals.caller_hit(key(1000), t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            refusals.caller_hit(key(1001), t0 + Duration::from_secs(1)),
+            Some(0)
+        );
+        assert_eq!(refusals.caller_hit(key(1000), t0 + LOG_WINDOW), Some(1));
+        // A flood of distinct callers: bounded memory, then the reason's own limiter.
+        let t1 = t0 + LOG_WINDOW;
+        for uid in 0..u32::try_from(MAX_CALLERS_LOGGED).unwrap() {
+            refusals.caller_hit(key(10_000 + uid), t1);
+        }
+        let callers = refusals.callers.lock().unwrap().len();
+        assert_eq!(callers, MAX_CALLERS_LOGGED);
+        // The table is full of callers in their window: newcomers share the reason's limiter,
+        // which the flood's overflow already used in this window.
+        assert_eq!(refusals.caller_hit(key(99_999), t1), None);
+        // A window later the stale callers are forgotten and a newcomer has its line again.
+        assert_eq!(refusals.caller_hit(key(99_998), t1 + LOG_WINDOW), Some(0));
+        let callers = refusals.callers.lock().unwrap().len();
+        assert!(callers < MAX_CALLERS_LOGGED, "{callers}");
     }
 
     #[test]

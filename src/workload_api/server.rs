@@ -284,7 +284,8 @@ where
     let service =
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             let open = conn.activity.begin();
-            request.extensions_mut().insert(conn.attest());
+            let attestation = conn.attest();
+            request.extensions_mut().insert(attestation.clone());
             // Streams attest again before each update.
             request.extensions_mut().insert(conn.peer.clone());
             let mut grpc = grpc.clone();
@@ -296,7 +297,8 @@ where
                     .get("grpc-status")
                     .is_some_and(|v| v.as_bytes() == GRPC_PERMISSION_DENIED);
                 if denied {
-                    activity.refuse(RefusalReason::NoIdentity);
+                    let caller = attestation.caller().ok();
+                    activity.refuse_caller(RefusalReason::NoIdentity, caller.as_deref());
                 }
                 Ok::<_, Infallible>(response.map(|body| Guarded::new(body, open)))
             }
@@ -327,6 +329,7 @@ where
     let service = hyper::service::service_fn(move |request| {
         let open = conn.activity.begin();
         let attestation = conn.attest();
+        let caller = attestation.caller().ok();
         let shared = shared.clone();
         let activity = conn.activity.clone();
         let answered = observe::json(metrics.clone(), request, move |r| {
@@ -335,7 +338,7 @@ where
         async move {
             let mut response = answered.await?;
             if response.status() == StatusCode::FORBIDDEN {
-                activity.refuse(RefusalReason::NoIdentity);
+                activity.refuse_caller(RefusalReason::NoIdentity, caller.as_deref());
             }
             if activity.closing() {
                 response

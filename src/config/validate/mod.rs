@@ -63,7 +63,19 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config> {
             {
                 return Err(cx.invalid("metrics.listen", "conflicts with bundle_endpoint.listen"));
             }
-            Some(MetricsConfig { listen })
+            let non_loopback_reason = match raw.non_loopback_reason {
+                Some(reason) if reason.trim().is_empty() => {
+                    return Err(cx.invalid(
+                        "metrics.non_loopback_reason",
+                        "must say why the metrics listen beyond the loopback (or be left out)",
+                    ));
+                }
+                reason => reason,
+            };
+            Some(MetricsConfig {
+                listen,
+                non_loopback_reason,
+            })
         }
     };
     let store = cx.store(raw.store.unwrap_or_default())?;

@@ -22,6 +22,9 @@ pub(super) enum Purpose {
     /// Before an operator reset: the peer's own pinned bundle is about to be forgotten, so it
     /// cannot stand in for a bad bootstrap bundle.
     Reset,
+    /// The fetch of a reset (not forced): the peer's own pinned bundle is ignored, the
+    /// bootstrap bundle alone authenticates the endpoint.
+    ResetProbe,
 }
 
 /// The client for `peer`.
@@ -53,19 +56,26 @@ pub(super) fn build_client(
                 }
                 EndpointRoots::Own(own_roots.clone())
             } else {
+                let resetting = purpose != Purpose::Start && id_td == &td;
                 // What stays pinned for the endpoint ID's trust domain once this is in force.
-                let pinned =
-                    store.get(id_td).is_some() && !(purpose == Purpose::Reset && id_td == &td);
+                let pinned = store.get(id_td).is_some() && !resetting;
                 let bootstrap = match bootstrap_bundle {
                     Some(file) => read_bootstrap(&td, id_td, file, pinned)?,
                     None => None,
                 };
-                if bootstrap.is_none() && !pinned && id_td == &td {
+                if bootstrap.is_none() && !pinned && id_td == &td && purpose == Purpose::Start {
                     tracing::warn!(peer = %td, "no bootstrap bundle and nothing pinned: fetches fail until a bundle is pinned");
                 }
+                // The probe of a reset sees no pinned bundle of the peer: the bootstrap bundle
+                // alone authenticates the endpoint (a sender dropped at once keeps its value).
+                let pinned = if purpose == Purpose::ResetProbe && resetting {
+                    tokio::sync::watch::channel(Arc::default()).1
+                } else {
+                    store.subscribe()
+                };
                 EndpointRoots::Peer {
                     trust_domain: id_td.clone(),
-                    pinned: store.subscribe(),
+                    pinned,
                     bootstrap,
                 }
             };
@@ -102,10 +112,7 @@ fn read_bootstrap(
     file: &Path,
     pinned: bool,
 ) -> Result<Option<Arc<TrustBundle>>, FetcherError> {
-    let read = std::fs::read(file)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| pem::parse_bootstrap(id_td, &bytes).map_err(|e| e.to_string()));
-    match read {
+    match read_bootstrap_bundle(id_td, file) {
         Ok(bundle) => Ok(Some(Arc::new(bundle))),
         Err(reason) if pinned => {
             tracing::warn!(peer = %peer, file = %file.display(), %reason, "bootstrap bundle unreadable; using the pinned bundle");
@@ -117,4 +124,51 @@ fn read_bootstrap(
             reason,
         }),
     }
+}
+
+/// Reads and checks a bootstrap bundle for the endpoint ID's trust domain `id_td`: the file
+/// exists, parses (SPIFFE bundle JSON or PEM), and none of its CAs names another trust domain in
+/// its URI SAN (a bundle handed over by the wrong mesh is caught here, not as an `UnknownIssuer`
+/// at every fetch). `meshtrust check-config --strict` runs the same check.
+///
+/// # Errors
+/// What is wrong, in words.
+pub fn read_bootstrap_bundle(id_td: &TrustDomain, file: &Path) -> Result<TrustBundle, String> {
+    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    let bundle = pem::parse_bootstrap(id_td, &bytes).map_err(|e| e.to_string())?;
+    for cert in &bundle.x509_authorities {
+        for other in ca_trust_domains(cert) {
+            if &other != id_td {
+                return Err(format!(
+                    "it holds a CA of another trust domain: is this {other}'s bundle? its CA is \
+                     spiffe://{other}, and {id_td}'s endpoint must be authenticated by \
+                     {id_td}'s CA (hand over `meshtrust bundle show` of {id_td}'s daemon)"
+                ));
+            }
+        }
+    }
+    Ok(bundle)
+}
+
+/// The trust domains a CA certificate names in its `spiffe://` URI SANs.
+fn ca_trust_domains(der: &[u8]) -> Vec<TrustDomain> {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                crate::spiffe_id::SpiffeId::new(uri)
+                    .ok()
+                    .map(|id| id.trust_domain().clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
