@@ -51,6 +51,10 @@ pub fn run(command: Command) -> ExitCode {
             eprintln!("meshtrust: sidecar: {e}");
             if e.is_usage() { EX_USAGE } else { 1 }
         }),
+        Command::Fetch(args) => crate::fetch::command(args).map_err(|e| {
+            eprintln!("meshtrust: fetch: {e}");
+            if e.is_usage() { EX_USAGE } else { 1 }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

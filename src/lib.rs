@@ -26,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod federation;
+pub mod fetch;
 pub mod metrics;
 pub mod reload;
 pub mod sidecar;
