@@ -9,15 +9,20 @@ use anyhow::Context as _;
 
 use crate::app::{self, StateOptions};
 use crate::bundle::pem;
-use crate::cli::{BundleCommand, BundleFormat, Command, InitNewCaArg};
+use crate::cli::{BundleCommand, BundleFormat, Command, InitNewCaArg, LogFormat};
 use crate::clock::SystemClock;
 use crate::config::Config;
 
 /// sysexits EX_USAGE: a bad config or command line.
 pub const EX_USAGE: u8 = 64;
 
-/// Runs one subcommand to completion.
+/// Runs one subcommand to completion (text logs).
 pub fn run(command: Command) -> ExitCode {
+    run_with(command, LogFormat::Text)
+}
+
+/// Runs one subcommand to completion; `log_format` also shapes the sidecar's report lines.
+pub fn run_with(command: Command, log_format: LogFormat) -> ExitCode {
     let result = match command {
         Command::CheckConfig(arg) => load_config(&arg.config).map(|c| {
             println!(
@@ -47,10 +52,11 @@ pub fn run(command: Command) -> ExitCode {
         Command::Federation { command } => {
             runtime_failure(crate::admin_client::federation(command))
         }
-        Command::Sidecar(args) => crate::sidecar::command(args).map_err(|e| {
-            eprintln!("meshtrust: sidecar: {e}");
-            if e.is_usage() { EX_USAGE } else { 1 }
-        }),
+        Command::Sidecar(args) => crate::sidecar::command(args, log_format == LogFormat::Json)
+            .map_err(|e| {
+                eprintln!("meshtrust: sidecar: {e}");
+                if e.is_usage() { EX_USAGE } else { 1 }
+            }),
         Command::Fetch(args) => crate::fetch::command(args).map_err(|e| {
             eprintln!("meshtrust: fetch: {e}");
             if e.is_usage() { EX_USAGE } else { 1 }
