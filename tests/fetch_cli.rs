@@ -380,3 +380,35 @@ async fn watch_prints_an_identity_added_by_sighup_then_stops_on_sigint() {
     let mut watch = watch;
     assert_eq!(watch.wait_exit().code(), Some(0), "{}", watch.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_answers_fails_the_health_check_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stuck.sock");
+    // Accepts connections and never says a word.
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        loop {
+            let (c, _) = listener.accept().await.unwrap();
+            conns.push(c);
+        }
+    });
+    let out = cli_async(&[
+        "fetch",
+        "x509",
+        "--timeout",
+        "1s",
+        "--socket",
+        path.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no answer from the workload api within 1s"),
+        "{}",
+        out.stderr
+    );
+    held.abort();
+}

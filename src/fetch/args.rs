@@ -14,7 +14,8 @@ pub struct FetchArgs {
     /// Print JSON (one document per answer, one per line with --watch) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Give up when no answer came within this long (not with --watch), e.g. `10s`.
+    /// Give up when the (first) answer has not come within this long, e.g. `10s`: a health
+    /// check never hangs on a stuck socket.
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
           value_parser = crate::config::parse_duration)]
     pub timeout: std::time::Duration,
