@@ -84,6 +84,10 @@ pub enum Command {
     /// A workload's companion: fetch its SVID and bundles over the Workload API, write them to
     /// files or run an mTLS proxy.
     Sidecar(crate::sidecar::SidecarArgs),
+    /// A Workload API client (like `spire-agent api fetch`): print this caller's SVIDs or
+    /// bundles, write them as files, or follow their updates. Exit 0 once the answer arrived
+    /// (a container health check), 1 when refused (the reason printed).
+    Fetch(crate::fetch::FetchArgs),
     /// Print a shell completion script (e.g. `meshtrust completions bash >
     /// /etc/bash_completion.d/meshtrust`).
     Completions {

@@ -9,7 +9,9 @@ use anyhow::Context as _;
 
 use crate::app::{self, StateOptions};
 use crate::bundle::pem;
-use crate::cli::{BundleCommand, BundleFormat, Command, FederationCommand, InitNewCaArg};
+use crate::cli::{
+    BundleCommand, BundleFormat, Command, FederationCommand, InitNewCaArg, LogFormat,
+};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::federation::invite_join::JoinRequest;
@@ -23,8 +25,13 @@ pub const EX_USAGE: u8 = 64;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Runs one subcommand to completion.
+/// Runs one subcommand to completion (text logs).
 pub fn run(command: Command) -> ExitCode {
+    run_with(command, LogFormat::Text)
+}
+
+/// Runs one subcommand to completion; `log_format` also shapes the sidecar's report lines.
+pub fn run_with(command: Command, log_format: LogFormat) -> ExitCode {
     let result = match command {
         Command::CheckConfig(args) => check_config(&args),
         Command::Serve { config, state } => load_config(&config.config)
@@ -80,8 +87,13 @@ pub fn run(command: Command) -> ExitCode {
             runtime_failure(crate::admin_client::federation(command))
         }
         Command::Token { command } => crate::node::cli::token(command),
-        Command::Sidecar(args) => crate::sidecar::command(args).map_err(|e| {
-            eprintln!("meshtrust: sidecar: {e}");
+        Command::Sidecar(args) => crate::sidecar::command(args, log_format == LogFormat::Json)
+            .map_err(|e| {
+                eprintln!("meshtrust: sidecar: {e}");
+                if e.is_usage() { EX_USAGE } else { 1 }
+            }),
+        Command::Fetch(args) => crate::fetch::command(args).map_err(|e| {
+            eprintln!("meshtrust: fetch: {e}");
             if e.is_usage() { EX_USAGE } else { 1 }
         }),
         Command::Completions { shell } => {

@@ -27,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod federation;
+pub mod fetch;
 pub mod manual;
 pub mod metrics;
 pub mod node;

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format, default_level);
     // ring is the only provider compiled in; make it the process default for every client.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    commands::run(cli.command)
+    commands::run_with(cli.command, cli.log_format)
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {

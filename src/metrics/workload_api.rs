@@ -1,7 +1,7 @@
 //! Workload API metrics: calls by method and outcome, time to the first answer per method, open
 //! streams, open connections, refused connections by reason.
 //!
-//! Labels are bounded: `method` is one of the five gRPC methods, the two JSON routes or
+//! Labels are bounded: `method` is one of the five gRPC methods, the five JSON routes or
 //! `unknown`; `outcome` is a gRPC status code name (the JSON view's HTTP statuses are mapped
 //! to the same names); `reason` is a `&'static str` from the code. No caller identity is a label.
 
@@ -33,12 +33,18 @@ pub enum Method {
     JsonX509Svid,
     /// JSON view `GET /v1/x509-bundles`.
     JsonX509Bundles,
+    /// JSON view `GET /v1/jwt-svid`.
+    JsonJwtSvid,
+    /// JSON view `GET /v1/jwt-bundles`.
+    JsonJwtBundles,
+    /// JSON view `GET /` (the list of routes).
+    JsonRoutes,
     /// Any other gRPC path or HTTP route.
     Unknown,
 }
 
 impl Method {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 11] = [
         Self::FetchX509Svid,
         Self::FetchX509Bundles,
         Self::FetchJwtSvid,
@@ -46,6 +52,9 @@ impl Method {
         Self::ValidateJwtSvid,
         Self::JsonX509Svid,
         Self::JsonX509Bundles,
+        Self::JsonJwtSvid,
+        Self::JsonJwtBundles,
+        Self::JsonRoutes,
         Self::Unknown,
     ];
 
@@ -59,6 +68,9 @@ impl Method {
             Self::ValidateJwtSvid => "ValidateJWTSVID",
             Self::JsonX509Svid => "/v1/x509-svid",
             Self::JsonX509Bundles => "/v1/x509-bundles",
+            Self::JsonJwtSvid => "/v1/jwt-svid",
+            Self::JsonJwtBundles => "/v1/jwt-bundles",
+            Self::JsonRoutes => "/",
             Self::Unknown => "unknown",
         }
     }
@@ -80,6 +92,9 @@ impl Method {
         match path {
             "/v1/x509-svid" => Self::JsonX509Svid,
             "/v1/x509-bundles" => Self::JsonX509Bundles,
+            "/v1/jwt-svid" => Self::JsonJwtSvid,
+            "/v1/jwt-bundles" => Self::JsonJwtBundles,
+            "/" => Self::JsonRoutes,
             _ => Self::Unknown,
         }
     }
@@ -87,7 +102,12 @@ impl Method {
     fn is_grpc(self) -> bool {
         !matches!(
             self,
-            Self::JsonX509Svid | Self::JsonX509Bundles | Self::Unknown
+            Self::JsonX509Svid
+                | Self::JsonX509Bundles
+                | Self::JsonJwtSvid
+                | Self::JsonJwtBundles
+                | Self::JsonRoutes
+                | Self::Unknown
         )
     }
 
@@ -310,6 +330,13 @@ mod tests {
         );
         assert_eq!(Method::of_grpc_path("/x/FetchJWTSVID"), Method::Unknown);
         assert_eq!(Method::of_json_path("/v1/../etc"), Method::Unknown);
+        assert_eq!(Method::of_json_path("/v1/jwt-svid"), Method::JsonJwtSvid);
+        assert_eq!(
+            Method::of_json_path("/v1/jwt-bundles").label(),
+            "/v1/jwt-bundles"
+        );
+        assert_eq!(Method::of_json_path("/"), Method::JsonRoutes);
+        assert!(Method::ALL.iter().all(|m| Method::ALL[m.index()] == *m));
         assert_eq!(Outcome::of_grpc_status(b"7").label(), "permission_denied");
         assert_eq!(Outcome::of_grpc_status(b"17"), Outcome::UNKNOWN);
         assert_eq!(Outcome::of_grpc_status(b"x"), Outcome::UNKNOWN);

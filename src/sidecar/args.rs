@@ -35,8 +35,8 @@ pub enum SidecarMode {
         /// A shell command run with `sh -c` after each update (MESHTRUST_FILES_DIR is set).
         #[arg(long, value_name = "CMD")]
         on_update: Option<String>,
-        /// A process to signal after each update.
-        #[arg(long, value_name = "PID")]
+        /// A process to signal after each update (sent with kill(2)).
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
         signal_pid: Option<u32>,
         /// The signal sent to --signal-pid.
         #[arg(
@@ -47,6 +47,10 @@ pub enum SidecarMode {
             requires = "signal_pid"
         )]
         signal: Signal,
+        /// Also keep a JWT-SVID for this audience in DIR/jwt_svid.token (0600), fetched again
+        /// at half its lifetime (repeatable: one token for all the audiences given).
+        #[arg(long, value_name = "AUDIENCE")]
+        jwt_audience: Vec<String>,
     },
     /// Terminate mTLS from other workloads and forward plain TCP to the local service.
     Inbound {

@@ -85,17 +85,17 @@ pub async fn connect(path: &Path) -> Result<WorkloadClient, tonic::transport::Er
 
 /// The linear backoff of go-spiffe's Workload API client.
 #[derive(Debug, Default)]
-struct Backoff {
+pub(crate) struct Backoff {
     attempts: u32,
 }
 
 impl Backoff {
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.attempts = self.attempts.saturating_add(1);
         (Duration::from_secs(1) * self.attempts).min(MAX_BACKOFF)
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempts = 0;
     }
 }
@@ -254,13 +254,20 @@ async fn one_stream(
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// The error and its causes, each said once: a cause whose words are already in the line (a
+/// wrapper quoting its source) is left out, and tonic's bare "transport error" says nothing.
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let words = err.to_string();
+        if !words.is_empty() && words != "transport error" && !text.contains(&words) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&words);
+        }
+        next = err.source();
     }
     text
 }
@@ -281,6 +288,19 @@ mod tests {
         assert_eq!(b.next_delay(), MAX_BACKOFF);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Transport(#[source] Outer);
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Outer(#[source] std::io::Error);
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = Transport(Outer(io()));
+        assert_eq!(source_chain(&e), io().to_string());
     }
 
     #[test]

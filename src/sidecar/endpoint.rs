@@ -15,9 +15,17 @@ pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 /// Why a Workload API address is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
-    /// Neither the flag nor the environment variable is set.
-    #[error("no workload api address: pass --workload-socket or set SPIFFE_ENDPOINT_SOCKET")]
-    NotConfigured,
+    /// Neither the flag (named here) nor the environment variable is set.
+    #[error("no workload api address: pass {0} or set SPIFFE_ENDPOINT_SOCKET")]
+    NotConfigured(&'static str),
+    /// The environment variable's value is unusable: names the variable and its value.
+    #[error("SPIFFE_ENDPOINT_SOCKET={value:?}: {reason}")]
+    Env {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it.
+        reason: Box<EndpointError>,
+    },
     /// The address is an empty string.
     #[error("the workload api address is empty")]
     Empty,
@@ -133,8 +141,21 @@ fn percent_decode(s: &str) -> Result<String, EndpointError> {
 /// names the socket; a relative path is taken relative to the working directory.
 ///
 /// # Errors
-/// [`EndpointError::NotConfigured`] when neither is set, or the parse error.
+/// [`EndpointError::NotConfigured`] when neither is set, the flag's parse error, or
+/// [`EndpointError::Env`] naming the variable and its value.
 pub fn resolve(flag: Option<&str>, env: Option<&str>) -> Result<PathBuf, EndpointError> {
+    resolve_named("--workload-socket", flag, env)
+}
+
+/// [`resolve`] for a command whose flag is called `flag_name` (named when neither is set).
+///
+/// # Errors
+/// As [`resolve`].
+pub fn resolve_named(
+    flag_name: &'static str,
+    flag: Option<&str>,
+    env: Option<&str>,
+) -> Result<PathBuf, EndpointError> {
     match (flag, env) {
         (Some(flag), _) => {
             if flag.is_empty() {
@@ -145,8 +166,11 @@ pub fn resolve(flag: Option<&str>, env: Option<&str>) -> Result<PathBuf, Endpoin
                 Ok(PathBuf::from(flag))
             }
         }
-        (None, Some(env)) => parse_unix_uri(env),
-        (None, None) => Err(EndpointError::NotConfigured),
+        (None, Some(env)) => parse_unix_uri(env).map_err(|reason| EndpointError::Env {
+            value: env.to_owned(),
+            reason: Box::new(reason),
+        }),
+        (None, None) => Err(EndpointError::NotConfigured(flag_name)),
     }
 }
 
@@ -236,12 +260,27 @@ mod tests {
             resolve(None, Some("unix:///b.sock")),
             Ok(PathBuf::from("/b.sock"))
         );
-        // The environment value is a URI, never a bare path.
-        assert_eq!(resolve(None, Some("/b.sock")), Err(EndpointError::NotAUri));
+        // The environment value is a URI, never a bare path; the error names the variable and
+        // its value.
+        let e = resolve(None, Some("/b.sock")).unwrap_err();
+        assert_eq!(
+            e,
+            EndpointError::Env {
+                value: "/b.sock".into(),
+                reason: Box::new(EndpointError::NotAUri)
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "SPIFFE_ENDPOINT_SOCKET=\"/b.sock\": not a unix: URI; expected unix:///absolute/path"
+        );
         assert_eq!(
             resolve(Some("unix://h/a.sock"), None),
             Err(EndpointError::Authority("h".into()))
         );
-        assert_eq!(resolve(None, None), Err(EndpointError::NotConfigured));
+        assert_eq!(
+            resolve(None, None),
+            Err(EndpointError::NotConfigured("--workload-socket"))
+        );
     }
 }

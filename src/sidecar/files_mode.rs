@@ -13,7 +13,7 @@ use super::Reporter;
 use super::client::ContextRx;
 use super::files::{FilesError, FilesWriter};
 
-/// A hang guard on `--on-update` and the signal sender: a stuck hook must not stop rotations.
+/// A hang guard on `--on-update`: a stuck hook must not stop rotations.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long to wait before retrying a failed write when no new context arrives meanwhile.
@@ -44,6 +44,47 @@ pub enum HookError {
     },
 }
 
+/// Why `--signal-pid` could not be signalled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    /// No such process.
+    #[error("no process with pid {0} (has it exited?)")]
+    NoProcess(u32),
+    /// Another user's process.
+    #[error("not permitted to signal pid {0} (it belongs to another user)")]
+    NotPermitted(u32),
+    /// 0 or beyond `pid_t`: it would name a group or nothing.
+    #[error("{0} is not a process id")]
+    BadPid(u32),
+    /// Anything else kill(2) said.
+    #[error("kill(2) on pid {pid} failed: {reason}")]
+    Other {
+        /// The pid.
+        pid: u32,
+        /// The errno in words.
+        reason: String,
+    },
+}
+
+/// Sends `signal` to `pid` with kill(2) (no shell, no `kill` program).
+///
+/// # Errors
+/// [`SignalError`] in plain words.
+pub fn send_signal(pid: u32, signal: Signal) -> Result<(), SignalError> {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(SignalError::BadPid(pid))?;
+    rustix::process::kill_process(target, signal.number()).map_err(|e| match e {
+        rustix::io::Errno::SRCH => SignalError::NoProcess(pid),
+        rustix::io::Errno::PERM => SignalError::NotPermitted(pid),
+        other => SignalError::Other {
+            pid,
+            reason: std::io::Error::from(other).to_string(),
+        },
+    })
+}
+
 /// The signals `--signal` can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
@@ -63,6 +104,19 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// The signal for kill(2).
+    fn number(self) -> rustix::process::Signal {
+        use rustix::process::Signal as S;
+        match self {
+            Self::Hup => S::HUP,
+            Self::Usr1 => S::USR1,
+            Self::Usr2 => S::USR2,
+            Self::Int => S::INT,
+            Self::Term => S::TERM,
+            Self::Quit => S::QUIT,
+        }
+    }
+
     /// The name `kill -s` takes.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,14 +200,12 @@ async fn after_update(opts: &FilesOptions, report: &Reporter) {
         }
     }
     if let Some((pid, signal)) = opts.signal {
-        // The shell's `kill` builtin: no unsafe code and no extra crate for kill(2).
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", "kill -s \"$1\" \"$2\"", "sh", signal.as_str()])
-            .arg(pid.to_string());
-        match run_hook("the signal", command).await {
+        match send_signal(pid, signal) {
             Ok(()) => report.line(format!("files: sent SIG{} to pid {pid}", signal.as_str())),
-            Err(e) => report.line(format!("files: SIG{} to pid {pid}: {e}", signal.as_str())),
+            Err(e) => report.line(format!(
+                "files: cannot send SIG{} to pid {pid}: {e}",
+                signal.as_str()
+            )),
         }
     }
 }
@@ -170,5 +222,35 @@ async fn run_hook(what: &'static str, mut command: Command) -> Result<(), HookEr
         Ok(Ok(status)) => Err(HookError::Failed { what, status }),
         Ok(Err(source)) => Err(HookError::Spawn { what, source }),
         Err(_) => Err(HookError::Timeout(what)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_sent_natively_with_errors_in_words() {
+        // A child that has exited and been reaped: its pid names no process.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(
+            send_signal(pid, Signal::Hup),
+            Err(SignalError::NoProcess(pid))
+        );
+        assert_eq!(send_signal(0, Signal::Hup), Err(SignalError::BadPid(0)));
+        assert_eq!(
+            send_signal(u32::MAX, Signal::Hup).unwrap_err().to_string(),
+            "4294967295 is not a process id"
+        );
+        // A live process receives it (SIGTERM ends `sleep`).
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        send_signal(sleeper.id(), Signal::Term).unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(sleeper.wait().unwrap().signal(), Some(15));
     }
 }

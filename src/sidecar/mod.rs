@@ -15,6 +15,7 @@ pub mod context;
 pub mod endpoint;
 pub mod files;
 pub mod files_mode;
+pub mod jwt_file;
 pub mod leaf;
 pub mod proxy;
 #[cfg(test)]
@@ -59,10 +60,33 @@ impl Reporter {
         Self::new(|line| println!("{line}"))
     }
 
+    /// One JSON object per report on stdout (`--log-format json`), shaped like the JSON log
+    /// lines: `{"timestamp","level","fields":{"message"},"target":"meshtrust::sidecar"}`;
+    /// `level` is `WARN` for the lines that start with `WARNING`.
+    pub fn stdout_json() -> Self {
+        Self::new(|line| println!("{}", json_line(line, std::time::SystemTime::now())))
+    }
+
     /// Reports one line.
     pub fn line(&self, line: impl AsRef<str>) {
         (self.0)(line.as_ref());
     }
+}
+
+/// One report as a JSON log line.
+fn json_line(line: &str, now: SystemTime) -> String {
+    let level = if line.starts_with("WARNING") {
+        "WARN"
+    } else {
+        "INFO"
+    };
+    serde_json::json!({
+        "timestamp": crate::clock::rfc3339(now),
+        "level": level,
+        "fields": { "message": line },
+        "target": "meshtrust::sidecar",
+    })
+    .to_string()
 }
 
 /// Why the sidecar stopped or could not start.
@@ -86,6 +110,9 @@ pub enum SidecarError {
     /// The Workload API watcher stopped for good.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A bad argument found after parsing.
+    #[error("{0}")]
+    Usage(String),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -96,7 +123,10 @@ impl SidecarError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Endpoint(_) | Self::Authorize(_) | Self::Proxy(ProxyError::NotLoopback { .. })
+            Self::Endpoint(_)
+                | Self::Authorize(_)
+                | Self::Usage(_)
+                | Self::Proxy(ProxyError::NotLoopback { .. })
         )
     }
 }
@@ -140,11 +170,28 @@ pub async fn run_on(
             on_update,
             signal_pid,
             signal,
-        } => Plan::Files(FilesOptions {
-            dir: out,
-            on_update,
-            signal: signal_pid.map(|pid| (pid, signal)),
-        }),
+            jwt_audience,
+        } => {
+            if jwt_audience.iter().any(String::is_empty) {
+                return Err(SidecarError::Usage(
+                    "--jwt-audience must not be empty".to_owned(),
+                ));
+            }
+            let jwt = (!jwt_audience.is_empty()).then(|| jwt_file::JwtFileOptions {
+                socket: socket.clone(),
+                dir: out.clone(),
+                audience: jwt_audience,
+                spiffe_id: want.clone(),
+            });
+            Plan::Files(
+                FilesOptions {
+                    dir: out,
+                    on_update,
+                    signal: signal_pid.map(|pid| (pid, signal)),
+                },
+                jwt,
+            )
+        }
         SidecarMode::Inbound {
             listen,
             forward,
@@ -188,7 +235,10 @@ pub async fn run_on(
     let ctx = watcher.subscribe();
     let work: std::pin::Pin<Box<dyn Future<Output = Result<(), SidecarError>> + Send>> = match plan
     {
-        Plan::Files(opts) => Box::pin(async move {
+        Plan::Files(opts, jwt) => Box::pin(async move {
+            if let Some(jwt) = jwt {
+                tokio::spawn(jwt_file::run(jwt, report.clone(), cancel.clone()));
+            }
             files_mode::run_files(ctx, opts, report, cancel.clone()).await?;
             Ok(())
         }),
@@ -217,7 +267,7 @@ pub async fn run_on(
 
 /// What a mode will run, once its arguments are checked and its listener bound.
 enum Plan {
-    Files(FilesOptions),
+    Files(FilesOptions, Option<jwt_file::JwtFileOptions>),
     Inbound(tokio::net::TcpListener, String, Authorizer),
     Outbound(tokio::net::TcpListener, String, crate::spiffe_id::SpiffeId),
 }
@@ -232,11 +282,12 @@ async fn bind_or(
     })
 }
 
-/// The `meshtrust sidecar` command: a runtime, SIGINT/SIGTERM as the stop, reports on stdout.
+/// The `meshtrust sidecar` command: a runtime, SIGINT/SIGTERM as the stop, reports on stdout
+/// (as JSON lines when `json`, for `--log-format json`).
 ///
 /// # Errors
 /// As [`run`], plus [`SidecarError::Runtime`].
-pub fn command(args: SidecarArgs) -> Result<(), SidecarError> {
+pub fn command(args: SidecarArgs, json: bool) -> Result<(), SidecarError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,7 +304,12 @@ pub fn command(args: SidecarArgs) -> Result<(), SidecarError> {
             });
         }
         let env = std::env::var(endpoint::ENDPOINT_ENV).ok();
-        run(args, env, Reporter::stdout(), cancel).await
+        let report = if json {
+            Reporter::stdout_json()
+        } else {
+            Reporter::stdout()
+        };
+        run(args, env, report, cancel).await
     })
 }
 
@@ -296,5 +352,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    #[test]
+    fn report_lines_become_json_log_lines() {
+        let at = std::time::SystemTime::UNIX_EPOCH;
+        let v: serde_json::Value =
+            serde_json::from_str(&super::json_line("WARNING: the svid \"x\" expired", at)).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["fields"]["message"], "WARNING: the svid \"x\" expired");
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00Z");
+        let v: serde_json::Value =
+            serde_json::from_str(&super::json_line("svid update: x", at)).unwrap();
+        assert_eq!(v["level"], "INFO");
     }
 }

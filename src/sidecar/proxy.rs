@@ -212,7 +212,7 @@ async fn inbound(
     let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            report.line(format!("inbound: refused {from}: {}", handshake_error(&e)));
+            report.line(format!("inbound: refused {from}: {}", plain_words(&e)));
             return;
         }
         Err(_) => {
@@ -225,8 +225,11 @@ async fn inbound(
         Ok(s) => s,
         Err(e) => {
             report.line(format!(
-                "inbound: accepted {peer} from {from} but cannot reach {forward}: {e}"
+                "inbound: accepted {peer} from {from} but the local service at {forward} is down: {}",
+                plain_words(&e)
             ));
+            // A TLS goodbye, so the caller's side sees a clean close rather than a cut.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
             return;
         }
     };
@@ -255,7 +258,10 @@ async fn outbound(
     let tcp = match connect_tcp(connect).await {
         Ok(s) => s,
         Err(e) => {
-            report.line(format!("outbound: {from} cannot reach {connect}: {e}"));
+            report.line(format!(
+                "outbound: {from} cannot reach {connect}: {}",
+                plain_words(&e)
+            ));
             return;
         }
     };
@@ -265,7 +271,7 @@ async fn outbound(
             Ok(Err(e)) => {
                 report.line(format!(
                     "outbound: {from} refused {expect} at {connect}: {}",
-                    handshake_error(&e)
+                    plain_words(&e)
                 ));
                 return;
             }
@@ -296,7 +302,32 @@ fn describe_peer(id: Option<SpiffeId>) -> String {
 fn ended(result: io::Result<(u64, u64)>) -> String {
     match result {
         Ok((a, b)) => format!("closed ({a} bytes in, {b} bytes out)"),
-        Err(e) => format!("ended with an error: {}", handshake_error(&e)),
+        Err(e) => format!("ended with an error: {}", plain_words(&e)),
+    }
+}
+
+/// An I/O error in plain words: what happened to the connection, never a library's internals
+/// or a documentation URL (rustls' "peer closed connection without sending TLS close_notify:
+/// https://docs.rs/..." is a peer that hung up, usually because its service is down).
+fn plain_words(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            "the other side hung up without closing the session (its service may be down)"
+                .to_owned()
+        }
+        io::ErrorKind::ConnectionRefused => "connection refused (nothing listens there)".to_owned(),
+        io::ErrorKind::ConnectionReset => "the connection was reset by the other side".to_owned(),
+        io::ErrorKind::BrokenPipe => "the other side closed the connection".to_owned(),
+        io::ErrorKind::TimedOut => "timed out".to_owned(),
+        _ => strip_url(&handshake_error(e)),
+    }
+}
+
+/// The text before a `: https://...` tail.
+fn strip_url(text: &str) -> String {
+    match text.find(": http") {
+        Some(at) => text[..at].to_owned(),
+        None => text.to_owned(),
     }
 }
 
@@ -310,4 +341,31 @@ fn handshake_error(e: &io::Error) -> String {
         return other.0.to_string();
     }
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_read_as_plain_words() {
+        let eof = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: \
+             https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        let words = plain_words(&eof);
+        assert!(
+            !words.contains("https://") && !words.contains("close_notify"),
+            "{words}"
+        );
+        assert!(words.contains("service may be down"), "{words}");
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            plain_words(&refused),
+            "connection refused (nothing listens there)"
+        );
+        let other = io::Error::other("bad thing: https://example.invalid/doc");
+        assert_eq!(plain_words(&other), "bad thing");
+    }
 }

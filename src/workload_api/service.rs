@@ -48,6 +48,11 @@ impl WorkloadApi {
         &self.shared
     }
 
+    /// The service over the JSON view's state: its JWT routes answer through the same calls.
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// The tonic server for this service (to serve over HTTP/2).
     pub fn into_server(self) -> SpiffeWorkloadApiServer<Self> {
         SpiffeWorkloadApiServer::new(self)

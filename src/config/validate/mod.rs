@@ -5,8 +5,8 @@
 
 mod entry;
 mod federation;
-mod store;
 mod node;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
