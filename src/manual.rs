@@ -38,8 +38,9 @@ const OPERATIONS: &str = r#".SH SIGNALS
 .TP
 \fBSIGHUP\fR
 \fBserve\fR re-reads its config file: \fB[[entry]]\fR and \fB[[federation]]\fR changes apply at once and
-reach every connected workload's stream; other sections apply at the next restart (named in a
-warning). A config that does not load changes nothing.
+reach every connected workload's stream, all or nothing: a config that does not load, a peer
+that cannot start or a change to a section that needs a restart applies nothing, and
+\fBmeshtrust status\fR says why.
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Graceful shutdown: listeners close, streams end, tasks get up to 10 seconds; exit 0.

@@ -306,6 +306,11 @@ fn every_container_is_hardened_and_workloads_wait_for_a_healthy_daemon() {
             "{daemon}: {test}"
         );
     }
+    // A workload's health check is `meshtrust fetch x509`: healthy once it holds an identity.
+    for workload in ["client-a", "batch-a", "echo-b"] {
+        let test = strings(&services[workload]["healthcheck"]["test"]).join(" ");
+        assert!(test.contains("meshtrust fetch x509"), "{workload}: {test}");
+    }
     for (workload, daemon) in [
         ("client-a", "mesh-a"),
         ("batch-a", "mesh-a"),
@@ -393,8 +398,9 @@ fn the_two_mesh_demo_runs_in_containers_and_echo_b_lets_in_only_the_frontend() {
 
     project.up();
 
-    // 1. Both daemons ready: compose's health check (/readyz) says healthy.
-    for daemon in ["mesh-a", "mesh-b"] {
+    // 1. Both daemons ready: compose's health check (/readyz) says healthy; and the workloads
+    // that hold an identity say so through theirs (`meshtrust fetch x509`).
+    for daemon in ["mesh-a", "mesh-b", "echo-b", "client-a"] {
         project.wait_for(
             &format!("{daemon} healthy"),
             Duration::from_secs(120),
