@@ -20,6 +20,9 @@ pub struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
     guard: Duration,
+    /// The threads draining stdout/stderr: after an exit, waits let them reach EOF first, so the
+    /// log holds the last lines the child wrote.
+    drains: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Proc {
@@ -62,16 +65,18 @@ impl Proc {
         let on_line = Arc::new(Mutex::new(on_line));
         // Plain threads: the drain must go on whatever runtime (or none) the test uses, so the
         // child never blocks on a full pipe.
+        let mut drains = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            drain(stdout, log.clone(), on_line.clone());
+            drains.push(drain(stdout, log.clone(), on_line.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            drain(stderr, log.clone(), on_line);
+            drains.push(drain(stderr, log.clone(), on_line));
         }
         Self {
             child,
             log,
             guard: GUARD,
+            drains,
         }
     }
 
@@ -193,6 +198,12 @@ impl Proc {
         let deadline = Instant::now() + self.guard;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The pipes close at exit: give the drains (bounded: a grandchild could hold a
+                // pipe) the moment they need to append the last lines.
+                let drained = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < drained && !self.drains.iter().all(|d| d.is_finished()) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return status;
             }
             assert!(
@@ -222,7 +233,7 @@ fn drain(
     pipe: impl std::io::Read + Send + 'static,
     log: Arc<Mutex<String>>,
     on_line: Arc<Mutex<impl FnMut(&str) + Send + 'static>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
@@ -231,7 +242,7 @@ fn drain(
             log.push_str(&line);
             log.push('\n');
         }
-    });
+    })
 }
 
 impl Drop for Proc {
