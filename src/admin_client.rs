@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -18,6 +18,19 @@ use crate::commands::UsageError;
 /// # Errors
 /// When the socket cannot be reached or the answer is not JSON.
 pub async fn request(socket: &Path, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+    request_with(socket, method, path, None).await
+}
+
+/// [`request`] with an optional JSON request body.
+///
+/// # Errors
+/// When the socket cannot be reached or the answer is not JSON.
+pub async fn request_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to the admin socket {}", socket.display()))?;
@@ -25,12 +38,18 @@ pub async fn request(socket: &Path, method: &str, path: &str) -> anyhow::Result<
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
+        .header("host", "localhost");
+    let payload = match body {
+        Some(body) => {
+            req = req.header("content-type", "application/json");
+            Bytes::from(serde_json::to_vec(body)?)
+        }
+        None => Bytes::new(),
+    };
+    let resp = sender.send_request(req.body(Full::new(payload))?).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     let json = serde_json::from_slice(&body)

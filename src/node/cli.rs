@@ -2,11 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use anyhow::bail;
 
 use crate::cli::{AdminTarget, TokenCommand};
 use crate::commands::EX_USAGE;
@@ -31,28 +27,6 @@ pub fn admin_socket(target: &AdminTarget) -> Result<PathBuf, u8> {
     }
 }
 
-async fn post_json(socket: &PathBuf, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to the admin socket {}", socket.display()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    let json = serde_json::from_slice(&body)
-        .with_context(|| format!("admin API answered {status} with a non-JSON body"))?;
-    Ok((status, json))
-}
-
 /// `meshtrust token ...`: exit 0, 1 (refused or unreachable, the reason printed) or 64.
 ///
 /// # Errors
@@ -66,10 +40,11 @@ pub fn token(command: TokenCommand) -> Result<(), u8> {
     } = command;
     let socket = admin_socket(&target)?;
     let run = async {
-        let (code, body) = post_json(
+        let (code, body) = crate::admin_client::request_with(
             &socket,
+            "POST",
             "/v1/tokens",
-            &serde_json::json!({ "node": node, "ttl": ttl }),
+            Some(&serde_json::json!({ "node": node, "ttl": ttl })),
         )
         .await?;
         if code != 200 {
