@@ -31,24 +31,51 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn checked_in_path() -> PathBuf {
-    root()
-        .join("src/workload_api/gen")
-        .join(format!("{GEN_FILE_STEM}.rs"))
+/// One checked-in binding: its proto, where it goes, and the messages whose `Debug` is written
+/// by hand (they carry a private key or a bearer token, so no `{:?}` may leak them into a log).
+struct Binding {
+    proto: &'static str,
+    /// The generator's output name: `_.rs` is renamed to it for a package-less proto, a
+    /// package's file is `<package>.rs`.
+    generated: &'static str,
+    checked_in: &'static str,
+    package_less_stem: Option<&'static str>,
+    skip_debug: &'static [&'static str],
 }
 
-/// Generates the bindings for `proto/workload.proto` into `out_dir` and returns the file's text.
-fn generate(out_dir: &Path) -> String {
+const WORKLOAD: Binding = Binding {
+    proto: "workload.proto",
+    generated: "workload.rs",
+    checked_in: "src/workload_api/gen/workload.rs",
+    // No `package` line (that would change the wire paths to `/<package>.SpiffeWorkloadAPI/...`),
+    // and prost-build names the output of a package-less file `_.rs` unless told otherwise.
+    package_less_stem: Some(GEN_FILE_STEM),
+    skip_debug: &[".X509SVID", ".JWTSVID", ".ValidateJWTSVIDRequest"],
+};
+
+const AGENT: Binding = Binding {
+    proto: "agent.proto",
+    generated: "meshtrust.agent.v1.rs",
+    checked_in: "src/agent_api/gen/agent.rs",
+    package_less_stem: None,
+    skip_debug: &[
+        ".meshtrust.agent.v1.JoinToken",
+        ".meshtrust.agent.v1.MintedJwtSvid",
+    ],
+};
+
+/// Generates the bindings for `binding.proto` into `out_dir` and returns the file's text.
+fn generate(binding: &Binding, out_dir: &Path) -> String {
     let proto_dir = root().join("proto");
     // protox bundles google/protobuf/*.proto, so the `struct.proto` import resolves without protoc.
-    let fds = protox::compile([proto_dir.join("workload.proto")], [&proto_dir])
-        .unwrap_or_else(|e| panic!("protox failed to compile proto/workload.proto: {e:?}"));
+    let fds = protox::compile([proto_dir.join(binding.proto)], [&proto_dir])
+        .unwrap_or_else(|e| panic!("protox failed to compile proto/{}: {e:?}", binding.proto));
 
     let mut config = tonic_prost_build::Config::new();
-    config.default_package_filename(GEN_FILE_STEM);
-    // Messages that carry a private key or a bearer token get a redacting Debug written by
-    // hand in src/workload_api/proto.rs, so no `{:?}` can leak them into a log.
-    config.skip_debug([".X509SVID", ".JWTSVID", ".ValidateJWTSVIDRequest"]);
+    if let Some(stem) = binding.package_less_stem {
+        config.default_package_filename(stem);
+    }
+    config.skip_debug(binding.skip_debug.iter().copied());
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -57,7 +84,7 @@ fn generate(out_dir: &Path) -> String {
         .compile_fds_with_config(fds, config)
         .unwrap_or_else(|e| panic!("tonic-prost-build failed: {e}"));
 
-    let path = out_dir.join(format!("{GEN_FILE_STEM}.rs"));
+    let path = out_dir.join(binding.generated);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("generated file {} missing: {e}", path.display()))
 }
@@ -81,11 +108,11 @@ fn first_difference<'a>(a: &'a str, b: &'a str) -> Option<(usize, &'a str, &'a s
     None
 }
 
-#[test]
-fn generated_workload_api_code_is_up_to_date() {
+/// Regenerates `binding` and compares it with the checked-in file (or rewrites that file).
+fn check(binding: &Binding) {
     let tmp = tempfile::tempdir().expect("create temp dir");
-    let fresh = generate(tmp.path());
-    let target = checked_in_path();
+    let fresh = generate(binding, tmp.path());
+    let target = root().join(binding.checked_in);
 
     if std::env::var(REGEN_ENV).is_ok_and(|v| v == "1") {
         std::fs::write(&target, &fresh)
@@ -97,9 +124,20 @@ fn generated_workload_api_code_is_up_to_date() {
     let committed = std::fs::read_to_string(&target).unwrap_or_default();
     if let Some((line, want, have)) = first_difference(&fresh, &committed) {
         panic!(
-            "{} is out of date with proto/workload.proto (first difference at line {line}:\n  \
+            "{} is out of date with proto/{} (first difference at line {line}:\n  \
              generated: {want}\n  checked in: {have})\nregenerate it with:\n  {REGEN_COMMAND}",
-            target.display()
+            target.display(),
+            binding.proto
         );
     }
+}
+
+#[test]
+fn generated_workload_api_code_is_up_to_date() {
+    check(&WORKLOAD);
+}
+
+#[test]
+fn generated_agent_api_code_is_up_to_date() {
+    check(&AGENT);
 }

@@ -4,8 +4,10 @@
 //! refusal is logged with the node and the reason and counted
 //! ([`crate::metrics::agents::AgentMetrics`]).
 //!
-//! Not yet here: the gRPC-over-TLS transport (`[agent_api] listen`) and the push stream.
+//! Not yet here: the gRPC-over-TLS transport (`[agent_api] listen`) and the push stream; the
+//! wire protocol is [`proto`] (`proto/agent.proto`).
 
 pub mod core;
+pub mod proto;
 
 pub use self::core::{AgentApiCore, AgentApiError, AgentSvid, NodeView};
