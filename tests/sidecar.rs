@@ -38,16 +38,20 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
     let first_ca = da.ca.snapshot().bundle.x509_authorities.clone();
     let out = root.path().join("out");
     // The workload to tell: a shell that counts SIGHUPs (the trap runs between short sleeps).
+    // It says when its trap is set: a SIGHUP before that would kill it (the default action).
     let hups = root.path().join("hups");
+    let trapped = root.path().join("trapped");
     let mut workload = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "trap 'echo hup >> {}' HUP; while :; do sleep 0.1; done",
-            hups.display()
+            "trap 'echo hup >> {}' HUP; : > {}; while :; do sleep 0.1; done",
+            hups.display(),
+            trapped.display()
         ))
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    eventually("the workload's SIGHUP trap is set", || trapped.exists()).await;
     let pid = workload.id().unwrap().to_string();
     let hook_log = root.path().join("hook.log");
     let hook = format!("echo \"$MESHTRUST_FILES_DIR\" >> '{}'", hook_log.display());
