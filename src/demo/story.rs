@@ -411,13 +411,14 @@ fn start_sidecar(
     let (refused_tx, refusals) = watch::channel(Vec::new());
     let out = console.clone();
     let report = Reporter::new(move |line: &str| {
+        // Printed first, then told: whoever waits on it may end the demo at once.
+        out.sidecar_line(&format!("      [{label}] {line}"));
         if line.starts_with("svid update:") {
             ready_tx.send_replace(true);
         }
         if line.contains(" is not allowed") {
             refused_tx.send_modify(|lines| lines.push(line.to_owned()));
         }
-        out.sidecar_line(&format!("      [{label}] {line}"));
     });
     let out = console.clone();
     let env_socket = Some(format!("unix://{}", mesh.workload_socket().display()));
