@@ -267,8 +267,7 @@ async fn a_backend_that_is_down_is_reported_in_plain_words() {
     let dir = tempfile::tempdir().unwrap();
     let (_d, sock) = daemon(dir.path(), "").await;
     // The inbound proxy forwards to port 1 on the loopback, where nothing listens.
-    let down = common::refused_url();
-    let down = down.trim_start_matches("https://").trim_end_matches('/');
+    let down = common::refused_addr();
     let inbound = sidecar(
         &sock,
         &[],

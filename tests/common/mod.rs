@@ -293,9 +293,14 @@ pub fn uri_sans(der: &[u8]) -> Vec<String> {
 /// so unlike a port bound and dropped, no other test can start listening there meanwhile. The
 /// precondition is checked: a connection to it is refused.
 pub fn refused_url() -> String {
+    format!("https://{}/", refused_addr())
+}
+
+/// The address of [`refused_url`] (`127.0.0.1:1`), its precondition checked the same way.
+pub fn refused_addr() -> &'static str {
     let err = std::net::TcpStream::connect("127.0.0.1:1").expect_err("nothing listens on port 1");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    "https://127.0.0.1:1/".to_owned()
+    "127.0.0.1:1"
 }
 
 /// The certificates of a concatenated-DER bundle (as the Workload API sends them), one by one.
