@@ -226,12 +226,7 @@ async fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output();
     let out = tokio::time::timeout(GUARD, child).await.unwrap().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), common::output_text(&out))
 }
 
 /// Federation 1.5.6 (Mozilla intermediate): TLS 1.0 and 1.1 are refused by the server, as

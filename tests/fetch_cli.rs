@@ -17,12 +17,12 @@ use common::{cli_async, cli_with_endpoint_async, own_uid};
 
 const ME: &str = "spiffe://mesh-a.test/fetcher";
 
-/// A daemon of mesh-a.test with an entry for this process.
-async fn daemon(dir: &Path) -> Proc {
+/// A daemon of mesh-a.test in `dir` with an entry for this process; its Workload API socket.
+async fn daemon(dir: &Path) -> (Proc, String) {
     let config = DaemonConfig::new("mesh-a.test")
         .section(&format!("{}hint = \"main\"\n", entry(ME, own_uid(), &[])))
         .write(dir);
-    Proc::serve(&config).await
+    (Proc::serve(&config).await, socket(dir))
 }
 
 fn socket(dir: &Path) -> String {
@@ -52,8 +52,7 @@ fn mode(path: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mode_prints_what_the_workload_api_served() {
     let dir = tempfile::tempdir().unwrap();
-    let _d = daemon(dir.path()).await;
-    let sock = socket(dir.path());
+    let (_d, sock) = daemon(dir.path()).await;
 
     let out = fetch(&["x509"], &sock).await;
     out.ok()
@@ -129,8 +128,7 @@ async fn each_mode_prints_what_the_workload_api_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_puts_keys_and_tokens_in_0600_files() {
     let dir = tempfile::tempdir().unwrap();
-    let _d = daemon(dir.path()).await;
-    let sock = socket(dir.path());
+    let (_d, sock) = daemon(dir.path()).await;
     let out_dir = dir.path().join("out");
     let out_s = out_dir.to_str().unwrap();
 
@@ -247,8 +245,8 @@ async fn no_daemon_exits_1_and_usage_errors_exit_64() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_comes_from_spiffe_endpoint_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let _d = daemon(dir.path()).await;
-    let endpoint = format!("unix://{}", socket(dir.path()));
+    let (_d, sock) = daemon(dir.path()).await;
+    let endpoint = format!("unix://{sock}");
     cli_with_endpoint_async(&["fetch", "x509"], &endpoint)
         .await
         .ok()
@@ -258,8 +256,7 @@ async fn the_socket_comes_from_spiffe_endpoint_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_an_identity_added_by_sighup_then_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path()).await;
-    let sock = socket(dir.path());
+    let (d, sock) = daemon(dir.path()).await;
     let out_dir = dir.path().join("watched");
     let watch = Proc::spawn_with(
         &[

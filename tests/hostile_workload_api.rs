@@ -407,11 +407,7 @@ async fn run_child(test: &str, envs: &[(&str, &Path)]) -> String {
         .await
         .expect("hang guard: child")
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
     text
 }

@@ -233,11 +233,7 @@ async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     )
     .await
     .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
 
     // And with the uid entry removed, curl is denied too (403 JSON).

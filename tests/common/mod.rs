@@ -61,12 +61,16 @@ pub fn openssl_verify(
         .arg(&cert)
         .output()
         .expect("openssl is installed");
-    let text = format!(
+    (out.status.success(), output_text(&out))
+}
+
+/// A finished child's stdout and stderr as one text (for a failure message or a search).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    )
 }
 
 /// The meshtrust binary built for this test run.

@@ -250,6 +250,19 @@ pub fn verifies_at(
         .is_ok()
 }
 
+/// openssl's arguments for the files a sidecar wrote in `dir` (its SVID and key), trusting
+/// `peer_bundle`.
+fn tls_files(dir: &Path, peer_bundle: &Path) -> [std::ffi::OsString; 6] {
+    [
+        "-cert".into(),
+        dir.join("svid.pem").into(),
+        "-key".into(),
+        dir.join("svid_key.pem").into(),
+        "-CAfile".into(),
+        peer_bundle.into(),
+    ]
+}
+
 /// Starts `openssl s_server` on an ephemeral port; returns the child and its port.
 pub async fn s_server(dir: &Path, peer_bundle: &Path) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt as _;
@@ -263,12 +276,8 @@ pub async fn s_server(dir: &Path, peer_bundle: &Path) -> (tokio::process::Child,
             "-Verify",
             "1",
         ])
-        .args(["-verify_return_error", "-cert"])
-        .arg(dir.join("svid.pem"))
-        .arg("-key")
-        .arg(dir.join("svid_key.pem"))
-        .arg("-CAfile")
-        .arg(peer_bundle)
+        .arg("-verify_return_error")
+        .args(tls_files(dir, peer_bundle))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -294,22 +303,12 @@ pub async fn s_client(port: u16, dir: &Path, peer_bundle: &Path) -> (bool, Strin
     let out = tokio::process::Command::new("openssl")
         .args(["s_client", "-brief", "-verify_return_error", "-connect"])
         .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(dir.join("svid.pem"))
-        .arg("-key")
-        .arg(dir.join("svid_key.pem"))
-        .arg("-CAfile")
-        .arg(peer_bundle)
+        .args(tls_files(dir, peer_bundle))
         .stdin(Stdio::null())
         .output();
     let out = tokio::time::timeout(GUARD, out)
         .await
         .expect("hang guard")
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), common::output_text(&out))
 }
