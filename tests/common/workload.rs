@@ -195,6 +195,13 @@ impl Mesh {
         super::grpc::workload_client(&self.socket).await
     }
 
+    /// A FetchX509SVID stream of this process on a connection of its own.
+    pub async fn x509svid_stream(
+        &self,
+    ) -> tonic::Streaming<meshtrust::workload_api::proto::X509svidResponse> {
+        super::grpc::x509_svids(&self.socket).await
+    }
+
     /// Rotates peer mesh-b's CA one step (a prepared authority joins its bundle) and pins the
     /// new bundle, as the federation fetcher would.
     pub fn rotate_peer_b(&self) {
