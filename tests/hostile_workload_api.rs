@@ -416,6 +416,12 @@ fn inherited_connection() -> UnixStream {
     UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned().unwrap())
 }
 
+/// In a binary [`exec_with_connection`] ran with `mode`: the inherited connection; elsewhere
+/// (a plain run of the ignored tests) none.
+fn inherited_after_exec(mode: &str) -> Option<UnixStream> {
+    (std::env::var(PARENT_ENV).as_deref() == Ok(mode)).then(inherited_connection)
+}
+
 async fn run_child(test: &str, envs: &[(&str, &Path)]) -> String {
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", test, "--ignored", "--nocapture"]);
@@ -471,10 +477,9 @@ fn exec_child() {
 #[test]
 #[ignore = "child process of a_process_that_execs_another_binary_loses_its_identity_on_the_same_connection"]
 fn exec_after() {
-    if std::env::var(PARENT_ENV).as_deref() != Ok("exec") {
+    let Some(mut s) = inherited_after_exec("exec") else {
         return;
-    }
-    let mut s = inherited_connection();
+    };
     let (code, head, body) = get_svid(&mut s);
     let close = if head.contains("connection: close") {
         "connection-close"
@@ -987,10 +992,9 @@ fn stream_exec_child() {
 #[test]
 #[ignore = "child process of an_open_stream_sends_no_update_to_the_binary_its_process_execd"]
 fn stream_exec_after() {
-    if std::env::var(PARENT_ENV).as_deref() != Ok("stream") {
+    let Some(mut s) = inherited_after_exec("stream") else {
         return;
-    }
-    let mut s = inherited_connection();
+    };
     s.set_read_timeout(Some(GUARD)).unwrap();
     println!("WAITING");
     std::io::stdout().flush().unwrap();
