@@ -41,8 +41,10 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
     // It says when its trap is set: a SIGHUP before that would kill it (the default action).
     let hups = root.path().join("hups");
     let trapped = root.path().join("trapped");
-    let mut workload = tokio::process::Command::new("sh")
-        .arg("-c")
+    // `env --default-signal=HUP`: a shell started with SIGHUP ignored (under nohup, say) could
+    // not trap it.
+    let mut workload = tokio::process::Command::new("env")
+        .args(["--default-signal=HUP", "sh", "-c"])
         .arg(format!(
             "trap 'echo hup >> {}' HUP; : > {}; while :; do sleep 0.1; done",
             hups.display(),

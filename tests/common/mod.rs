@@ -267,7 +267,11 @@ pub async fn wait_for_peer(
 ) -> serde_json::Value {
     eventually_some(what, || async {
         let status = status_json(admin_socket).await;
-        let peer = peer_status(&status, td);
+        // Absent until a reload that adds it has applied: wait, like for any other field.
+        let peer = status["federation"]
+            .as_array()?
+            .iter()
+            .find(|p| p["trust_domain"] == td)?;
         f(peer).then(|| peer.clone())
     })
     .await
