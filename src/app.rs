@@ -559,7 +559,7 @@ impl Daemon {
             clock.clone(),
             agents.clone(),
         ));
-        if let Some(listener) = agent_listener {
+        if let (Some(listener), Some(agent_api)) = (agent_listener, &config.agent_api) {
             let core = crate::agent_api::AgentApiCore {
                 trust_domain: config.trust_domain.clone(),
                 ca: ca.subscribe(),
@@ -569,7 +569,15 @@ impl Daemon {
                 attestation: config.node_attestation.clone(),
                 metrics: registry.agents.clone(),
             };
-            crate::agent_api::start(listener, core, agents, &tracker, cancel.child_token())?;
+            let limits = crate::agent_api::server::Limits::from_config(agent_api);
+            crate::agent_api::start(
+                listener,
+                core,
+                agents,
+                limits,
+                &tracker,
+                cancel.child_token(),
+            )?;
         }
 
         let last_reload = LastReload::default();

@@ -39,6 +39,7 @@ pub fn start(
     listener: TcpListener,
     core: AgentApiCore,
     registry: Arc<AgentRegistry>,
+    limits: server::Limits,
     tracker: &TaskTracker,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Result<(), tls::AgentTlsError> {
@@ -57,11 +58,6 @@ pub fn start(
         server_id,
         cancel,
     });
-    tracker.spawn(server::serve(
-        listener,
-        config,
-        shared,
-        server::Limits::default(),
-    ));
+    tracker.spawn(server::serve(listener, config, shared, limits));
     Ok(())
 }

@@ -224,9 +224,16 @@ pub struct AgentServer {
 impl AgentServer {
     /// The config, without starting anything.
     pub fn config(extra: &str) -> super::config::DaemonConfig {
+        Self::config_with("", extra)
+    }
+
+    /// [`AgentServer::config`] with `agent_api` lines (limits) in `[agent_api]`.
+    pub fn config_with(agent_api: &str, extra: &str) -> super::config::DaemonConfig {
         super::config::DaemonConfig::new(TD)
             .metrics()
-            .section("[agent_api]\nlisten = \"127.0.0.1:0\"\n")
+            .section(&format!(
+                "[agent_api]\nlisten = \"127.0.0.1:0\"\n{agent_api}"
+            ))
             .section(&node_entry("spiffe://mesh-a.test/web", "web-1"))
             .section(&node_entry("spiffe://mesh-a.test/db", "db-1"))
             .section(&node_entry("spiffe://mesh-a.test/log", "*"))
