@@ -555,9 +555,10 @@ impl Daemon {
             crate::agent_api::registry::AgentRegistry::open(Some(storage.clone()))
                 .map_err(store_err(&config))?,
         );
-        let nodes = Arc::new(crate::node::admin::Nodes::with_agents(
+        let nodes = Arc::new(crate::node::admin::Nodes::with_state(
             clock.clone(),
             agents.clone(),
+            crate::node::token::JoinTokens::with_store(storage.clone()),
         ));
         if let (Some(listener), Some(agent_api)) = (agent_listener, &config.agent_api) {
             let core = crate::agent_api::AgentApiCore {

@@ -209,5 +209,33 @@ async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
     assert_eq!(unknown.code(), tonic::Code::PermissionDenied, "{unknown:?}");
     server.proc.wait_for_log("reason=\"unknown_token\"").await;
     assert_eq!(server.refusals("unknown_token").await, 2.0);
+
+    // An expired token (1 s, then waited out on the clock) is refused and burned.
+    let admin = server.admin();
+    let out = common::cli_async(&[
+        "token",
+        "create",
+        "--node",
+        "web-2",
+        "--ttl",
+        "1s",
+        "--json",
+        "--admin-socket",
+        admin.to_str().unwrap(),
+    ])
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let expired = body["token"].as_str().unwrap().to_owned();
+    // It expires at most 1 s after the CLI returned.
+    let expires_by = std::time::SystemTime::now() + std::time::Duration::from_millis(1100);
+    while std::time::SystemTime::now() <= expires_by {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = agent::attest_join_token(&mut anonymous, &expired)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    assert_eq!(server.refusals("expired_token").await, 1.0);
     assert!(!server.proc.log().contains(&token), "a token in the log");
 }

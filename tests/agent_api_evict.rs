@@ -2,7 +2,7 @@
 //! admin socket (CONTRACT.md "Added in wave 2"): an evicted agent's open Sync stream ends at
 //! once, its SVID is refused for RenewAgent, Sync and SignWorkloads (reason `evicted`, logged
 //! and counted), and it stays refused after the node attests again with a new token, which
-//! gives it a new SVID that works. The registry survives a restart.
+//! gives it a new SVID that works. The registry and unused join tokens survive a restart.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -138,6 +138,7 @@ async fn the_registry_and_evictions_survive_a_restart() {
     ])
     .await;
     assert_eq!(out.code, 0, "{out:?}");
+    let minted_before = agent::create_token(&admin, "edge-1", "5m").await;
     let server = server.restart().await;
 
     let listed = agents_json(&server).await;
@@ -154,6 +155,11 @@ async fn the_registry_and_evictions_survive_a_restart() {
         })
         .collect();
     assert_eq!(nodes, [("db-1", true, false), ("web-1", false, false)]);
+    // A token minted before the restart attests after it (tokens live in the store, hashed).
+    let mut anonymous = server.client(None).await;
+    agent::attest_join_token(&mut anonymous, &minted_before)
+        .await
+        .unwrap();
     // web-1's SVID from before the restart is still accepted.
     let mut client = server.client(Some(&web)).await;
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();

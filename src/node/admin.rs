@@ -38,8 +38,17 @@ impl Nodes {
 
     /// No tokens yet, agents in `agents`.
     pub fn with_agents(clock: Arc<dyn Clock>, agents: Arc<AgentRegistry>) -> Self {
+        Self::with_state(clock, agents, JoinTokens::new())
+    }
+
+    /// `tokens` and `agents` (the daemon: both in its store).
+    pub fn with_state(
+        clock: Arc<dyn Clock>,
+        agents: Arc<AgentRegistry>,
+        tokens: JoinTokens,
+    ) -> Self {
         Self {
-            tokens: JoinTokens::new(),
+            tokens,
             clock,
             agents,
         }
@@ -86,6 +95,7 @@ pub async fn create_token(
             }))
             .into_response()
         }
+        Err(e @ super::NodeError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
