@@ -2,8 +2,9 @@
 //! new NodeView when our CA rotates (the prepared CA published next to the signing one) and
 //! when a peer bundle its entries federate with changes (the peer's CA rotates and the server
 //! pins the new bundle); revisions increase; all peers come in one message, and only those the
-//! node's entries name. Short CA lifetimes only set how soon the changes come; every step is an
-//! event waited for under the hang guard.
+//! node's entries name. A stream ends when the agent SVID it was opened with expires. Short CA
+//! lifetimes only set how soon the changes come; every step is an event waited for under the
+//! hang guard.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -40,11 +41,40 @@ async fn until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_ca_rotation_is_pushed_to_an_open_sync_stream() {
+    // The CA is made by `bundle show` before the server starts and prepares its successor at
+    // half its 20 s life. An agent SVID lives 10 s and a stream ends with it, so the agent does
+    // what agents do: it renews its SVID at half-life, then syncs with the new one, whose
+    // stream is open when the successor is published.
     let dir = tempfile::tempdir().unwrap();
     let config = AgentServer::config("")
-        .ca("ca_ttl = \"6s\"\nx509_svid_ttl = \"3s\"\njwt_svid_ttl = \"3s\"");
+        .ca("ca_ttl = \"20s\"\nx509_svid_ttl = \"10s\"\njwt_svid_ttl = \"10s\"");
     let server = AgentServer::start_in(dir, config).await;
-    let identity = server.attested("web-1").await;
+    let token = common::agent::create_token(&server.admin(), "web-1", "5m").await;
+    let mut anonymous = server.client(None).await;
+    let (first_id, svid) = common::agent::attest_join_token(&mut anonymous, &token)
+        .await
+        .unwrap();
+    let half_life = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(svid.expires_at).unwrap())
+        - std::time::Duration::from_secs(5);
+    // A wait on the clock (the SVID's half-life), not a synchronisation.
+    if let Ok(left) = half_life.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    let key = common::agent::new_key();
+    let renewed = server
+        .client(Some(&first_id))
+        .await
+        .renew_agent(meshtrust::agent_api::proto::RenewAgentRequest {
+            csr: common::agent::csr(&key, None),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let identity = common::agent::Identity {
+        chain: vec![renewed.cert_chain[0].clone().into()],
+        key,
+    };
     let mut client = server.client(Some(&identity)).await;
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
     let first = common::guard(views.message()).await.unwrap().unwrap();
@@ -110,4 +140,23 @@ async fn peer_bundle_changes_are_pushed_with_only_the_peers_the_entries_need() {
     .await;
     assert_ne!(rotated.peers[0].spiffe_bundle_json, before);
     assert_eq!(rotated.peers[0].trust_domain, "mesh-b.test");
+}
+
+#[tokio::test]
+async fn a_sync_stream_ends_when_the_agent_svid_it_was_opened_with_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentServer::config("")
+        .ca("ca_ttl = \"1h\"\nx509_svid_ttl = \"2s\"\njwt_svid_ttl = \"2s\"");
+    let server = AgentServer::start_in(dir, config).await;
+    let identity = server.attested("web-1").await;
+    let mut client = server.client(Some(&identity)).await;
+    let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
+    common::guard(views.message()).await.unwrap().unwrap();
+    let ended = common::guard(views.message()).await.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("expired"), "{ended:?}");
+    server
+        .proc
+        .wait_for_log("reason=\"agent svid expired\"")
+        .await;
 }

@@ -52,6 +52,13 @@ pub fn start(
     let server_id = listener
         .local_addr()
         .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    if registry.shared() {
+        tracker.spawn(
+            registry
+                .clone()
+                .follow(registry::FOLLOW_INTERVAL, cancel.child_token()),
+        );
+    }
     let shared = Arc::new(Shared {
         core,
         registry,
