@@ -10,7 +10,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::agent::{self, AgentServer, NodeCa};
+use common::agent::{self, AgentServer};
+use common::node_ca::NodeCa;
 use meshtrust::agent_api::proto::{SignWorkloadsRequest, SyncRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

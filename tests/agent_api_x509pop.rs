@@ -10,7 +10,8 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::agent::{self, AgentServer, NodeCa};
+use common::agent::{self, AgentServer};
+use common::node_ca::{self, NodeCa};
 use meshtrust::agent_api::proto::SyncRequest;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -35,7 +36,7 @@ async fn a_node_certificate_and_its_key_attest_the_node_named_by_its_cn() {
     let now = SystemTime::now();
     let (cert, key) = ca.node_cert("edge-7", now - DAY, now + DAY);
     let mut anonymous = server.client(None).await;
-    let (identity, svid) = agent::attest_x509pop(&mut anonymous, &[cert], &key)
+    let (identity, svid) = node_ca::attest_x509pop(&mut anonymous, &[cert], &key)
         .await
         .unwrap();
     assert_eq!(
@@ -72,7 +73,7 @@ async fn wrong_key_other_ca_expired_and_bad_names_are_refused() {
     // The right certificate, a signature by another key.
     let (cert, _) = ca.node_cert("edge-7", now - DAY, now + DAY);
     let thief = agent::new_key();
-    let wrong_key = agent::attest_x509pop(&mut anonymous, &[cert], &thief)
+    let wrong_key = node_ca::attest_x509pop(&mut anonymous, &[cert], &thief)
         .await
         .unwrap_err();
     assert!(
@@ -92,7 +93,7 @@ async fn wrong_key_other_ca_expired_and_bad_names_are_refused() {
         (ca.node_cert("a/b", now - DAY, now + DAY), "path segment"),
     ];
     for ((cert, key), why) in cases {
-        let status = agent::attest_x509pop(&mut anonymous, &[cert], &key)
+        let status = node_ca::attest_x509pop(&mut anonymous, &[cert], &key)
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -115,7 +116,7 @@ async fn a_server_without_x509pop_roots_refuses_the_method() {
     let now = SystemTime::now();
     let (cert, key) = ca.node_cert("edge-7", now - DAY, now + DAY);
     let mut anonymous = server.client(None).await;
-    let status = agent::attest_x509pop(&mut anonymous, &[cert], &key)
+    let status = node_ca::attest_x509pop(&mut anonymous, &[cert], &key)
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");

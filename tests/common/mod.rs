@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod node_ca;
 pub mod python;
 pub mod workload;
 
