@@ -84,7 +84,8 @@ impl Shared {
     pub fn authorize<T>(&self, request: &Request<T>, what: &str) -> Result<Authorized, Status> {
         let peer = peer_of(request)?;
         let now = self.core.nodes.clock.now();
-        authorize(&peer, &self.core.trust_domain, &self.registry, now).map_err(|e| {
+        let ca = self.core.ca.borrow().clone();
+        authorize(&peer, &ca, &self.registry, now).map_err(|e| {
             let (why, status) = match &e {
                 PeerError::Evicted(_) => (
                     AgentRefusal::Evicted,
