@@ -165,3 +165,16 @@ async fn the_registry_and_evictions_survive_a_restart() {
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
     common::guard(views.message()).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn agent_subcommand_usage_errors_exit_64() {
+    for args in [
+        &["agent"][..],
+        &["agent", "list"],
+        &["agent", "evict", "web-1"],
+    ] {
+        let out = cli_async(args).await;
+        assert_eq!(out.code, 64, "{args:?}: {out:?}");
+        assert!(out.stderr.contains("required"), "{args:?}: {out:?}");
+    }
+}

@@ -47,14 +47,29 @@ fn why(body: &serde_json::Value) -> String {
         .map_or_else(|| body.to_string(), str::to_owned)
 }
 
-/// `meshtrust agent` without a subcommand: the node agent process.
+/// The config file of `meshtrust agent --config FILE` (the node agent process).
 ///
 /// # Errors
-/// Always, until the agent process is built (branch agent12).
+/// 64 when neither `--config` nor a subcommand was given (the usage printed).
+pub fn agent_config(run: &AgentRunArgs) -> Result<PathBuf, u8> {
+    run.config.clone().ok_or_else(|| {
+        eprintln!(
+            "meshtrust: agent: --config FILE is required to run an agent (or a subcommand: \
+             list, evict)"
+        );
+        EX_USAGE
+    })
+}
+
+/// `meshtrust agent --config FILE` until the agent process (branch agent12) is merged.
+///
+/// # Errors
+/// 64 without `--config`; 1 otherwise (not built yet).
 pub fn agent_process_not_built(run: &AgentRunArgs) -> Result<(), u8> {
+    let config = agent_config(run)?;
     eprintln!(
-        "meshtrust: agent: the node agent process is not built yet (config {:?})",
-        run.config
+        "meshtrust: agent: the node agent process is not built yet ({})",
+        config.display()
     );
     Err(1)
 }
