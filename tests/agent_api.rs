@@ -63,6 +63,10 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
         meshtrust::bundle::pem::parse_bootstrap(&common::td(TD), &own.spiffe_bundle_json).unwrap();
     assert_eq!(own_bundle.x509_authorities, server.roots);
     assert!(first.peers.is_empty(), "no entry federates");
+    let addr = common::metrics::listen_addr(&server.proc).await;
+    let scrape = common::metrics::scrape(&addr);
+    let open = "meshtrust_agent_sync_streams";
+    assert_eq!(scrape.value(open, "gauge", open), 1.0, "one stream open");
 
     // A batch: one CSR of ours, one for db-1's workload (refused), one that is junk.
     let key = agent::new_key();

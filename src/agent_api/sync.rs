@@ -36,6 +36,7 @@ pub(super) async fn run(
     let clock = shared.core.nodes.clock.clone();
     let registry = shared.registry.clone();
     registry.sync_opened(&node, &caller.addr.to_string(), clock.now());
+    let _open = shared.core.metrics.sync_opened();
     tracing::info!(%node, addr = %caller.addr, "agent sync stream opened");
     let mut ca = shared.core.ca.clone();
     let mut peers = shared.core.peers.clone();

@@ -1,6 +1,6 @@
 //! The node agents family: refusals by reason (attestation, CSRs, unauthenticated or evicted
 //! callers, the listener's own: connection cap, handshakes, bad requests; each also logged
-//! with the node and the reason by the agent API), and attestations.
+//! with the node and the reason by the agent API), attestations, and open Sync streams.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,6 +72,7 @@ impl AgentRefusal {
 pub struct AgentMetrics {
     refused: [AtomicU64; 11],
     attested: AtomicU64,
+    sync_streams: AtomicU64,
 }
 
 impl AgentMetrics {
@@ -83,6 +84,17 @@ impl AgentMetrics {
     /// Counts one successful attestation.
     pub fn attested(&self) {
         self.attested.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A Sync stream opened; closes (the gauge goes down) when the guard drops.
+    pub fn sync_opened(self: &std::sync::Arc<Self>) -> SyncStreamGuard {
+        self.sync_streams.fetch_add(1, Ordering::Relaxed);
+        SyncStreamGuard(self.clone())
+    }
+
+    /// Open Sync streams now.
+    pub fn sync_streams(&self) -> u64 {
+        self.sync_streams.load(Ordering::Relaxed)
     }
 
     /// Refusals so far for `why`.
@@ -118,6 +130,28 @@ impl AgentMetrics {
             &[],
             self.attested.load(Ordering::Relaxed),
         );
+        family(
+            out,
+            "meshtrust_agent_sync_streams",
+            "gauge",
+            "Open Sync streams of node agents (about one per connected agent).",
+        );
+        sample(
+            out,
+            "meshtrust_agent_sync_streams",
+            &[],
+            self.sync_streams(),
+        );
+    }
+}
+
+/// Counts one open Sync stream while it lives.
+#[derive(Debug)]
+pub struct SyncStreamGuard(std::sync::Arc<AgentMetrics>);
+
+impl Drop for SyncStreamGuard {
+    fn drop(&mut self) {
+        self.0.sync_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
