@@ -114,3 +114,20 @@ async fn a_connection_beyond_the_cap_is_closed_at_once_and_counted() {
         .await;
     assert!(server.refusals("connection_limit").await >= 1.0);
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_calls_is_counted_in_full_and_logged_within_a_budget() {
+    let server = server("").await;
+    let mut anonymous = server.client(None).await;
+    for _ in 0..100 {
+        let status = anonymous.sync(SyncRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    }
+    assert_eq!(server.refusals("unauthenticated").await, 100.0);
+    let lines = server.proc.count("reason=\"unauthenticated\"");
+    let budget = meshtrust::metrics::agents::LOG_LINES_PER_WINDOW as usize;
+    assert!(
+        lines >= 1 && lines <= budget * 2,
+        "{lines} lines logged for 100 refusals"
+    );
+}

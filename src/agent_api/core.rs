@@ -93,8 +93,9 @@ impl AgentApiCore {
     /// Logs and counts `e` (a refusal by its reason, anything else as a failure); returns it.
     pub fn logged(&self, node: &str, what: &str, e: AgentApiError) -> AgentApiError {
         if let Some(why) = e.refusal() {
-            self.metrics.refused(why);
-            tracing::warn!(node, reason = why.label(), error = %e, "agent api: {what} refused");
+            if let Some(unlogged) = self.metrics.refused(why) {
+                tracing::warn!(node, reason = why.label(), error = %e, unlogged, "agent api: {what} refused");
+            }
         } else {
             tracing::error!(node, error = %e, "agent api: {what} failed");
         }
@@ -110,8 +111,9 @@ impl AgentApiCore {
         why: AgentRefusal,
         error: &dyn std::fmt::Display,
     ) {
-        self.metrics.refused(why);
-        tracing::warn!(node, reason = why.label(), error = %error, "agent api: {what} refused");
+        if let Some(unlogged) = self.metrics.refused(why) {
+            tracing::warn!(node, reason = why.label(), error = %error, unlogged, "agent api: {what} refused");
+        }
     }
 
     /// Join-token attestation: consumes `token` and signs an agent SVID for the CSR's key (the

@@ -7,7 +7,8 @@
 //! refused, is closed), HTTP/2 keep-alive pings, a cap of concurrent streams per connection,
 //! a decoded message size cap, and the batch and attestation step limits of the service.
 //! Refusals at this layer are counted ([`AgentRefusal::ConnectionLimit`],
-//! [`AgentRefusal::Handshake`]) and logged at most once per 10 s each.
+//! [`AgentRefusal::Handshake`]) and logged within each reason's log budget
+//! ([`crate::metrics::agents::LOG_LINES_PER_WINDOW`]), like every agent API refusal.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -88,8 +89,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let grpc = AgentApiServer::new(AgentService(shared.clone()))
         .max_decoding_message_size(limits.max_message);
-    let full_log = LogLimiter::default();
-    let handshake_log = Arc::new(LogLimiter::default());
+    let accept_log = LogLimiter::default();
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "agent api listening");
@@ -102,7 +102,7 @@ pub async fn serve(
         let (stream, addr) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                if let Some(unlogged) = full_log.hit(std::time::Instant::now()) {
+                if let Some(unlogged) = accept_log.hit(std::time::Instant::now()) {
                     tracing::warn!(error = %e, unlogged, "agent api accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,8 +110,7 @@ pub async fn serve(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            shared.core.metrics.refused(AgentRefusal::ConnectionLimit);
-            if let Some(unlogged) = full_log.hit(std::time::Instant::now()) {
+            if let Some(unlogged) = shared.core.metrics.refused(AgentRefusal::ConnectionLimit) {
                 tracing::warn!(%addr, reason = AgentRefusal::ConnectionLimit.label(), max = limits.max_connections, unlogged, "agent api connection refused");
             }
             continue;
@@ -122,19 +121,9 @@ pub async fn serve(
             shared.clone(),
             limits.clone(),
         );
-        let handshake_log = handshake_log.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            connection(
-                stream,
-                addr,
-                acceptor,
-                grpc,
-                &shared,
-                &limits,
-                &handshake_log,
-            )
-            .await;
+            connection(stream, addr, acceptor, grpc, &shared, &limits).await;
         });
     }
     drop(listener);
@@ -150,14 +139,13 @@ async fn connection(
     grpc: AgentApiServer<AgentService>,
     shared: &Shared,
     limits: &Limits,
-    handshake_log: &LogLimiter,
 ) {
     let _ = stream.set_nodelay(true);
     let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return handshake_failed(shared, handshake_log, addr, &e.to_string()),
-        Err(_) => return handshake_failed(shared, handshake_log, addr, "handshake timed out"),
+        Ok(Err(e)) => return handshake_failed(shared, addr, &e.to_string()),
+        Err(_) => return handshake_failed(shared, addr, "handshake timed out"),
     };
     let leaf = tls
         .get_ref()
@@ -210,9 +198,8 @@ async fn connection(
     }
 }
 
-fn handshake_failed(shared: &Shared, log: &LogLimiter, addr: SocketAddr, error: &str) {
-    shared.core.metrics.refused(AgentRefusal::Handshake);
-    if let Some(unlogged) = log.hit(std::time::Instant::now()) {
+fn handshake_failed(shared: &Shared, addr: SocketAddr, error: &str) {
+    if let Some(unlogged) = shared.core.metrics.refused(AgentRefusal::Handshake) {
         tracing::warn!(%addr, reason = AgentRefusal::Handshake.label(), error, unlogged, "agent api connection refused");
     }
 }

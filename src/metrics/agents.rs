@@ -2,7 +2,9 @@
 //! callers, the listener's own: connection cap, handshakes, bad requests; each also logged
 //! with the node and the reason by the agent API), attestations, and open Sync streams.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::text::{family, sample};
 
@@ -67,18 +69,51 @@ impl AgentRefusal {
     }
 }
 
+/// At most this many log lines per refusal reason per [`LOG_WINDOW`]; the rest are counted
+/// only, and the next logged line says how many were not logged. The log stays bounded however
+/// many refused calls an attacker makes on one connection.
+pub const LOG_LINES_PER_WINDOW: u32 = 20;
+/// See [`LOG_LINES_PER_WINDOW`].
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct LogWindow {
+    start: Option<Instant>,
+    lines: u32,
+    unlogged: u64,
+}
+
 /// The counters.
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
+    log: Mutex<[LogWindow; 11]>,
     refused: [AtomicU64; 11],
     attested: AtomicU64,
     sync_streams: AtomicU64,
 }
 
 impl AgentMetrics {
-    /// Counts one refusal.
-    pub fn refused(&self, why: AgentRefusal) {
+    /// Counts one refusal; `Some(n)` when it is to be logged (`n` refusals of that reason were
+    /// not logged since the last line), `None` when the reason's log budget for this window is
+    /// spent.
+    pub fn refused(&self, why: AgentRefusal) -> Option<u64> {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let w = &mut log[why as usize];
+        if w.start
+            .is_none_or(|s| now.saturating_duration_since(s) >= LOG_WINDOW)
+        {
+            w.start = Some(now);
+            w.lines = 0;
+        }
+        if w.lines < LOG_LINES_PER_WINDOW {
+            w.lines += 1;
+            Some(std::mem::take(&mut w.unlogged))
+        } else {
+            w.unlogged += 1;
+            None
+        }
     }
 
     /// Counts one successful attestation.
@@ -158,6 +193,21 @@ impl Drop for SyncStreamGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_is_counted_but_the_log_lines_per_window_are_bounded() {
+        let m = AgentMetrics::default();
+        let logged = (0..100)
+            .filter(|_| m.refused(AgentRefusal::Unauthenticated).is_some())
+            .count();
+        assert_eq!(logged, LOG_LINES_PER_WINDOW as usize);
+        assert_eq!(m.refusals(AgentRefusal::Unauthenticated), 100);
+        assert_eq!(
+            m.refused(AgentRefusal::Evicted),
+            Some(0),
+            "another reason has its own budget"
+        );
+    }
 
     #[test]
     fn refusals_are_counted_and_rendered_by_reason() {
