@@ -128,11 +128,11 @@ pub struct AgentRunArgs {
 /// `agent` subcommands (on a server).
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
-    /// The attested agents: SPIFFE ID, node, method, address, connected, last sync, SVID expiry,
-    /// evicted.
+    /// The attested agents: SPIFFE ID, node, method, address, connected (to this server),
+    /// server (of its last sync), last sync, SVID expiry, evicted.
     List {
-        /// Print `[{"spiffe_id","node","method","address","connected","last_sync",
-        /// "svid_expires_at","evicted"}]`.
+        /// Print `[{"spiffe_id","node","method","address","connected","server","attested_at",
+        /// "last_sync","svid_expires_at","evicted"}]`.
         #[arg(long)]
         json: bool,
         /// Where the server is.

@@ -47,6 +47,8 @@ async fn an_evicted_agent_is_cut_off_until_it_attests_again() {
         "{web}"
     );
     assert_eq!(web["connected"], true);
+    let port = server.addr.port().to_string();
+    assert!(web["server"].as_str().unwrap().ends_with(&port), "{web}");
     assert!(web["last_sync"].as_str().unwrap().ends_with('Z'), "{web}");
     assert!(
         web["svid_expires_at"].as_str().unwrap().ends_with('Z'),

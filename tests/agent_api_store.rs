@@ -27,6 +27,7 @@ fn agent(node: &str, evicted: bool) -> AgentRecord {
         address: "10.0.0.7:41000".to_owned(),
         attested_at: at(1_000),
         last_sync: (!evicted).then(|| at(1_100)),
+        server: (!evicted).then(|| "server-a:8081".to_owned()),
         svid_expires_at: at(4_600),
         evicted,
         svid_sha256: (!evicted).then_some([1u8; 32]),

@@ -101,6 +101,7 @@ fn record(shared: &Shared, peer: &AgentPeer, svid: &AgentSvid, method: &str) -> 
         address: peer.addr.to_string(),
         attested_at: shared.core.nodes.clock.now(),
         last_sync: None,
+        server: None,
         svid_expires_at: svid.leaf.not_after,
         evicted: false,
         svid_sha256: Some(cert_sha256(&svid.leaf.cert)),

@@ -49,9 +49,12 @@ pub fn start(
         cancel.child_token(),
     )?;
     tracker.spawn(cert_task);
-    let server_id = listener
-        .local_addr()
-        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    // Which server an agent syncs with (`agent list`, NodeView.server_id): host name and port.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let server_id = format!("{host}:{port}");
     if registry.shared() {
         tracker.spawn(
             registry

@@ -210,6 +210,7 @@ mod tests {
                 address: "127.0.0.1:1".into(),
                 attested_at: now,
                 last_sync: None,
+                server: None,
                 svid_expires_at: now + Duration::from_secs(3600),
                 evicted: false,
                 svid_sha256: Some(cert_sha256(&good)),

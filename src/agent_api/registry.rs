@@ -154,8 +154,9 @@ impl AgentRegistry {
         })
     }
 
-    /// Records a Sync stream opening (`last_sync`, connected address).
-    pub fn sync_opened(&self, node: &str, address: &str, now: SystemTime) {
+    /// Records a Sync stream opening on `server` (this replica): `last_sync`, the agent's
+    /// address, the server.
+    pub fn sync_opened(&self, node: &str, address: &str, server: &str, now: SystemTime) {
         let mut record = None;
         {
             let mut agents = self.lock();
@@ -163,6 +164,7 @@ impl AgentRegistry {
                 e.streams += 1;
                 e.record.last_sync = Some(now);
                 e.record.address = address.to_owned();
+                e.record.server = Some(server.to_owned());
                 record = Some(e.record.clone());
             }
         }
@@ -319,6 +321,7 @@ mod tests {
             address: "127.0.0.1:1".to_owned(),
             attested_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
             last_sync: None,
+            server: None,
             svid_expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at + 3600),
             evicted: false,
             svid_sha256: Some([at as u8; 32]),

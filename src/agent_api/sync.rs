@@ -35,7 +35,12 @@ pub(super) async fn run(
     let node = caller.session.node.clone();
     let clock = shared.core.nodes.clock.clone();
     let registry = shared.registry.clone();
-    registry.sync_opened(&node, &caller.addr.to_string(), clock.now());
+    registry.sync_opened(
+        &node,
+        &caller.addr.to_string(),
+        &shared.server_id,
+        clock.now(),
+    );
     let _open = shared.core.metrics.sync_opened();
     tracing::info!(%node, addr = %caller.addr, "agent sync stream opened");
     let mut ca = shared.core.ca.clone();

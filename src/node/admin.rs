@@ -100,8 +100,9 @@ pub async fn create_token(
     }
 }
 
-/// `GET /v1/agents`: `[{"spiffe_id","node","method","address","connected","last_sync",
-/// "svid_expires_at","evicted"}]`, by node name.
+/// `GET /v1/agents`: `[{"spiffe_id","node","method","address","connected","server",
+/// "attested_at","last_sync","svid_expires_at","evicted"}]`, by node name. `connected`: a Sync
+/// stream of it is open on this server; `server`: the server it last synced with.
 pub async fn list_agents(State(state): State<AdminState>) -> Response {
     let agents: Vec<serde_json::Value> = state
         .nodes
@@ -115,6 +116,7 @@ pub async fn list_agents(State(state): State<AdminState>) -> Response {
                 "method": a.method,
                 "address": a.address,
                 "connected": connected,
+                "server": a.server,
                 "attested_at": rfc3339(a.attested_at),
                 "last_sync": a.last_sync.map(rfc3339),
                 "svid_expires_at": rfc3339(a.svid_expires_at),

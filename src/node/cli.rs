@@ -124,19 +124,27 @@ fn table(body: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<44} {:<16} {:<10} {:<22} {:<9} {:<20} {:<20} EVICTED",
-        "SPIFFE ID", "NODE", "METHOD", "ADDRESS", "CONNECTED", "LAST SYNC", "SVID EXPIRES"
+        "{:<44} {:<16} {:<10} {:<22} {:<9} {:<24} {:<20} {:<20} EVICTED",
+        "SPIFFE ID",
+        "NODE",
+        "METHOD",
+        "ADDRESS",
+        "CONNECTED",
+        "SERVER",
+        "LAST SYNC",
+        "SVID EXPIRES"
     );
     for a in body.as_array().into_iter().flatten() {
         let s = |k: &str| a[k].as_str().unwrap_or("-").to_owned();
         let _ = writeln!(
             out,
-            "{:<44} {:<16} {:<10} {:<22} {:<9} {:<20} {:<20} {}",
+            "{:<44} {:<16} {:<10} {:<22} {:<9} {:<24} {:<20} {:<20} {}",
             s("spiffe_id"),
             s("node"),
             s("method"),
             s("address"),
             a["connected"].as_bool().unwrap_or(false),
+            s("server"),
             s("last_sync"),
             s("svid_expires_at"),
             a["evicted"].as_bool().unwrap_or(false),

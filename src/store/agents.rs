@@ -22,6 +22,8 @@ pub struct AgentRecord {
     pub attested_at: SystemTime,
     /// When it last opened a Sync stream.
     pub last_sync: Option<SystemTime>,
+    /// The server (replica) it last opened a Sync stream on.
+    pub server: Option<String>,
     /// Its current agent SVID's NotAfter.
     pub svid_expires_at: SystemTime,
     /// Evicted: refused until it attests again.
@@ -56,7 +58,7 @@ impl JoinTokenRecord {
 
 /// The columns in table order, for both backends.
 pub(super) const COLUMNS: &str = "node, spiffe_id, method, address, attested_at, last_sync, \
-     svid_expires_at, evicted, svid_sha256, previous_svid_sha256";
+     svid_expires_at, evicted, svid_sha256, previous_svid_sha256, server";
 
 /// A row as plain values (times in Unix milliseconds).
 pub(super) type AgentRow = (
@@ -70,6 +72,7 @@ pub(super) type AgentRow = (
     bool,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
+    Option<String>,
 );
 
 fn hash_of(bytes: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, StoreError> {
@@ -94,11 +97,13 @@ impl AgentRecord {
             self.evicted,
             self.svid_sha256.map(|h| h.to_vec()),
             self.previous_svid_sha256.map(|h| h.to_vec()),
+            self.server.clone(),
         )
     }
 
     pub(super) fn from_row(row: AgentRow) -> Result<Self, StoreError> {
-        let (node, spiffe_id, method, address, attested, last, expires, evicted, cur, prev) = row;
+        let (node, spiffe_id, method, address, attested, last, expires, evicted, cur, prev, server) =
+            row;
         Ok(Self {
             node,
             spiffe_id,
@@ -106,6 +111,7 @@ impl AgentRecord {
             address,
             attested_at: from_unix_millis(attested),
             last_sync: last.map(from_unix_millis),
+            server,
             svid_expires_at: from_unix_millis(expires),
             evicted,
             svid_sha256: hash_of(cur)?,

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS agent (
     svid_expires_at      INTEGER NOT NULL,
     evicted              INTEGER NOT NULL,
     svid_sha256          BLOB,
-    previous_svid_sha256 BLOB
+    previous_svid_sha256 BLOB,
+    server               TEXT
 );
 CREATE TABLE IF NOT EXISTS join_token (
     hash       BLOB PRIMARY KEY,
@@ -341,6 +342,7 @@ impl Storage for SqliteStorage {
                 r.get(7)?,
                 r.get(8)?,
                 r.get(9)?,
+                r.get(10)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -351,14 +353,16 @@ impl Storage for SqliteStorage {
     }
 
     fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
-        let (node, id, method, address, attested, last, expires, evicted, cur, prev) =
+        let (node, id, method, address, attested, last, expires, evicted, cur, prev, server) =
             record.to_row();
         self.conn().execute(
             &format!(
-                "INSERT OR REPLACE INTO agent ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO agent ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 super::agents::COLUMNS
             ),
-            params![node, id, method, address, attested, last, expires, evicted, cur, prev],
+            params![
+                node, id, method, address, attested, last, expires, evicted, cur, prev, server
+            ],
         )?;
         Ok(())
     }

@@ -581,6 +581,7 @@ impl Storage for PostgresStorage {
                         r.try_get(7)?,
                         r.try_get(8)?,
                         r.try_get(9)?,
+                        r.try_get(10)?,
                     ))
                 })
                 .collect::<Result<Vec<agents::AgentRow>, StoreError>>()
@@ -592,12 +593,13 @@ impl Storage for PostgresStorage {
         let row = record.to_row();
         self.call(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
-            let (node, id, method, address, attested, last, expires, evicted, cur, prev) = row;
+            let (node, id, method, address, attested, last, expires, evicted, cur, prev, server) =
+                row;
             let sql = format!(
-                "INSERT INTO agent ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                "INSERT INTO agent ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (node) DO UPDATE SET spiffe_id = $2, method = $3, address = $4,
                  attested_at = $5, last_sync = $6, svid_expires_at = $7, evicted = $8,
-                 svid_sha256 = $9, previous_svid_sha256 = $10",
+                 svid_sha256 = $9, previous_svid_sha256 = $10, server = $11",
                 agents::COLUMNS
             );
             client
@@ -605,7 +607,7 @@ impl Storage for PostgresStorage {
                     sql.as_str(),
                     &[
                         &node, &id, &method, &address, &attested, &last, &expires, &evicted, &cur,
-                        &prev,
+                        &prev, &server,
                     ],
                 )
                 .await?;

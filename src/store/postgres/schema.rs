@@ -44,7 +44,8 @@ pub const MIGRATIONS: &[&str] = &[
         svid_expires_at      BIGINT  NOT NULL,
         evicted              BOOLEAN NOT NULL,
         svid_sha256          BYTEA,
-        previous_svid_sha256 BYTEA
+        previous_svid_sha256 BYTEA,
+        server               TEXT
     );
     CREATE TABLE join_token (
         hash       BYTEA  PRIMARY KEY,
