@@ -131,3 +131,44 @@ async fn a_flood_of_refused_calls_is_counted_in_full_and_logged_within_a_budget(
         "{lines} lines logged for 100 refusals"
     );
 }
+
+#[tokio::test]
+async fn a_call_whose_request_never_arrives_is_answered_deadline_exceeded() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let server = server("handshake_timeout = \"1s\"\n").await;
+    let tls = agent::tls_config(agent::TD, server.roots.clone(), None);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("agent-api.invalid").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // Headers of a unary call, then a body that never comes.
+    let (_hold, rx) =
+        tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, std::convert::Infallible>>(1);
+    let request =
+        http::Request::post("https://agent-api.invalid/meshtrust.agent.v1.AgentApi/SignWorkloads")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .unwrap();
+    let response = common::guard(sender.send_request(request)).await.unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("4"),
+        "DEADLINE_EXCEEDED: {response:?}"
+    );
+    server.proc.wait_for_log("no request message within").await;
+    assert_eq!(server.refusals("bad_request").await, 1.0);
+}

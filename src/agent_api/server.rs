@@ -47,6 +47,9 @@ pub struct Limits {
     pub max_message: usize,
     /// HTTP/2 PING interval (a peer that stops answering is dropped).
     pub keepalive_interval: Duration,
+    /// A request message must have arrived within this (the slow sender's stream is answered
+    /// DeadlineExceeded); Attest's later steps have their own timeout.
+    pub request_timeout: Duration,
 }
 
 impl Limits {
@@ -55,6 +58,7 @@ impl Limits {
         Self {
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
+            request_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             ..Self::default()
         }
@@ -70,6 +74,7 @@ impl Default for Limits {
             max_streams_per_connection: 64,
             max_message: 4 * 1024 * 1024,
             keepalive_interval: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -123,7 +128,7 @@ pub async fn serve(
         );
         tracker.spawn(async move {
             let _slot = slot;
-            connection(stream, addr, acceptor, grpc, &shared, &limits).await;
+            connection(stream, addr, acceptor, grpc, shared, &limits).await;
         });
     }
     drop(listener);
@@ -137,15 +142,15 @@ async fn connection(
     addr: SocketAddr,
     acceptor: TlsAcceptor,
     grpc: AgentApiServer<AgentService>,
-    shared: &Shared,
+    shared: Arc<Shared>,
     limits: &Limits,
 ) {
     let _ = stream.set_nodelay(true);
     let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return handshake_failed(shared, addr, &e.to_string()),
-        Err(_) => return handshake_failed(shared, addr, "handshake timed out"),
+        Ok(Err(e)) => return handshake_failed(&shared, addr, &e.to_string()),
+        Err(_) => return handshake_failed(&shared, addr, "handshake timed out"),
     };
     let leaf = tls
         .get_ref()
@@ -156,13 +161,29 @@ async fn connection(
     let peer = AgentPeer { addr, leaf };
     let activity = Arc::new(Activity::default());
     let act = activity.clone();
+    let request_timeout = limits.request_timeout;
+    let refusals = shared.clone();
     let service =
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(peer.clone());
             let open = Open::new(act.clone());
             let mut grpc = grpc.clone();
+            let refusals = refusals.clone();
             async move {
-                let response = grpc.call(request).await?;
+                let response = match tokio::time::timeout(request_timeout, grpc.call(request)).await
+                {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        let why = format!("no request message within {request_timeout:?}");
+                        refusals.core.record_refusal(
+                            "?",
+                            "request",
+                            AgentRefusal::BadRequest,
+                            &format_args!("{why} (from {addr})"),
+                        );
+                        tonic::Status::deadline_exceeded(why).into_http()
+                    }
+                };
                 Ok::<_, Infallible>(response.map(|body| Counted { body, _open: open }))
             }
         });

@@ -92,7 +92,8 @@ pub struct AgentApiConfig {
     pub listen: SocketAddr,
     /// Concurrent connections at most (default 10,000).
     pub max_connections: usize,
-    /// A TLS handshake must finish within this (default 10 s).
+    /// A TLS handshake, and each request message once its call started, must arrive within
+    /// this (default 10 s).
     pub handshake_timeout: Duration,
     /// A connection without an open call for this long is closed (default 60 s).
     pub idle_timeout: Duration,
