@@ -191,6 +191,8 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams_per_connection)
+        // gRPC metadata of ours is a few hundred bytes; 16 KiB leaves room and caps the rest.
+        .max_header_list_size(16 * 1024)
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(Duration::from_secs(10));
     let conn = builder.serve_connection(TokioIo::new(tls), service);
