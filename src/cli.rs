@@ -104,6 +104,50 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// `agent --config FILE`: run a node agent. `agent list` / `agent evict NODE`: the attested
+    /// agents of a server (its admin API).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        /// The agent process's arguments.
+        #[command(flatten)]
+        run: AgentRunArgs,
+        /// The server's agents.
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
+}
+
+/// `meshtrust agent --config FILE` (the node agent process).
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// The agent's config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// `agent` subcommands (on a server).
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// The attested agents: SPIFFE ID, node, method, address, connected (to this server),
+    /// server (of its last sync), last sync, SVID expiry, evicted.
+    List {
+        /// Print `[{"spiffe_id","node","method","address","connected","server","attested_at",
+        /// "last_sync","svid_expires_at","evicted"}]`.
+        #[arg(long)]
+        json: bool,
+        /// Where the server is.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Evict the agent of NODE (a node name or its agent SPIFFE ID): its Sync streams end at
+    /// once and its SVID is refused until it attests again with a new token.
+    Evict {
+        /// The node name, or `spiffe://<td>/meshtrust/agent/<node>`.
+        node: String,
+        /// Where the server is.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 /// Shells for `completions`.

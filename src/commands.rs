@@ -87,6 +87,12 @@ pub fn run_with(command: Command, log_format: LogFormat) -> ExitCode {
             runtime_failure(crate::admin_client::federation(command))
         }
         Command::Token { command } => crate::node::cli::token(command),
+        Command::Agent {
+            command: Some(command),
+            ..
+        } => crate::node::cli::agents(command),
+        // agent process: see src/agent (branch agent12)
+        Command::Agent { command: None, run } => crate::node::cli::agent_process_not_built(&run),
         Command::Sidecar(args) => crate::sidecar::command(args, log_format == LogFormat::Json)
             .map_err(|e| {
                 eprintln!("meshtrust: sidecar: {e}");

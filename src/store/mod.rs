@@ -6,6 +6,7 @@
 //! the embedded backend, [`postgres`] the shared one (`[store] kind = "postgres"`), which keeps
 //! CA private keys in `data_dir`, never in the database.
 
+pub mod agents;
 pub mod lock;
 pub mod marker;
 pub mod postgres;
@@ -16,6 +17,8 @@ use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::time::SystemTime;
+
+pub use agents::{AgentRecord, JoinTokenRecord};
 
 use crate::spiffe_id::TrustDomain;
 use crate::svid::PrivateKey;
@@ -286,4 +289,25 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On database failure.
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError>;
+    /// Every attested node agent (the agent registry).
+    ///
+    /// # Errors
+    /// On database failure or unreadable rows.
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Inserts or replaces the agent of `record.node`.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError>;
+    /// Stores an unused join token by its SHA-256 (never the token), forgetting expired ones.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_join_token(&self, token: &JoinTokenRecord, now: SystemTime) -> Result<(), StoreError>;
+    /// Removes the join token with SHA-256 `hash` and returns it, in one statement: of two
+    /// replicas consuming one token at once, exactly one gets it.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>, StoreError>;
 }

@@ -11,12 +11,13 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority, ensure_data_dir,
+    AgentRecord, AuthorityState, CaRecord, JoinTokenRecord, PinnedBundle, Storage, StoreError,
+    StoredAuthority, ensure_data_dir,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -48,6 +49,24 @@ CREATE TABLE IF NOT EXISTS pinned_bundle (
     json         BLOB    NOT NULL,
     sequence     INTEGER,
     fetched_at   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent (
+    node                 TEXT PRIMARY KEY,
+    spiffe_id            TEXT    NOT NULL,
+    method               TEXT    NOT NULL,
+    address              TEXT    NOT NULL,
+    attested_at          INTEGER NOT NULL,
+    last_sync            INTEGER,
+    svid_expires_at      INTEGER NOT NULL,
+    evicted              INTEGER NOT NULL,
+    svid_sha256          BLOB,
+    previous_svid_sha256 BLOB,
+    server               TEXT
+);
+CREATE TABLE IF NOT EXISTS join_token (
+    hash       BLOB PRIMARY KEY,
+    node       TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 ";
 
@@ -303,6 +322,77 @@ impl Storage for SqliteStorage {
             params![trust_domain.as_str()],
         )?;
         Ok(())
+    }
+
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM agent ORDER BY node",
+            super::agents::COLUMNS
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(AgentRecord::from_row(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let (node, id, method, address, attested, last, expires, evicted, cur, prev, server) =
+            record.to_row();
+        self.conn().execute(
+            &format!(
+                "INSERT OR REPLACE INTO agent ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                super::agents::COLUMNS
+            ),
+            params![
+                node, id, method, address, attested, last, expires, evicted, cur, prev, server
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn save_join_token(&self, t: &JoinTokenRecord, now: SystemTime) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM join_token WHERE expires_at <= ?1",
+            params![to_unix_millis(now)],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO join_token (hash, node, expires_at) VALUES (?1, ?2, ?3)",
+            params![t.hash.to_vec(), t.node, to_unix_millis(t.expires_at)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "DELETE FROM join_token WHERE hash = ?1 RETURNING node, expires_at",
+                params![hash.to_vec()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        row.map(|(node, expires)| JoinTokenRecord::from_row(hash, node, expires))
+            .transpose()
     }
 }
 

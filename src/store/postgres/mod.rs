@@ -19,13 +19,14 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::GenericClient;
 
 use super::{
-    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth, StoredAuthority,
+    AgentRecord, AuthorityState, CaRecord, JoinTokenRecord, PinnedBundle, Storage, StoreError,
+    StoreHealth, StoredAuthority, agents,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -560,6 +561,94 @@ impl Storage for PostgresStorage {
                 .await?;
             Ok(())
         })
+    }
+
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let sql = format!("SELECT {} FROM agent ORDER BY node", agents::COLUMNS);
+            let rows = client.query(sql.as_str(), &[]).await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                        r.try_get(6)?,
+                        r.try_get(7)?,
+                        r.try_get(8)?,
+                        r.try_get(9)?,
+                        r.try_get(10)?,
+                    ))
+                })
+                .collect::<Result<Vec<agents::AgentRow>, StoreError>>()
+        })?;
+        rows.into_iter().map(AgentRecord::from_row).collect()
+    }
+
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let row = record.to_row();
+        self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let (node, id, method, address, attested, last, expires, evicted, cur, prev, server) =
+                row;
+            let sql = format!(
+                "INSERT INTO agent ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (node) DO UPDATE SET spiffe_id = $2, method = $3, address = $4,
+                 attested_at = $5, last_sync = $6, svid_expires_at = $7, evicted = $8,
+                 svid_sha256 = $9, previous_svid_sha256 = $10, server = $11",
+                agents::COLUMNS
+            );
+            client
+                .execute(
+                    sql.as_str(),
+                    &[
+                        &node, &id, &method, &address, &attested, &last, &expires, &evicted, &cur,
+                        &prev, &server,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn save_join_token(&self, t: &JoinTokenRecord, now: SystemTime) -> Result<(), StoreError> {
+        let (hash, node) = (t.hash.to_vec(), t.node.clone());
+        let (expires, now) = (to_unix_millis(t.expires_at), to_unix_millis(now));
+        self.call(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await?;
+            tx.execute("DELETE FROM join_token WHERE expires_at <= $1", &[&now])
+                .await?;
+            tx.execute(
+                "INSERT INTO join_token (hash, node, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (hash) DO UPDATE SET node = $2, expires_at = $3",
+                &[&hash, &node, &expires],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let key = hash.to_vec();
+        let row = self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    "DELETE FROM join_token WHERE hash = $1 RETURNING node, expires_at",
+                    &[&key],
+                )
+                .await?;
+            row.map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?)))
+                .transpose()
+        })?;
+        row.map(|(node, expires)| JoinTokenRecord::from_row(hash, node, expires))
+            .transpose()
     }
 }
 
