@@ -56,6 +56,9 @@ pub enum AgentError {
     /// The server refused.
     #[error("refused: {0}")]
     Refused(String),
+    /// The server refused the agent SVID (evicted, or unknown to that replica).
+    #[error("agent svid refused: {0}")]
+    SvidRefused(String),
     /// No agent SVID (attest first).
     #[error("not attested")]
     NotAttested,

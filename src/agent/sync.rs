@@ -54,6 +54,8 @@ pub async fn run(state: Arc<AgentState>, config: Arc<AgentConfig>, cancel: Cance
     let mut backoff = FIRST_BACKOFF;
     while !cancel.is_cancelled() {
         let mut moved = false;
+        // Servers that refused the agent SVID this round: when all did, it is evicted.
+        let mut refused_by = 0;
         for k in 0..n {
             let i = (start + k) % n;
             let server = &config.servers[i];
@@ -63,6 +65,9 @@ pub async fn run(state: Arc<AgentState>, config: Arc<AgentConfig>, cancel: Cance
             match result {
                 Ok(()) => return,
                 Err(Ended { synced, error }) => {
+                    if let AgentError::SvidRefused(_) = error {
+                        refused_by += 1;
+                    }
                     if let AgentError::Usage(_) = error {
                         tracing::error!(server = %server.url, error = %error, "agent cannot attest");
                     } else {
@@ -83,6 +88,12 @@ pub async fn run(state: Arc<AgentState>, config: Arc<AgentConfig>, cancel: Cance
         }
         if moved {
             continue;
+        }
+        if refused_by == n {
+            tracing::warn!(
+                "every server refused the agent SVID (evicted): attesting again with a new join token"
+            );
+            state.drop_agent();
         }
         state.publish();
         let wait = backoff / 2 + svids::jitter(backoff / 2);
@@ -132,7 +143,7 @@ async fn session(
         .map_err(ended(false))?;
     let mut views = match client.sync(SyncRequest {}).await {
         Ok(r) => r.into_inner(),
-        Err(s) => return Err(ended(false)(evicted_or(state, s))),
+        Err(s) => return Err(ended(false)(svid_refused_or(s))),
     };
     state.set_connected(Some(&server.url));
     state.jwt_link().set(Some(client.clone()));
@@ -163,7 +174,7 @@ async fn session(
                     }
                 }
                 Ok(None) => return Err(ended(true)(AgentError::Connect("the server ended the sync stream".into()))),
-                Err(s) => return Err(ended(true)(evicted_or(state, s))),
+                Err(s) => return Err(ended(true)(svid_refused_or(s))),
             },
             () = tokio::time::sleep_until(wake) => {
                 sign_at = None;
@@ -178,16 +189,17 @@ async fn session(
     }
 }
 
-/// A refusal of the agent SVID means eviction: forget it (the next session attests again).
-fn evicted_or(state: &AgentState, s: tonic::Status) -> AgentError {
+/// A refusal of the agent SVID (PermissionDenied, Unauthenticated): evicted, or a replica that
+/// does not know it yet. [`run`] forgets the SVID only when every server refused it in a round.
+fn svid_refused_or(s: tonic::Status) -> AgentError {
     if matches!(
         s.code(),
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
     ) {
-        tracing::warn!(reason = %s.message(), "agent SVID refused (evicted?): attesting again with a new join token");
-        state.drop_agent();
+        AgentError::SvidRefused(s.message().to_owned())
+    } else {
+        refused(s)
     }
-    refused(s)
 }
 
 async fn renew_agent_if_due(
@@ -206,7 +218,7 @@ async fn renew_agent_if_due(
         .map_err(|_| AgentError::Connect("RenewAgent timed out".into()))?;
     let svid = match answer {
         Ok(r) => r.into_inner(),
-        Err(s) => return Err(evicted_or(state, s)),
+        Err(s) => return Err(svid_refused_or(s)),
     };
     let id = SpiffeId::new(&svid.spiffe_id).map_err(|e| AgentError::Refused(e.to_string()))?;
     let svid = svids::svid_from_chain(&id, svid.cert_chain, key)?;
