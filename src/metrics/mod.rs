@@ -225,6 +225,7 @@ pub fn render(state: &MetricsState) -> String {
     process::render(&mut out);
     state.registry.workload_api.render(&mut out);
     state.registry.bundle_endpoint.render(&mut out);
+    state.registry.agents.render(&mut out);
     state.ca.issuance_metrics().render(&mut out);
     let (kind, health) = state.peers.store_health();
     store::StoreMetrics::render(

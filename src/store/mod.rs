@@ -6,6 +6,7 @@
 //! the embedded backend, [`postgres`] the shared one (`[store] kind = "postgres"`), which keeps
 //! CA private keys in `data_dir`, never in the database.
 
+pub mod agents;
 pub mod lock;
 pub mod marker;
 pub mod postgres;
@@ -16,6 +17,8 @@ use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::time::SystemTime;
+
+pub use agents::AgentRecord;
 
 use crate::spiffe_id::TrustDomain;
 use crate::svid::PrivateKey;
@@ -286,4 +289,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On database failure.
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError>;
+    /// Every attested node agent (the agent registry).
+    ///
+    /// # Errors
+    /// On database failure or unreadable rows.
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Inserts or replaces the agent of `record.node`.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError>;
 }

@@ -4,6 +4,7 @@
 //! ([`eventually`], [`guard`]), the CLI ([`cli`]), the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod agent;
 pub mod config;
 pub mod daemon;
 pub mod grpc;

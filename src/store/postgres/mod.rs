@@ -25,7 +25,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::GenericClient;
 
 use super::{
-    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth, StoredAuthority,
+    AgentRecord, AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth,
+    StoredAuthority, agents,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -557,6 +558,56 @@ impl Storage for PostgresStorage {
             let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute("DELETE FROM pinned_bundle WHERE trust_domain = $1", &[&td])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let sql = format!("SELECT {} FROM agent ORDER BY node", agents::COLUMNS);
+            let rows = client.query(sql.as_str(), &[]).await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                        r.try_get(6)?,
+                        r.try_get(7)?,
+                        r.try_get(8)?,
+                        r.try_get(9)?,
+                    ))
+                })
+                .collect::<Result<Vec<agents::AgentRow>, StoreError>>()
+        })?;
+        rows.into_iter().map(AgentRecord::from_row).collect()
+    }
+
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let row = record.to_row();
+        self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let (node, id, method, address, attested, last, expires, evicted, cur, prev) = row;
+            let sql = format!(
+                "INSERT INTO agent ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (node) DO UPDATE SET spiffe_id = $2, method = $3, address = $4,
+                 attested_at = $5, last_sync = $6, svid_expires_at = $7, evicted = $8,
+                 svid_sha256 = $9, previous_svid_sha256 = $10",
+                agents::COLUMNS
+            );
+            client
+                .execute(
+                    sql.as_str(),
+                    &[
+                        &node, &id, &method, &address, &attested, &last, &expires, &evicted, &cur,
+                        &prev,
+                    ],
+                )
                 .await?;
             Ok(())
         })

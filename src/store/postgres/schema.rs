@@ -33,6 +33,19 @@ pub const MIGRATIONS: &[&str] = &[
         sequence     BIGINT,
         fetched_at   BIGINT NOT NULL
     );",
+    // 2: the node agent registry (src/agent_api/registry.rs).
+    "CREATE TABLE agent (
+        node                 TEXT    PRIMARY KEY,
+        spiffe_id            TEXT    NOT NULL,
+        method               TEXT    NOT NULL,
+        address              TEXT    NOT NULL,
+        attested_at          BIGINT  NOT NULL,
+        last_sync            BIGINT,
+        svid_expires_at      BIGINT  NOT NULL,
+        evicted              BOOLEAN NOT NULL,
+        svid_sha256          BYTEA,
+        previous_svid_sha256 BYTEA
+    );",
 ];
 
 /// The schema version this binary writes.
