@@ -165,20 +165,16 @@ impl AgentServer {
     }
 }
 
-/// Copies a prepared server folder's state (`data` with its CA) to `to`: a second replica
-/// with the same CA, for failover tests without a shared store.
-pub fn copy_state(from: &Path, to: &Path) {
+/// Copies a prepared (not started) server folder to `to`: a second replica with the same CA
+/// key and config, for failover tests (with a shared `[store]`, the same CA and agent table).
+pub fn copy_replica(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     let ok = std::process::Command::new("cp")
-        .args(["-a"])
-        .arg(from.join("data"))
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
         .arg(to)
         .status()
         .unwrap()
         .success();
-    assert!(ok, "cp -a data");
-    for f in ["bundle.pem", "meshtrust.toml"] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap();
-    }
-    std::fs::create_dir_all(to.join("peers")).unwrap();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
