@@ -169,6 +169,12 @@ async fn a_workload_gets_its_nodes_svid_through_the_agent_and_nothing_else() {
     assert!(first > 0.0, "{first}");
 
     // The cache: a private folder, a 0600 file; no key or token in the logs.
+    assert_eq!(mode(&admin), 0o600, "the agent's admin socket is root's");
+    assert_eq!(
+        mode(&socket),
+        0o777,
+        "workloads are told apart by SO_PEERCRED"
+    );
     let data = adir.join("data");
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("cache.json")), 0o600);
@@ -292,4 +298,37 @@ async fn a_bad_agent_config_exits_64_naming_the_key() {
         assert_eq!(status.code(), Some(64), "{}", p.log());
         assert!(p.log().contains(key), "{key}: {}", p.log());
     }
+}
+
+/// A server that is not ours (its certificate chains to another CA than `server_bundle`): the
+/// agent refuses the handshake before presenting its token, logs the reason and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_a_server_that_its_bundle_does_not_vouch_for() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, _) = server_and_agent(root.path()).await;
+    // Another mesh of the same name: its CA is not the one our bundle holds.
+    let impostor_dir = root.path().join("impostor");
+    AgentServer::prepare(&impostor_dir, &server_config(TD, &entries()));
+    let token = server.token(NODE).await;
+    let config = AgentConfig::new(TD, &[server.addr], &impostor_dir.join("bundle.pem"))
+        .join_token(&token)
+        .write(&root.path().join("fooled"));
+    let agent = node_agent::spawn(&config).await;
+    let line = agent.wait_for_log("reason=\"tls\"").await;
+    assert!(line.contains("server connection ended"), "{line}");
+    let addr = common::metrics::listen_addr(&agent).await;
+    common::metrics::scrape_until(&addr, "a tls failure counted", |s| {
+        s.value_or_0(
+            "meshtrust_agent_server_failures_total",
+            "meshtrust_agent_server_failures_total{reason=\"tls\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        server.proc().count("agent attested"),
+        0,
+        "no token was presented"
+    );
+    let status = common::status_json(&node_agent::admin_socket(config.parent().unwrap())).await;
+    assert!(status["agent"]["spiffe_id"].is_null(), "{status}");
 }

@@ -117,7 +117,13 @@ pub async fn connect(
     )
     .await
     .map_err(|_| AgentError::Connect(format!("{}: timed out", server.url)))?
-    .map_err(|e| AgentError::Connect(format!("{}: {}", server.url, chain(&e))))?;
+    .map_err(|e| {
+        if tls_refused(&e) {
+            AgentError::Tls(format!("{}: {}", server.url, chain(&e)))
+        } else {
+            AgentError::Connect(format!("{}: {}", server.url, chain(&e)))
+        }
+    })?;
     Ok(AgentApiClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
@@ -136,4 +142,25 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+/// Whether the TLS handshake failed (the server is not who it must be, or refused us), as
+/// opposed to the server being unreachable.
+fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        // io::Error hides the error it wraps from source(): look inside.
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::config::{AgentConfig, NodeProof};
 use super::state::AgentState;
-use super::status::{Endpoints, admin_router, metrics_router};
+use super::status::{Endpoints, SyncMetrics, admin_router, metrics_router};
 use super::{AgentError, sync};
 use crate::clock::SystemClock;
 use crate::metrics::workload_api::WorkloadApiMetrics;
@@ -96,9 +96,11 @@ pub async fn run(
         },
         cancel.child_token(),
     ));
+    let sync_metrics = Arc::new(SyncMetrics::default());
     let endpoints = Endpoints {
         state: state.clone(),
         workload_api: wl_metrics,
+        sync: sync_metrics.clone(),
     };
     let admin_cancel = cancel.child_token();
     let admin_app = admin_router(endpoints.clone());
@@ -122,6 +124,7 @@ pub async fn run(
     tracker.spawn(sync::run(
         state.clone(),
         config.clone(),
+        sync_metrics,
         cancel.child_token(),
     ));
     tracker.spawn(offline_log(state.clone(), cancel.child_token()));

@@ -3,6 +3,7 @@
 //! the metrics (`/metrics` on `[metrics] listen`, with the Workload API's families).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +11,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use super::AgentError;
 use super::state::AgentState;
 use crate::metrics::text::{family, sample};
 use crate::metrics::workload_api::WorkloadApiMetrics;
@@ -21,6 +23,115 @@ pub struct Endpoints {
     pub state: Arc<AgentState>,
     /// The Workload API's counters.
     pub workload_api: Arc<WorkloadApiMetrics>,
+    /// The sync task's counters.
+    pub sync: Arc<SyncMetrics>,
+}
+
+/// Why a session with a server failed or ended: the label of
+/// `meshtrust_agent_server_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Unreachable (refused, timed out, reset).
+    Connect,
+    /// The TLS handshake failed: the server is not `spiffe://<td>/meshtrust/server` under our
+    /// bundle, or it refused our certificate.
+    Tls,
+    /// The server refused the agent SVID (evicted, or a replica that does not know it).
+    SvidRefused,
+    /// The server refused a request (attestation, a CSR...).
+    Refused,
+    /// A malformed node view or SVID from the server (nothing of it applied).
+    BadAnswer,
+    /// The sync stream ended or broke.
+    Stream,
+    /// Anything else (local failures).
+    Other,
+}
+
+impl Failure {
+    const ALL: [Self; 7] = [
+        Self::Connect,
+        Self::Tls,
+        Self::SvidRefused,
+        Self::Refused,
+        Self::BadAnswer,
+        Self::Stream,
+        Self::Other,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::SvidRefused => "svid_refused",
+            Self::Refused => "refused",
+            Self::BadAnswer => "bad_answer",
+            Self::Stream => "stream",
+            Self::Other => "other",
+        }
+    }
+
+    /// The class of `e`.
+    pub fn of(e: &AgentError) -> Self {
+        match e {
+            AgentError::Connect(_) => Self::Connect,
+            AgentError::Tls(_) => Self::Tls,
+            AgentError::SvidRefused(_) => Self::SvidRefused,
+            AgentError::Refused(_) | AgentError::Usage(_) => Self::Refused,
+            AgentError::BadView(_) | AgentError::BadSvid(_) => Self::BadAnswer,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The sync task's counters.
+#[derive(Debug, Default)]
+pub struct SyncMetrics {
+    failures: [AtomicU64; Failure::ALL.len()],
+    signed: AtomicU64,
+}
+
+impl SyncMetrics {
+    /// Counts a failed or ended session.
+    pub fn failed(&self, why: Failure) {
+        self.failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts workload SVIDs received.
+    pub fn signed(&self, n: usize) {
+        self.signed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        family(
+            out,
+            "meshtrust_agent_server_failures_total",
+            "counter",
+            "Server sessions that failed or ended, by reason.",
+        );
+        for why in Failure::ALL {
+            let n = self.failures[why as usize].load(Ordering::Relaxed);
+            sample(
+                out,
+                "meshtrust_agent_server_failures_total",
+                &[("reason", why.label())],
+                n,
+            );
+        }
+        family(
+            out,
+            "meshtrust_agent_workload_svids_signed_total",
+            "counter",
+            "Workload X509-SVIDs the servers signed for this agent's keys.",
+        );
+        sample(
+            out,
+            "meshtrust_agent_workload_svids_signed_total",
+            &[],
+            self.signed.load(Ordering::Relaxed),
+        );
+    }
 }
 
 /// The admin socket's routes.
@@ -101,6 +212,7 @@ pub fn render(e: &Endpoints) -> String {
         );
         sample(&mut out, "meshtrust_agent_svid_expires_at_seconds", &[], at);
     }
+    e.sync.render(&mut out);
     e.workload_api.render(&mut out);
     out
 }

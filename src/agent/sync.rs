@@ -15,6 +15,7 @@ use super::attest::{self, refused};
 use super::config::{AgentConfig, ServerAddr};
 use super::connect::{ClientAuth, connect};
 use super::state::AgentState;
+use super::status::{Failure, SyncMetrics};
 use super::{AgentError, svids};
 use crate::agent_api::proto::agent_api_client::AgentApiClient;
 use crate::agent_api::proto::{RenewAgentRequest, SignWorkloadsRequest, SyncRequest};
@@ -31,6 +32,8 @@ pub const NEW_ENTRY_SPREAD: Duration = Duration::from_millis(200);
 const RETRY_SIGNING: Duration = Duration::from_secs(2);
 /// Unary calls to a server, at most.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same failure of the same server is logged again after this (counted every time).
+const LOG_REPEAT_EVERY: Duration = Duration::from_secs(60);
 /// The longest sleep without looking at the state (re-publishes expiries).
 const MAX_IDLE: Duration = Duration::from_secs(5);
 
@@ -47,11 +50,18 @@ fn ended(synced: bool) -> impl Fn(AgentError) -> Ended {
 }
 
 /// Runs until `cancel`.
-pub async fn run(state: Arc<AgentState>, config: Arc<AgentConfig>, cancel: CancellationToken) {
+pub async fn run(
+    state: Arc<AgentState>,
+    config: Arc<AgentConfig>,
+    metrics: Arc<SyncMetrics>,
+    cancel: CancellationToken,
+) {
     let server_id = config.server_id();
     let n = config.servers.len();
     let mut start = 0;
     let mut backoff = FIRST_BACKOFF;
+    // Per server: the last failure logged and when; a repeat is logged once a minute at most.
+    let mut logged: Vec<Option<(Failure, Instant)>> = vec![None; n];
     while !cancel.is_cancelled() {
         let mut moved = false;
         // Servers that refused the agent SVID this round: when all did, it is evicted.
@@ -59,19 +69,33 @@ pub async fn run(state: Arc<AgentState>, config: Arc<AgentConfig>, cancel: Cance
         for k in 0..n {
             let i = (start + k) % n;
             let server = &config.servers[i];
-            let result = session(&state, &config, server, &server_id, &cancel).await;
+            let result = session(&state, &config, server, &server_id, &metrics, &cancel).await;
             state.set_connected(None);
             state.jwt_link().set(None);
             match result {
                 Ok(()) => return,
                 Err(Ended { synced, error }) => {
+                    let why = if synced && matches!(error, AgentError::Connect(_)) {
+                        Failure::Stream
+                    } else {
+                        Failure::of(&error)
+                    };
+                    metrics.failed(why);
                     if let AgentError::SvidRefused(_) = error {
                         refused_by += 1;
                     }
-                    if let AgentError::Usage(_) = error {
-                        tracing::error!(server = %server.url, error = %error, "agent cannot attest");
+                    let repeat = logged[i].is_some_and(|(last, at)| {
+                        last == why && !synced && at.elapsed() < LOG_REPEAT_EVERY
+                    });
+                    if repeat {
+                        tracing::debug!(server = %server.url, reason = why.label(), error = %error, "agent: server still failing");
                     } else {
-                        tracing::warn!(server = %server.url, error = %error, synced, "agent: server connection ended");
+                        logged[i] = Some((why, Instant::now()));
+                        if let AgentError::Usage(_) = error {
+                            tracing::error!(server = %server.url, error = %error, "agent cannot attest");
+                        } else {
+                            tracing::warn!(server = %server.url, reason = why.label(), error = %error, synced, "agent: server connection ended");
+                        }
                     }
                     if synced {
                         // The connected server died: the next one, now.
@@ -110,6 +134,7 @@ async fn session(
     config: &AgentConfig,
     server: &ServerAddr,
     server_id: &SpiffeId,
+    metrics: &SyncMetrics,
     cancel: &CancellationToken,
 ) -> Result<(), Ended> {
     let now = SystemTime::now();
@@ -179,7 +204,7 @@ async fn session(
             () = tokio::time::sleep_until(wake) => {
                 sign_at = None;
                 renew_agent_if_due(state, &mut client).await.map_err(ended(true))?;
-                let left = sign_due(state, &mut client).await.map_err(ended(true))?;
+                let left = sign_due(state, &mut client, metrics).await.map_err(ended(true))?;
                 if left {
                     retry_after = Instant::now() + RETRY_SIGNING;
                 }
@@ -230,6 +255,7 @@ async fn renew_agent_if_due(
 async fn sign_due(
     state: &AgentState,
     client: &mut AgentApiClient<Channel>,
+    metrics: &SyncMetrics,
 ) -> Result<bool, AgentError> {
     let due = state.due();
     if due.is_empty() {
@@ -267,6 +293,7 @@ async fn sign_due(
         }
     }
     if !signed.is_empty() {
+        metrics.signed(signed.len());
         tracing::info!(count = signed.len(), "workload SVIDs signed");
     }
     state.add_svids(signed)?;
