@@ -21,6 +21,7 @@ pub struct AgentConfig {
     servers: Vec<String>,
     server_bundle: PathBuf,
     token: Option<String>,
+    x509pop: Option<(String, String)>,
 }
 
 impl AgentConfig {
@@ -31,6 +32,7 @@ impl AgentConfig {
             servers: servers.iter().map(|a| format!("https://{a}")).collect(),
             server_bundle: server_bundle.to_owned(),
             token: None,
+            x509pop: None,
         }
     }
 
@@ -40,12 +42,24 @@ impl AgentConfig {
         self
     }
 
+    /// Attests with x509pop: the node certificate chain and its PKCS#8 key, both PEM (written
+    /// to `<dir>/node.pem` and `<dir>/node-key.pem`).
+    pub fn x509pop(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.x509pop = Some((cert_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
     /// The TOML text.
     pub fn text(&self) -> String {
+        let attestation = if self.x509pop.is_some() {
+            "x509pop_cert_file = \"node.pem\"\nx509pop_key_file = \"node-key.pem\"\n"
+        } else {
+            "join_token_file = \"token\"\n"
+        };
         let servers: Vec<String> = self.servers.iter().map(|s| format!("\"{s}\"")).collect();
         format!(
             "trust_domain = \"{}\"\ndata_dir = \"data\"\nservers = [{}]\nserver_bundle = \"{}\"\n\
-             [attestation]\njoin_token_file = \"token\"\n\
+             [attestation]\n{attestation}\
              [workload_api]\nsocket = \"workload.sock\"\n[admin_api]\nsocket = \"admin.sock\"\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n",
             self.td,
@@ -59,6 +73,10 @@ impl AgentConfig {
         std::fs::create_dir_all(dir).unwrap();
         if let Some(token) = &self.token {
             std::fs::write(dir.join("token"), token).unwrap();
+        }
+        if let Some((cert, key)) = &self.x509pop {
+            std::fs::write(dir.join("node.pem"), cert).unwrap();
+            std::fs::write(dir.join("node-key.pem"), key).unwrap();
         }
         let path = dir.join("agent.toml");
         std::fs::write(&path, self.text()).unwrap();
