@@ -39,13 +39,28 @@ pub struct Held {
 }
 
 impl Held {
-    fn new(svid: X509Svid) -> Self {
+    /// An SVID received at `now`: renewed around the half of what is left of it (NotBefore is
+    /// back-dated by the CA, so it is not the issue time), never sooner than a second.
+    fn received(svid: X509Svid, now: SystemTime) -> Self {
+        let from = now.max(svid.not_before);
         Self {
-            renew_at: svids::renewal_time(svid.not_before, svid.not_after),
+            renew_at: svids::renewal_time(from, svid.not_after).max(now + MIN_RENEW_DELAY),
+            svid: Arc::new(svid),
+        }
+    }
+
+    /// An SVID read from the cache: its issue time taken as NotBefore plus the CA's back-dating.
+    fn restored(svid: X509Svid) -> Self {
+        let issued = (svid.not_before + crate::ca::BACKDATE).min(svid.not_after);
+        Self {
+            renew_at: svids::renewal_time(issued, svid.not_after),
             svid: Arc::new(svid),
         }
     }
 }
+
+/// The shortest time between receiving an SVID and renewing it.
+const MIN_RENEW_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -171,7 +186,7 @@ impl AgentState {
         inner.node.clone_from(&c.node);
         let node = c.node.clone().unwrap_or_default();
         if let Some(agent) = &c.agent {
-            inner.agent = Some(Held::new(stored_svid(agent)?));
+            inner.agent = Some(Held::restored(stored_svid(agent)?));
         }
         if let Some(v) = &c.view {
             use base64::Engine as _;
@@ -184,7 +199,9 @@ impl AgentState {
         }
         for s in &c.svids {
             let svid = stored_svid(s)?;
-            inner.svids.insert(svid.spiffe_id.clone(), Held::new(svid));
+            inner
+                .svids
+                .insert(svid.spiffe_id.clone(), Held::restored(svid));
         }
         inner.server_id = c.server_id;
         inner.used_token = c.used_token_sha256;
@@ -248,7 +265,7 @@ impl AgentState {
                 inner.svids.clear();
             }
             inner.node = Some(node.to_owned());
-            inner.agent = Some(Held::new(svid));
+            inner.agent = Some(Held::received(svid, self.clock.now()));
         }
         self.save()
     }
@@ -352,8 +369,11 @@ impl AgentState {
         }
         {
             let mut inner = self.lock();
+            let now = self.clock.now();
             for svid in new {
-                inner.svids.insert(svid.spiffe_id.clone(), Held::new(svid));
+                inner
+                    .svids
+                    .insert(svid.spiffe_id.clone(), Held::received(svid, now));
             }
         }
         self.publish();
