@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod netns;
 pub mod node_agent;
 pub mod python;
 pub mod workload;

@@ -101,6 +101,13 @@ pub async fn spawn(config: &Path) -> Proc {
     p
 }
 
+/// [`spawn`] through `wrapper` (e.g. in a network namespace).
+pub async fn spawn_in(config: &Path, wrapper: &[&str]) -> Proc {
+    let p = Proc::spawn_wrapped(wrapper, &["agent", "--config", config.to_str().unwrap()]);
+    p.wait_for_log(READY).await;
+    p
+}
+
 /// A `meshtrust serve` with `[agent_api]` on an ephemeral port.
 #[derive(Debug)]
 pub struct AgentServer {
@@ -116,8 +123,13 @@ pub struct AgentServer {
 
 /// The base server config of `td` for agents, with `entries` (raw `[[entry]]` tables).
 pub fn server_config(td: &str, entries: &str) -> DaemonConfig {
+    server_config_on(td, "127.0.0.1:0", entries)
+}
+
+/// [`server_config`] with the agent API on `listen`.
+pub fn server_config_on(td: &str, listen: &str, entries: &str) -> DaemonConfig {
     DaemonConfig::new(td)
-        .section("[agent_api]\nlisten = \"127.0.0.1:0\"\n")
+        .section(&format!("[agent_api]\nlisten = \"{listen}\"\n"))
         .section(entries)
 }
 
@@ -143,6 +155,23 @@ impl AgentServer {
     pub async fn start(dir: &Path) -> Self {
         let config_path = dir.join("meshtrust.toml");
         let proc = Proc::serve(&config_path).await;
+        let addr = super::agent::agent_api_addr(&proc).await;
+        Self {
+            dir: dir.to_owned(),
+            config_path,
+            proc: Some(proc),
+            addr,
+        }
+    }
+
+    /// [`AgentServer::start`] through `wrapper` (e.g. in a network namespace).
+    pub async fn start_in(dir: &Path, wrapper: &[&str]) -> Self {
+        let config_path = dir.join("meshtrust.toml");
+        let proc = Proc::spawn_wrapped(
+            wrapper,
+            &["serve", "--config", config_path.to_str().unwrap()],
+        );
+        proc.wait_for_log(super::daemon::READY).await;
         let addr = super::agent::agent_api_addr(&proc).await;
         Self {
             dir: dir.to_owned(),
