@@ -2,7 +2,9 @@
 //! made and removed by the test; a skip note without root): the server in a hub namespace,
 //! one agent per host. Each host's workloads get only that node's identities; a link cut
 //! longer than a sync leaves the host's workloads their SVIDs; an entry added during the cut
-//! arrives once the link is back (the time from link-up to the new SVID is printed).
+//! arrives once the link is back (the time from link-up to the new SVID is printed); and
+//! cross-node mTLS with the sidecar: host 1's workload calls host 2's through two
+//! `meshtrust sidecar`s, each side authenticated by the SVID its own node's agent serves.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
@@ -88,6 +90,7 @@ async fn agents_on_two_hosts_serve_only_their_node_and_ride_out_a_link_cut() {
         seen.contains(&star.host_ip(1)) || seen.contains(&star.host_ip(2)),
         "{seen}"
     );
+    cross_node_mtls(&star, &socket(1), &socket(2)).await;
 
     // Cut host 1 off for longer than a sync: its workloads keep their SVIDs.
     star.link(1, false);
@@ -108,4 +111,106 @@ async fn agents_on_two_hosts_serve_only_their_node_and_ride_out_a_link_cut() {
         "link cut: host 1 back -> resynced and the entry added meanwhile served in {:?}",
         back.elapsed()
     );
+}
+
+/// `meshtrust sidecar ARGS` in namespace `ns`, its reports (stdout) in its log.
+fn sidecar_in(ns: &str, args: &[&str]) -> common::daemon::Proc {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(common::bin())
+        .arg("sidecar")
+        .args(args);
+    common::daemon::Proc::spawn_command(cmd, |c| {
+        c.stdout(std::process::Stdio::piped());
+    })
+}
+
+/// A Python one-liner in namespace `ns` (system Python: plain sockets only).
+fn python_in(ns: &str, script: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "python3", "-c", script]);
+    cmd
+}
+
+/// Host 1's workload (web) calls host 2's (db): web's outbound sidecar on host 1 expects db,
+/// db's inbound sidecar on host 2 admits only web, and forwards to an echo service on host 2.
+async fn cross_node_mtls(star: &Star, socket_1: &Path, socket_2: &Path) {
+    use common::daemon::Proc;
+    let echo = Proc::spawn_command(
+        python_in(
+            &star.host(2),
+            "import socket,sys\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', 7000)); s.listen(8)\n\
+         print('echo listening', file=sys.stderr, flush=True)\n\
+         while True:\n\
+         \tc, _ = s.accept(); d = b''\n\
+         \twhile True:\n\
+         \t\tb = c.recv(65536)\n\
+         \t\tif not b: break\n\
+         \t\td += b\n\
+         \tc.sendall(d); c.close()\n",
+        ),
+        |_| {},
+    );
+    echo.wait_for_log("echo listening").await;
+    let inbound_at = format!("{}:9443", star.host_ip(2));
+    let inbound = sidecar_in(
+        &star.host(2),
+        &[
+            "inbound",
+            "--listen",
+            &inbound_at,
+            "--forward",
+            "127.0.0.1:7000",
+            "--workload-socket",
+            socket_2.to_str().unwrap(),
+            "--allow",
+            WEB,
+        ],
+    );
+    inbound.wait_for_log("listening on").await;
+    let outbound = sidecar_in(
+        &star.host(1),
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:9000",
+            "--connect",
+            &inbound_at,
+            "--expect",
+            DB,
+            "--workload-socket",
+            socket_1.to_str().unwrap(),
+        ],
+    );
+    outbound.wait_for_log("listening on").await;
+    let client = python_in(
+        &star.host(1),
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', 9000), timeout=20)\n\
+         s.sendall(b'hello from host 1'); s.shutdown(socket.SHUT_WR)\n\
+         d = b''\n\
+         while True:\n\
+         \tb = s.recv(65536)\n\
+         \tif not b: break\n\
+         \td += b\n\
+         print(d.decode())\n",
+    );
+    let out = common::guard(tokio::task::spawn_blocking(move || {
+        let mut client = client;
+        client.output().unwrap()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from host 1",
+        "{}\ninbound:\n{}\noutbound:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        inbound.log(),
+        outbound.log()
+    );
+    let admitted = inbound.wait_for_log(WEB).await;
+    println!("cross-node mTLS: {admitted}");
 }

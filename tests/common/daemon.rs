@@ -63,6 +63,12 @@ impl Proc {
         Self::start(cmd, |_| {}, |_| {})
     }
 
+    /// Any other program as a [`Proc`] (its stderr, and its stdout if piped, in the log; killed
+    /// on drop): what a test runs where it cannot run it itself, e.g. in a network namespace.
+    pub fn spawn_command(cmd: Command, adjust: impl FnOnce(&mut Command)) -> Self {
+        Self::start(cmd, adjust, |_| {})
+    }
+
     fn start(
         mut cmd: Command,
         adjust: impl FnOnce(&mut Command),
