@@ -9,27 +9,22 @@ mod common;
 use std::path::Path;
 
 use common::node_agent::{self, AgentConfig, AgentServer, node_entry, server_config};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use common::node_ca::NodeCa;
 
 const TD: &str = "mesh-a.test";
 const WEB: &str = "spiffe://mesh-a.test/web";
 
 /// A node CA (PEM) and a node certificate for `node` signed by it (PEM chain, PEM key).
 fn node_pki(node: &str) -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "node ca");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, &ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, node);
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    let ca = NodeCa::new("node ca");
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86_400);
+    let (cert, key) = ca.node_cert(node, now - day, now + day);
+    (
+        ca.pem(),
+        common::pem(std::slice::from_ref(&cert)),
+        key.serialize_pem(),
+    )
 }
 
 async fn spiffe_client(socket: &Path) -> spiffe::WorkloadApiClient {

@@ -181,7 +181,11 @@ async fn offline_log(state: Arc<AgentState>, cancel: CancellationToken) {
 ///
 /// # Errors
 /// The exit code.
-pub fn command(path: &std::path::Path) -> Result<(), u8> {
+pub fn command(path: Option<&std::path::Path>) -> Result<(), u8> {
+    let Some(path) = path else {
+        eprintln!("meshtrust: agent: give --config FILE (the agent's config), or a subcommand");
+        return Err(crate::commands::EX_USAGE);
+    };
     let config = AgentConfig::load(path).map_err(|e| {
         eprintln!("meshtrust: bad config: {e}");
         crate::commands::EX_USAGE

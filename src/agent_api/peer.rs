@@ -53,6 +53,8 @@ pub struct Authorized {
     pub svid_sha256: [u8; 32],
     /// Its address.
     pub addr: SocketAddr,
+    /// When the SVID it called with expires (a Sync stream ends then).
+    pub not_after: SystemTime,
 }
 
 /// SHA-256 of a certificate.
@@ -104,6 +106,12 @@ pub fn authorize(
 ) -> Result<Authorized, PeerError> {
     let leaf = peer.leaf.as_ref().ok_or(PeerError::NoCertificate)?;
     let node = node_of(leaf, td)?;
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, c)| {
+            let secs = u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0);
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+        })
+        .map_err(|e| PeerError::NotAnAgent(e.to_string()))?;
     if !valid_at(
         leaf,
         UnixTime::since_unix_epoch(
@@ -124,5 +132,6 @@ pub fn authorize(
         session,
         svid_sha256,
         addr: peer.addr,
+        not_after,
     })
 }

@@ -52,7 +52,9 @@ pub fn status_of(e: &AgentApiError) -> Status {
         AgentApiError::Refused(NodeError::BadCsr(_) | NodeError::BadName(_)) => {
             Status::invalid_argument(e.to_string())
         }
-        AgentApiError::Ca(_) => Status::unavailable(e.to_string()),
+        AgentApiError::Ca(_) | AgentApiError::Refused(NodeError::Store(_)) => {
+            Status::unavailable(e.to_string())
+        }
         AgentApiError::Jwt(_) => Status::invalid_argument(e.to_string()),
         AgentApiError::Refused(_) => Status::internal(e.to_string()),
     }

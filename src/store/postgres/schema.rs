@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[&str] = &[
         evicted              BOOLEAN NOT NULL,
         svid_sha256          BYTEA,
         previous_svid_sha256 BYTEA
+    );
+    CREATE TABLE join_token (
+        hash       BYTEA  PRIMARY KEY,
+        node       TEXT   NOT NULL,
+        expires_at BIGINT NOT NULL
     );",
 ];
 
