@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::daemon::Proc;
-use common::node_agent::{self, AgentConfig, AgentServer, node_entry, server_config};
+use common::node_agent::{self, AgentConfig, ServerProc, node_entry, server_config};
 
 const TD: &str = "mesh-a.test";
 const NODE: &str = "node-1";
@@ -26,11 +26,11 @@ fn entries() -> String {
 }
 
 /// A started server whose entries serve `NODE`, and an agent config (not started) for it.
-async fn server_and_agent(root: &Path) -> (AgentServer, PathBuf) {
+async fn server_and_agent(root: &Path) -> (ServerProc, PathBuf) {
     common::init();
     let sdir = root.join("server");
-    AgentServer::prepare(&sdir, &server_config(TD, &entries()));
-    let server = AgentServer::start(&sdir).await;
+    ServerProc::prepare(&sdir, &server_config(TD, &entries()));
+    let server = ServerProc::start(&sdir).await;
     let token = server.token(NODE).await;
     let config = AgentConfig::new(TD, &[server.addr], &server.bundle())
         .join_token(&token)
@@ -308,7 +308,7 @@ async fn the_agent_refuses_a_server_that_its_bundle_does_not_vouch_for() {
     let (server, _) = server_and_agent(root.path()).await;
     // Another mesh of the same name: its CA is not the one our bundle holds.
     let impostor_dir = root.path().join("impostor");
-    AgentServer::prepare(&impostor_dir, &server_config(TD, &entries()));
+    ServerProc::prepare(&impostor_dir, &server_config(TD, &entries()));
     let token = server.token(NODE).await;
     let config = AgentConfig::new(TD, &[server.addr], &impostor_dir.join("bundle.pem"))
         .join_token(&token)

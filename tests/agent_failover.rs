@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Instant;
 
-use common::node_agent::{self, AgentConfig, AgentServer, node_entry, server_config};
+use common::node_agent::{self, AgentConfig, ServerProc, node_entry, server_config};
 
 const TD: &str = "mesh-a.test";
 const NODE: &str = "node-1";
@@ -38,7 +38,7 @@ async fn when_the_connected_replica_dies_the_agent_moves_to_the_other() {
     std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = server_config(TD, &node_entry(WEB, NODE))
         .section("[store]\nkind = \"postgres\"\nurl_file = \"secrets/pg-url\"\n");
-    AgentServer::prepare(&a_dir, &config);
+    ServerProc::prepare(&a_dir, &config);
     let b_dir = root.path().join("server-b");
     node_agent::copy_replica(&a_dir, &b_dir);
 
@@ -57,7 +57,7 @@ async fn when_the_connected_replica_dies_the_agent_moves_to_the_other() {
     std::fs::write(&b_config, text).unwrap();
     let b_addr: std::net::SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
 
-    let mut a = AgentServer::start(&a_dir).await;
+    let mut a = ServerProc::start(&a_dir).await;
     let token = a.token(NODE).await;
     let adir = root.path().join("agent");
     let agent_config = AgentConfig::new(TD, &[a.addr, b_addr], &a.bundle())
@@ -73,7 +73,7 @@ async fn when_the_connected_replica_dies_the_agent_moves_to_the_other() {
     assert!(on_a.contains(&a.addr.to_string()), "{on_a}");
 
     // B starts once the agent has attested: it reads the agent table from the shared store.
-    let b = AgentServer::start(&b_dir).await;
+    let b = ServerProc::start(&b_dir).await;
     assert_eq!(b.addr, b_addr);
     let killed = Instant::now();
     a.proc.take().unwrap().kill_9();

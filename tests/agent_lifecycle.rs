@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::node_agent::{self, AgentConfig, AgentServer, node_entry, server_config};
+use common::node_agent::{self, AgentConfig, ServerProc, node_entry, server_config};
 use common::node_ca::NodeCa;
 
 const TD: &str = "mesh-a.test";
@@ -44,8 +44,8 @@ async fn an_agent_attested_by_x509pop_serves_x509_and_jwt_svids() {
     std::fs::write(sdir.join("node-ca.pem"), ca_pem).unwrap();
     let config = server_config(TD, &node_entry(WEB, "rack-7"))
         .section("[node_attestation]\nx509pop_ca_file = \"node-ca.pem\"\n");
-    AgentServer::prepare(&sdir, &config);
-    let server = AgentServer::start(&sdir).await;
+    ServerProc::prepare(&sdir, &config);
+    let server = ServerProc::start(&sdir).await;
     let adir = root.path().join("agent");
     let agent_config = AgentConfig::new(TD, &[server.addr], &server.bundle())
         .x509pop(&cert_pem, &key_pem)
@@ -87,8 +87,8 @@ async fn the_agent_renews_its_own_and_its_workloads_svids_around_half_life() {
     let sdir = root.path().join("server");
     let config =
         server_config(TD, &node_entry(WEB, "node-1")).ca("ca_ttl = \"1h\"\nx509_svid_ttl = \"8s\"");
-    AgentServer::prepare(&sdir, &config);
-    let server = AgentServer::start(&sdir).await;
+    ServerProc::prepare(&sdir, &config);
+    let server = ServerProc::start(&sdir).await;
     let token = server.token("node-1").await;
     let adir = root.path().join("agent");
     let agent_config = AgentConfig::new(TD, &[server.addr], &server.bundle())

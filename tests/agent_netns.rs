@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::netns::Star;
-use common::node_agent::{self, AgentConfig, AgentServer, node_entry, server_config_on};
+use common::node_agent::{self, AgentConfig, ServerProc, node_entry, server_config_on};
 
 const TD: &str = "mesh-a.test";
 const WEB: &str = "spiffe://mesh-a.test/web";
@@ -68,8 +68,8 @@ async fn agents_on_two_hosts_serve_only_their_node_and_ride_out_a_link_cut() {
     let star = Star::new("ag", 2);
     let root = tempfile::tempdir().unwrap();
     let sdir = root.path().join("server");
-    AgentServer::prepare(&sdir, &config(""));
-    let server = AgentServer::start_in(&sdir, &Star::wrapper(&star.hub())).await;
+    ServerProc::prepare(&sdir, &config(""));
+    let server = ServerProc::start_in(&sdir, &Star::wrapper(&star.hub())).await;
 
     let mut agents = Vec::new();
     for i in 1..=2 {

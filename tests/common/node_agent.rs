@@ -1,5 +1,5 @@
 //! Node agents in tests: the agent's config file ([`AgentConfig`]), `meshtrust agent` as a
-//! [`Proc`], and the server side an agent needs ([`AgentServer`]: a `meshtrust serve` with
+//! [`Proc`], and the server side an agent process needs ([`ServerProc`]: a `meshtrust serve` with
 //! `[agent_api]`, its bundle file for `server_bundle`, join tokens). The agent API's own
 //! client helpers are in `agent.rs`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
@@ -110,7 +110,7 @@ pub async fn spawn_in(config: &Path, wrapper: &[&str]) -> Proc {
 
 /// A `meshtrust serve` with `[agent_api]` on an ephemeral port.
 #[derive(Debug)]
-pub struct AgentServer {
+pub struct ServerProc {
     /// Its folder.
     pub dir: PathBuf,
     /// Its config file.
@@ -141,7 +141,7 @@ pub fn node_entry(spiffe_id: &str, node: &str) -> String {
     )
 }
 
-impl AgentServer {
+impl ServerProc {
     /// Writes `config` in `dir` and creates the CA (`bundle show`), without starting.
     pub fn prepare(dir: &Path, config: &DaemonConfig) -> PathBuf {
         let path = config.write(dir);
@@ -164,7 +164,7 @@ impl AgentServer {
         }
     }
 
-    /// [`AgentServer::start`] through `wrapper` (e.g. in a network namespace).
+    /// [`ServerProc::start`] through `wrapper` (e.g. in a network namespace).
     pub async fn start_in(dir: &Path, wrapper: &[&str]) -> Self {
         let config_path = dir.join("meshtrust.toml");
         let proc = Proc::spawn_wrapped(
