@@ -121,3 +121,57 @@ async fn the_agent_renews_its_own_and_its_workloads_svids_around_half_life() {
     );
     assert!((2..=10).contains(&signed), "{signed} workload SVIDs signed");
 }
+
+/// `meshtrust agent evict`: the agent's stream ends, its SVID is refused, it forgets it and
+/// waits for a new join token (the used one is never presented again); once one is written to
+/// its token file it attests again and syncs. Its workloads are served from the cache
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_agent_waits_for_a_new_token_and_attests_again() {
+    common::init();
+    let root = tempfile::tempdir().unwrap();
+    let sdir = root.path().join("server");
+    ServerProc::prepare(&sdir, &server_config(TD, &node_entry(WEB, "node-1")));
+    let server = ServerProc::start(&sdir).await;
+    let token = server.token("node-1").await;
+    let adir = root.path().join("agent");
+    let agent_config = AgentConfig::new(TD, &[server.addr], &server.bundle())
+        .join_token(&token)
+        .write(&adir);
+    let agent = node_agent::spawn(&agent_config).await;
+    agent.wait_for_log("workload SVIDs signed").await;
+
+    let admin = server.admin();
+    let out = common::cli_async(&[
+        "agent",
+        "evict",
+        "node-1",
+        "--admin-socket",
+        admin.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    agent
+        .wait_for_log("every server refused the agent SVID")
+        .await;
+    agent.wait_for_log("holds the token already used").await;
+    let status = common::status_json(&node_agent::admin_socket(&adir)).await;
+    assert!(status["agent"]["spiffe_id"].is_null(), "{status}");
+    let client = spiffe_client(&node_agent::workload_socket(&adir)).await;
+    let svid = common::guard(client.fetch_x509_svid()).await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), WEB, "served from the cache");
+    assert_eq!(
+        server.proc().count("agent attested"),
+        1,
+        "the used token was kept back"
+    );
+
+    std::fs::write(adir.join("token"), server.token("node-1").await).unwrap();
+    server.proc().wait_for_nth_log("agent attested", 1).await;
+    agent.wait_for_nth_log("agent connected", 1).await;
+    let status = common::status_json(&node_agent::admin_socket(&adir)).await;
+    assert_eq!(
+        status["agent"]["spiffe_id"],
+        "spiffe://mesh-a.test/meshtrust/agent/node-1"
+    );
+}

@@ -146,9 +146,6 @@ async fn session(
         state.drop_agent();
     }
     if state.agent().is_none() {
-        let mut anon = connect(state, server, server_id, ClientAuth::Anonymous)
-            .await
-            .map_err(ended(false))?;
         let proof = &config.attestation;
         if let Some(hash) = state.token_already_used(proof) {
             return Err(ended(false)(AgentError::Usage(format!(
@@ -156,6 +153,9 @@ async fn session(
                  waiting for a new one"
             ))));
         }
+        let mut anon = connect(state, server, server_id, ClientAuth::Anonymous)
+            .await
+            .map_err(ended(false))?;
         let (node, svid) = attest::attest(&mut anon, proof, &config.trust_domain)
             .await
             .map_err(ended(false))?;
