@@ -175,3 +175,30 @@ async fn an_evicted_agent_waits_for_a_new_token_and_attests_again() {
         "spiffe://mesh-a.test/meshtrust/agent/node-1"
     );
 }
+
+/// A token the server refuses (here: unknown) is presented once, not in a loop: the agent
+/// waits for a new one, and attests with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_presented_once_then_the_agent_waits_for_a_new_one() {
+    common::init();
+    let root = tempfile::tempdir().unwrap();
+    let sdir = root.path().join("server");
+    ServerProc::prepare(&sdir, &server_config(TD, &node_entry(WEB, "node-1")));
+    let server = ServerProc::start(&sdir).await;
+    let adir = root.path().join("agent");
+    let agent_config = AgentConfig::new(TD, &[server.addr], &server.bundle())
+        .join_token("not-a-token-the-server-issued")
+        .write(&adir);
+    let agent = node_agent::spawn(&agent_config).await;
+    agent.wait_for_log("holds the token already used").await;
+    let refusals = server.proc().count("refused");
+    assert!(refusals >= 1, "{}", server.proc().log());
+    std::fs::write(adir.join("token"), server.token("node-1").await).unwrap();
+    server.proc().wait_for_log("agent attested").await;
+    agent.wait_for_log("workload SVIDs signed").await;
+    assert_eq!(
+        server.proc().count("refused"),
+        refusals,
+        "the bad token was not presented again"
+    );
+}

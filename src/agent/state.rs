@@ -276,10 +276,13 @@ impl AgentState {
         (self.lock().used_token.as_ref() == Some(&hash)).then_some(hash)
     }
 
-    /// Remembers the join token of `proof` as used (persisted with the next save).
+    /// Remembers the join token of `proof` as used, persisted.
     pub fn mark_token_used(&self, proof: &NodeProof) {
         if let Some(hash) = token_hash(proof) {
             self.lock().used_token = Some(hash);
+            if let Err(e) = self.save() {
+                tracing::warn!(error = %e, "cannot persist the used token's hash");
+            }
         }
     }
 

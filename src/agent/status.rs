@@ -40,6 +40,8 @@ pub enum Failure {
     SvidRefused,
     /// The server refused a request (attestation, a CSR...).
     Refused,
+    /// Nothing to attest with (no token file, or only the token already used).
+    NoProof,
     /// A malformed node view or SVID from the server (nothing of it applied).
     BadAnswer,
     /// The sync stream ended or broke.
@@ -49,11 +51,12 @@ pub enum Failure {
 }
 
 impl Failure {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Connect,
         Self::Tls,
         Self::SvidRefused,
         Self::Refused,
+        Self::NoProof,
         Self::BadAnswer,
         Self::Stream,
         Self::Other,
@@ -66,6 +69,7 @@ impl Failure {
             Self::Tls => "tls",
             Self::SvidRefused => "svid_refused",
             Self::Refused => "refused",
+            Self::NoProof => "no_proof",
             Self::BadAnswer => "bad_answer",
             Self::Stream => "stream",
             Self::Other => "other",
@@ -78,7 +82,8 @@ impl Failure {
             AgentError::Connect(_) => Self::Connect,
             AgentError::Tls(_) => Self::Tls,
             AgentError::SvidRefused(_) => Self::SvidRefused,
-            AgentError::Refused(_) | AgentError::Usage(_) => Self::Refused,
+            AgentError::Refused(_) => Self::Refused,
+            AgentError::Usage(_) => Self::NoProof,
             AgentError::BadView(_) | AgentError::BadSvid(_) => Self::BadAnswer,
             _ => Self::Other,
         }

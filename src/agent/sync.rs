@@ -156,9 +156,15 @@ async fn session(
         let mut anon = connect(state, server, server_id, ClientAuth::Anonymous)
             .await
             .map_err(ended(false))?;
-        let (node, svid) = attest::attest(&mut anon, proof, &config.trust_domain)
-            .await
-            .map_err(ended(false))?;
+        let (node, svid) = match attest::attest(&mut anon, proof, &config.trust_domain).await {
+            Ok(attested) => attested,
+            Err(e @ AgentError::Refused(_)) => {
+                // A refused token is burned (or never was): never present it again.
+                state.mark_token_used(proof);
+                return Err(ended(false)(e));
+            }
+            Err(e) => return Err(ended(false)(e)),
+        };
         tracing::info!(%node, spiffe_id = %svid.spiffe_id, server = %server.url, "agent attested");
         state.mark_token_used(proof);
         state.set_agent(&node, svid).map_err(ended(false))?;
