@@ -12,22 +12,26 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prost::Message as _;
-use serde::Serialize;
 use tokio::sync::watch;
 
-use super::cache::{self, Cache, StoredSvid};
-use super::config::NodeProof;
+use super::cache;
 use super::issuer::{AgentIssuer, JwtLink};
 use super::view::{self, View};
 use super::{AgentError, svids};
 use crate::agent_api::proto;
 use crate::bundle::TrustBundle;
-use crate::clock::{Clock, rfc3339};
+use crate::clock::Clock;
 use crate::config::EntryConfig;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::svid::{PrivateKey, X509Svid};
+use crate::svid::X509Svid;
 use crate::workload_api::{OwnSnapshot, PeerBundles, WorkloadApiDeps};
+
+mod persist;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use report::{AgentView, IdentityView, StatusView};
 
 /// An SVID held with its (jittered) renewal time.
 #[derive(Debug, Clone)]
@@ -90,49 +94,6 @@ pub struct AgentState {
     entries: watch::Sender<Arc<Vec<EntryConfig>>>,
 }
 
-/// `GET /v1/status` of an agent.
-#[derive(Debug, Serialize)]
-pub struct StatusView {
-    /// Our trust domain.
-    pub trust_domain: String,
-    /// The agent's part.
-    pub agent: AgentView,
-}
-
-/// The agent section of the status.
-#[derive(Debug, Serialize)]
-pub struct AgentView {
-    /// The node name.
-    pub node: Option<String>,
-    /// The agent SPIFFE ID.
-    pub spiffe_id: Option<String>,
-    /// When the agent SVID expires.
-    pub svid_expires_at: Option<String>,
-    /// The server connected to (its URL), if any.
-    pub server: Option<String>,
-    /// The replica that sent the last view.
-    pub server_id: Option<String>,
-    /// When the last view arrived.
-    pub last_sync: Option<String>,
-    /// The node view's revision.
-    pub revision: Option<u64>,
-    /// Seconds until the first cached SVID expires.
-    pub first_expiry_seconds: Option<i64>,
-    /// The identities held.
-    pub identities: Vec<IdentityView>,
-}
-
-/// One held identity.
-#[derive(Debug, Serialize)]
-pub struct IdentityView {
-    /// The SPIFFE ID.
-    pub spiffe_id: String,
-    /// Its NotAfter.
-    pub expires_at: String,
-    /// When it will be renewed.
-    pub renew_at: String,
-}
-
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -179,42 +140,6 @@ impl AgentState {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn restore(&self, c: Cache) -> Result<(), AgentError> {
-        let mut inner = self.lock();
-        inner.node.clone_from(&c.node);
-        let node = c.node.clone().unwrap_or_default();
-        if let Some(agent) = &c.agent {
-            inner.agent = Some(Held::restored(stored_svid(agent)?));
-        }
-        if let Some(v) = &c.view {
-            use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .map_err(|e| AgentError::Cache(e.to_string()))?;
-            let raw = proto::NodeView::decode(bytes.as_slice())
-                .map_err(|e| AgentError::Cache(e.to_string()))?;
-            inner.view = Some(view::parse(raw, &self.td, &node)?);
-        }
-        for s in &c.svids {
-            let svid = stored_svid(s)?;
-            inner
-                .svids
-                .insert(svid.spiffe_id.clone(), Held::restored(svid));
-        }
-        inner.server_id = c.server_id;
-        inner.used_token = c.used_token_sha256;
-        inner.last_sync = c
-            .last_sync
-            .map(|s| UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0)));
-        tracing::info!(
-            node = %node,
-            identities = inner.svids.len(),
-            "agent cache loaded from {}",
-            self.cache_path.display()
-        );
-        Ok(())
     }
 
     /// The Workload API's inputs.
@@ -268,22 +193,6 @@ impl AgentState {
             inner.agent = Some(Held::received(svid, self.clock.now()));
         }
         self.save()
-    }
-
-    /// The hash of the join token in `proof`'s file when it is the one already used.
-    pub fn token_already_used(&self, proof: &NodeProof) -> Option<String> {
-        let hash = token_hash(proof)?;
-        (self.lock().used_token.as_ref() == Some(&hash)).then_some(hash)
-    }
-
-    /// Remembers the join token of `proof` as used, persisted.
-    pub fn mark_token_used(&self, proof: &NodeProof) {
-        if let Some(hash) = token_hash(proof) {
-            self.lock().used_token = Some(hash);
-            if let Err(e) = self.save() {
-                tracing::warn!(error = %e, "cannot persist the used token's hash");
-            }
-        }
     }
 
     /// Forgets the agent SVID (refused as evicted): the next connection attests again.
@@ -353,11 +262,19 @@ impl AgentState {
 
     /// The next moment something is due: a renewal (workload or agent) or an expiry.
     pub fn next_deadline(&self) -> Option<SystemTime> {
+        let now = self.clock.now();
         let inner = self.lock();
+        // An expiry already past is not a deadline any more (it was published when it passed).
+        let expiries = inner
+            .svids
+            .values()
+            .map(|h| h.svid.not_after)
+            .filter(|t| *t > now);
         inner
             .svids
             .values()
-            .flat_map(|h| [h.renew_at, h.svid.not_after])
+            .map(|h| h.renew_at)
+            .chain(expiries)
             .chain(inner.agent.iter().map(|a| a.renew_at))
             .min()
     }
@@ -446,96 +363,4 @@ impl AgentState {
         }
         self.own.send_replace(own(issuer));
     }
-
-    fn save(&self) -> Result<(), AgentError> {
-        use base64::Engine as _;
-        let c = {
-            let inner = self.lock();
-            Cache {
-                node: inner.node.clone(),
-                agent: inner.agent.as_ref().map(|a| stored(&a.svid)),
-                view: inner.view.as_ref().map(|v| {
-                    base64::engine::general_purpose::STANDARD.encode(v.raw.encode_to_vec())
-                }),
-                server_id: inner.server_id.clone(),
-                last_sync: inner.last_sync.map(unix),
-                svids: inner.svids.values().map(|h| stored(&h.svid)).collect(),
-                used_token_sha256: inner.used_token.clone(),
-            }
-        };
-        cache::save(&self.cache_path, &c)
-    }
-
-    /// Seconds until the first held workload SVID expires (negative: already expired).
-    pub fn first_expiry_seconds(&self) -> Option<i64> {
-        let now = unix(self.clock.now());
-        let inner = self.lock();
-        inner
-            .svids
-            .values()
-            .map(|h| unix(h.svid.not_after) - now)
-            .min()
-    }
-
-    /// The agent SVID's NotAfter (Unix seconds).
-    pub fn agent_expires_at(&self) -> Option<i64> {
-        self.lock().agent.as_ref().map(|a| unix(a.svid.not_after))
-    }
-
-    /// When the last view arrived (Unix seconds).
-    pub fn last_sync(&self) -> Option<i64> {
-        self.lock().last_sync.map(unix)
-    }
-
-    /// What `GET /v1/status` shows.
-    pub fn status(&self) -> StatusView {
-        let first_expiry_seconds = self.first_expiry_seconds();
-        let inner = self.lock();
-        StatusView {
-            trust_domain: self.td.to_string(),
-            agent: AgentView {
-                node: inner.node.clone(),
-                spiffe_id: inner.agent.as_ref().map(|a| a.svid.spiffe_id.to_string()),
-                svid_expires_at: inner.agent.as_ref().map(|a| rfc3339(a.svid.not_after)),
-                server: inner.connected.clone(),
-                server_id: inner.server_id.clone(),
-                last_sync: inner.last_sync.map(rfc3339),
-                revision: inner.view.as_ref().map(|v| v.raw.revision),
-                first_expiry_seconds,
-                identities: inner
-                    .svids
-                    .values()
-                    .map(|h| IdentityView {
-                        spiffe_id: h.svid.spiffe_id.to_string(),
-                        expires_at: rfc3339(h.svid.not_after),
-                        renew_at: rfc3339(h.renew_at),
-                    })
-                    .collect(),
-            },
-        }
-    }
-}
-
-fn token_hash(proof: &NodeProof) -> Option<String> {
-    let NodeProof::JoinToken(file) = proof else {
-        return None;
-    };
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(file).ok()?);
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.trim().as_bytes());
-    Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn stored(svid: &X509Svid) -> StoredSvid {
-    let chain: Vec<Vec<u8>> = svid.cert_chain.iter().map(|c| c.to_vec()).collect();
-    StoredSvid::new(
-        svid.spiffe_id.as_str(),
-        &chain,
-        svid.private_key.pkcs8_der(),
-    )
-}
-
-fn stored_svid(s: &StoredSvid) -> Result<X509Svid, AgentError> {
-    let id = SpiffeId::new(&s.spiffe_id).map_err(|e| AgentError::Cache(e.to_string()))?;
-    let key = PrivateKey::from_pkcs8_der(s.key_der()?.to_vec());
-    svids::svid_from_chain(&id, s.chain_der()?, key)
 }
