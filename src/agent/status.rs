@@ -95,6 +95,8 @@ impl Failure {
 pub struct SyncMetrics {
     failures: [AtomicU64; Failure::ALL.len()],
     signed: AtomicU64,
+    /// Workload SVIDs the server refused (`[0]`) or sent unusable (`[1]`).
+    not_signed: [AtomicU64; 2],
 }
 
 impl SyncMetrics {
@@ -106,6 +108,12 @@ impl SyncMetrics {
     /// Counts workload SVIDs received.
     pub fn signed(&self, n: usize) {
         self.signed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a workload SVID not obtained: refused by the server (`unusable = false`), or
+    /// sent but not for our key and ID (`unusable = true`).
+    pub fn not_signed(&self, unusable: bool) {
+        self.not_signed[usize::from(unusable)].fetch_add(1, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
@@ -136,6 +144,21 @@ impl SyncMetrics {
             &[],
             self.signed.load(Ordering::Relaxed),
         );
+        family(
+            out,
+            "meshtrust_agent_workload_svids_not_signed_total",
+            "counter",
+            "Workload X509-SVIDs asked for and not obtained: refused by the server, or unusable \
+             (another ID, not a valid SVID).",
+        );
+        for (i, reason) in ["refused", "unusable"].into_iter().enumerate() {
+            sample(
+                out,
+                "meshtrust_agent_workload_svids_not_signed_total",
+                &[("reason", reason)],
+                self.not_signed[i].load(Ordering::Relaxed),
+            );
+        }
     }
 }
 

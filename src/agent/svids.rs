@@ -54,6 +54,11 @@ pub fn svid_from_chain(
         .map_err(|e| AgentError::BadSvid(format!("{id}: {e}")))?;
     crate::federation::verifier::check_leaf(leaf, id)
         .map_err(|e| AgentError::BadSvid(e.to_string()))?;
+    if !key_matches(&cert, &key) {
+        return Err(AgentError::BadSvid(format!(
+            "{id}: the certificate is not for our key"
+        )));
+    }
     let at = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
     let not_before = at(cert.validity().not_before.timestamp());
     let not_after = at(cert.validity().not_after.timestamp());
@@ -63,6 +68,26 @@ pub fn svid_from_chain(
         private_key: key,
         not_after,
         not_before,
+    })
+}
+
+/// Whether `cert` certifies the public half of `key` (our keys are P-256).
+fn key_matches(cert: &x509_parser::certificate::X509Certificate<'_>, key: &PrivateKey) -> bool {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key.pkcs8_der(), &rng).is_ok_and(
+        |pair| pair.public_key().as_ref() == cert.public_key().subject_public_key.data.as_ref(),
+    )
+}
+
+/// Whether `leaf` is signed by one of `roots` (our trust domain's authorities).
+pub fn signed_by_one_of(leaf: &CertificateDer<'_>, roots: &[CertificateDer<'_>]) -> bool {
+    let Ok((_, leaf)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
+        return false;
+    };
+    roots.iter().any(|root| {
+        x509_parser::certificate::X509Certificate::from_der(root)
+            .is_ok_and(|(_, ca)| leaf.verify_signature(Some(ca.public_key())).is_ok())
     })
 }
 

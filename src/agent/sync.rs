@@ -283,17 +283,36 @@ async fn sign_due(
     .map_err(refused)?
     .into_inner();
     let mut signed = Vec::new();
-    let mut left = false;
+    let mut left = answer.svids.len() != keys.len();
+    if left {
+        tracing::warn!(
+            asked = keys.len(),
+            answered = answer.svids.len(),
+            "SignWorkloads answered another number of SVIDs than CSRs"
+        );
+    }
+    let roots = state.server_roots();
     for ((id, key), svid) in keys.into_iter().zip(answer.svids) {
         if svid.cert_chain.is_empty() {
             tracing::warn!(spiffe_id = %id, error = %svid.error, "workload SVID refused by the server");
+            metrics.not_signed(false);
             left = true;
             continue;
         }
-        match svids::svid_from_chain(&id, svid.cert_chain, key) {
+        let checked = svids::svid_from_chain(&id, svid.cert_chain, key).and_then(|s| {
+            if svids::signed_by_one_of(&s.cert_chain[0], &roots) {
+                Ok(s)
+            } else {
+                Err(AgentError::BadSvid(format!(
+                    "{id}: not signed by an authority of our bundle"
+                )))
+            }
+        });
+        match checked {
             Ok(s) => signed.push(s),
             Err(e) => {
                 tracing::warn!(spiffe_id = %id, error = %e, "workload SVID unusable");
+                metrics.not_signed(true);
                 left = true;
             }
         }
