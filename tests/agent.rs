@@ -291,6 +291,7 @@ async fn a_bad_agent_config_exits_64_naming_the_key() {
             "attestation.bogus",
         ),
         (text.clone(), "attestation.join_token_file"),
+        (text.replace("bundle.pem", "missing.pem"), "server_bundle"),
     ] {
         std::fs::write(&path, bad).unwrap();
         let mut p = Proc::spawn(&["agent", "--config", path.to_str().unwrap()]);

@@ -24,7 +24,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The servers' agent API addresses, tried in this order.
     pub servers: Vec<ServerAddr>,
-    /// SPIFFE bundle (JSON) or PEM that authenticates the servers at first contact.
+    /// SPIFFE bundle (JSON) or PEM that authenticates the servers at first contact (read at
+    /// start, not when the config is parsed).
     pub server_bundle: PathBuf,
     /// How the agent proves its node.
     pub attestation: NodeProof,
@@ -109,8 +110,10 @@ impl AgentConfig {
             .enumerate()
             .map(|(i, s)| cx.server(&format!("servers[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        // Read at start (exit 64 naming the key if it cannot be), like a server's
+        // bootstrap_bundle: the example config points at a file of the host it is copied to.
         let bundle = cx.required("server_bundle", raw.server_bundle)?;
-        let server_bundle = cx.existing_file("server_bundle", bundle)?;
+        let server_bundle = cx.path("server_bundle", bundle)?;
         let attestation = cx.attestation(cx.required("attestation", raw.attestation)?)?;
         let workload_socket = cx.socket("workload_api", raw.workload_api)?;
         let admin_socket = cx.socket("admin_api", raw.admin_api)?;
@@ -320,6 +323,14 @@ listen = "127.0.0.1:0"
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.toml");
+        let c = AgentConfig::load(&path).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert!(c.metrics.is_some());
+    }
+
+    #[test]
     fn each_mistake_names_its_key() {
         let cases = [
             (
@@ -341,7 +352,10 @@ listen = "127.0.0.1:0"
                 ),
                 "servers",
             ),
-            (GOOD.replace("b.pem", "missing.pem"), "server_bundle"),
+            (
+                GOOD.replace("server_bundle = \"b.pem\"", ""),
+                "server_bundle",
+            ),
             (
                 GOOD.replace("join_token_file = \"token\"", ""),
                 "attestation",
