@@ -78,6 +78,8 @@ struct Inner {
     used_token: Option<String>,
     /// The SVIDs last published to the Workload API.
     published: BTreeMap<SpiffeId, Arc<X509Svid>>,
+    /// The own bundle last published.
+    published_bundle: Option<Arc<TrustBundle>>,
 }
 
 /// The agent's state, shared by its tasks.
@@ -340,9 +342,30 @@ impl AgentState {
                 .unwrap_or_default();
             (live, bundle, peers, entries)
         };
+        // Nothing new for the issuer: no new snapshot (every open stream would wake for it).
+        let same_own = {
+            let inner = self.lock();
+            inner.published_bundle.as_deref() == Some(&*bundle)
+                && inner.published.len() == issuer.len()
+                && inner
+                    .published
+                    .iter()
+                    .zip(&issuer)
+                    .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
+        };
+        if same_own {
+            if **self.peers.borrow() != peers {
+                self.peers.send_replace(Arc::new(peers));
+            }
+            if **self.entries.borrow() != entries {
+                self.entries.send_replace(Arc::new(entries));
+            }
+            return;
+        }
         // Keep what callers may still be served until the entries that need it are gone.
         let mut merged = {
             let mut inner = self.lock();
+            inner.published_bundle = Some(bundle.clone());
             std::mem::replace(&mut inner.published, issuer.clone())
         };
         for (id, svid) in &issuer {

@@ -128,6 +128,17 @@ fn an_entry_is_published_only_with_its_svid_and_both_survive_a_restart() {
     assert!(state.due().is_empty(), "fresh until its renewal time");
     assert_eq!(state.status().agent.server_id.as_deref(), Some("replica-1"));
 
+    // Publishing again with nothing new wakes no stream.
+    let mut own = state.deps().own;
+    own.current();
+    let mut entries = state.deps().entries;
+    entries.borrow_and_update();
+    state.publish();
+    state.apply_view(view(&pki, &[WEB]), "https://s1").unwrap();
+    let woke = futures_util::FutureExt::now_or_never(own.changed());
+    assert!(woke.is_none(), "the same SVIDs and bundle: no new snapshot");
+    assert!(!entries.has_changed().unwrap());
+
     // Restarted with no server: the same entry and SVID, from the cache.
     drop(state);
     let state = open(dir.path(), &pki);
