@@ -169,6 +169,9 @@ fn list(v: &Value) -> String {
 /// one line per federation relationship, in aligned columns.
 pub fn render_status(body: &Value) -> String {
     use std::fmt::Write as _;
+    if body["agent"].is_object() {
+        return render_agent_status(body);
+    }
     let mut out = String::new();
     let _ = writeln!(out, "{:<14}{}", "trust domain", s(&body["trust_domain"]));
     let st = &body["store"];
@@ -277,6 +280,58 @@ pub fn render_status(body: &Value) -> String {
                 );
             }
         }
+    }
+    out
+}
+
+/// The human form of a node agent's `GET /v1/status`: its identity, its server and the
+/// identities it holds.
+pub fn render_agent_status(body: &Value) -> String {
+    use std::fmt::Write as _;
+    let a = &body["agent"];
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<14}{}", "trust domain", s(&body["trust_domain"]));
+    let _ = writeln!(
+        out,
+        "{:<14}{}  ({})",
+        "agent",
+        s(&a["spiffe_id"]),
+        s(&a["node"])
+    );
+    let _ = writeln!(out, "{:<14}{}", "agent svid", s(&a["svid_expires_at"]));
+    let server = if a["server"].is_string() {
+        s(&a["server"])
+    } else {
+        "none connected (serving from cache)".to_owned()
+    };
+    let _ = writeln!(out, "{:<14}{server}", "server");
+    let _ = writeln!(
+        out,
+        "{:<14}{}  revision {}  from {}",
+        "last sync",
+        s(&a["last_sync"]),
+        s(&a["revision"]),
+        s(&a["server_id"])
+    );
+    let _ = writeln!(
+        out,
+        "{:<14}{}s",
+        "first expiry",
+        s(&a["first_expiry_seconds"])
+    );
+    let ids = a["identities"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\n{}", count(ids.len(), "identity", "identities"));
+    if !ids.is_empty() {
+        let mut rows = vec![vec![
+            "SPIFFE ID".to_owned(),
+            "EXPIRES".to_owned(),
+            "RENEWS".to_owned(),
+        ]];
+        rows.extend(
+            ids.iter()
+                .map(|i| vec![s(&i["spiffe_id"]), s(&i["expires_at"]), s(&i["renew_at"])]),
+        );
+        out.push_str(&table(&rows));
     }
     out
 }

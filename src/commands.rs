@@ -91,8 +91,7 @@ pub fn run_with(command: Command, log_format: LogFormat) -> ExitCode {
             command: Some(command),
             ..
         } => crate::node::cli::agents(command),
-        // agent process: see src/agent (branch agent12)
-        Command::Agent { command: None, run } => crate::node::cli::agent_process_not_built(&run),
+        Command::Agent { command: None, run } => crate::agent::run::command(run.config.as_deref()),
         Command::Sidecar(args) => crate::sidecar::command(args, log_format == LogFormat::Json)
             .map_err(|e| {
                 eprintln!("meshtrust: sidecar: {e}");

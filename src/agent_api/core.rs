@@ -215,7 +215,6 @@ impl AgentApiCore {
         id: &str,
         audience: &[String],
     ) -> Result<String, AgentApiError> {
-        use crate::workload_api::source::Issuer as _;
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(AgentApiError::Jwt("an audience is required".to_owned()));
         }
@@ -233,7 +232,7 @@ impl AgentApiCore {
             return self.refused(node, "jwt svid", e.into());
         }
         let snap = self.ca.borrow().clone();
-        snap.jwt_svid(&id, audience, self.nodes.clock.now())
+        snap.mint_jwt_svid(&id, audience, self.nodes.clock.now())
             .map_err(|e| AgentApiError::Jwt(e.to_string()))
     }
 

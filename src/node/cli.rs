@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use crate::cli::{AdminTarget, AgentCommand, AgentRunArgs, TokenCommand};
+use crate::cli::{AdminTarget, AgentCommand, TokenCommand};
 use crate::commands::EX_USAGE;
 
 /// The admin socket of `target`: given, or read from the config file.
@@ -45,33 +45,6 @@ fn why(body: &serde_json::Value) -> String {
     body["error"]
         .as_str()
         .map_or_else(|| body.to_string(), str::to_owned)
-}
-
-/// The config file of `meshtrust agent --config FILE` (the node agent process).
-///
-/// # Errors
-/// 64 when neither `--config` nor a subcommand was given (the usage printed).
-pub fn agent_config(run: &AgentRunArgs) -> Result<PathBuf, u8> {
-    run.config.clone().ok_or_else(|| {
-        eprintln!(
-            "meshtrust: agent: --config FILE is required to run an agent (or a subcommand: \
-             list, evict)"
-        );
-        EX_USAGE
-    })
-}
-
-/// `meshtrust agent --config FILE` until the agent process (branch agent12) is merged.
-///
-/// # Errors
-/// 64 without `--config`; 1 otherwise (not built yet).
-pub fn agent_process_not_built(run: &AgentRunArgs) -> Result<(), u8> {
-    let config = agent_config(run)?;
-    eprintln!(
-        "meshtrust: agent: the node agent process is not built yet ({})",
-        config.display()
-    );
-    Err(1)
 }
 
 /// `meshtrust agent list|evict`: exit 0, 1 (refused or unreachable, the reason printed) or 64.

@@ -11,6 +11,8 @@ pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod netns;
+pub mod node_agent;
 pub mod node_ca;
 pub mod python;
 pub mod workload;
