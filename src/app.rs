@@ -498,6 +498,8 @@ impl Daemon {
         let refresh = fetchers.refresh_handles();
 
         let bundle_endpoint_addr = bundle_listener.as_ref().and_then(|l| l.local_addr().ok());
+        // Replicas of a shared store list each other by their bundle endpoints.
+        storage.announce(&bundle_endpoint_addr.map_or_else(String::new, |a| a.to_string()));
         if let (Some(listener), Some(be)) = (bundle_listener, &config.bundle_endpoint) {
             let (certs, task) = ServerCerts::start(
                 &be.profile,

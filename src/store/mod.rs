@@ -9,7 +9,10 @@
 pub mod lock;
 pub mod marker;
 pub mod postgres;
+pub mod shared;
 pub mod sqlite;
+
+pub use shared::{ReplicaAuthority, ReplicaInfo, ReplicaUpdate, SharedBundle};
 
 use std::fmt;
 use std::fs::{self, DirBuilder};
@@ -53,6 +56,15 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The shared bundle changed since it was read (another replica wrote first): nothing was
+    /// written; read again and retry.
+    #[error("the shared bundle moved on (sequence {stored}, expected {expected}): retry")]
+    Conflict {
+        /// The sequence stored now.
+        stored: u64,
+        /// The sequence the write was based on.
+        expected: u64,
     },
     /// Stored data that cannot be read back.
     #[error("corrupt state: {0}")]
@@ -286,4 +298,44 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On database failure.
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError>;
+
+    /// This replica's id, when the store is shared by replicas of one mesh ([`shared`]);
+    /// `None` for a store of one daemon. With an id, the CA publishes through
+    /// [`Storage::load_shared`] and [`Storage::publish`] instead of `save_ca`.
+    fn replica_id(&self) -> Option<&str> {
+        None
+    }
+    /// The shared bundle with every replica's authorities, and the replicas.
+    ///
+    /// # Errors
+    /// On database failure; [`StoreError::Config`] on a store that is not shared.
+    fn load_shared(&self) -> Result<SharedBundle, StoreError> {
+        Err(StoreError::Config(format!(
+            "the {} store is not shared by replicas",
+            self.kind()
+        )))
+    }
+    /// Writes this replica's authorities and the shared bundle in one transaction, unless the
+    /// shared bundle's sequence is no longer `update.base_sequence` ([`StoreError::Conflict`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`], or on database failure.
+    fn publish(&self, update: &ReplicaUpdate) -> Result<(), StoreError> {
+        let _ = update;
+        Err(StoreError::Config(format!(
+            "the {} store is not shared by replicas",
+            self.kind()
+        )))
+    }
+    /// Called by the serving daemon (not by commands opening the store beside it): registers
+    /// this replica with the address it advertises (its bundle endpoint, or empty) and starts
+    /// its heartbeat and its listening for the others' changes.
+    fn announce(&self, address: &str) {
+        let _ = address;
+    }
+    /// A counter raised whenever another replica may have changed the shared state (a
+    /// notification, or a reconnect after which some may have been missed).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
