@@ -243,6 +243,17 @@ pub struct PinnedBundle {
     pub fetched_at: SystemTime,
 }
 
+/// Who fetches a peer, among replicas sharing a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's replica id.
+    pub holder: String,
+    /// When it lapses unless renewed (the database's clock).
+    pub expires_at: SystemTime,
+    /// Whether this call made this replica the holder (it was free, expired or another's).
+    pub acquired: bool,
+}
+
 /// Whether the store can be reached now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreHealth {
@@ -332,6 +343,27 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// its heartbeat and its listening for the others' changes.
     fn announce(&self, address: &str) {
         let _ = address;
+    }
+    /// Takes or renews, for `ttl`, the lease to fetch `peer`, unless another replica holds
+    /// it unexpired; returns who holds it now. `None`: the store is not shared, every peer is
+    /// fetched by this daemon.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn fetch_lease(
+        &self,
+        peer: &TrustDomain,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let _ = (peer, ttl);
+        Ok(None)
+    }
+    /// Every peer's fetch lease (trust domain, lease).
+    ///
+    /// # Errors
+    /// On database failure.
+    fn fetch_leases(&self) -> Result<Vec<(String, Lease)>, StoreError> {
+        Ok(Vec::new())
     }
     /// A counter raised whenever another replica may have changed the shared state (a
     /// notification, or a reconnect after which some may have been missed).

@@ -14,6 +14,7 @@
 mod bundle;
 pub mod connect;
 pub mod keys;
+mod lease;
 pub mod replicas;
 pub mod schema;
 
@@ -578,6 +579,10 @@ impl Storage for PostgresStorage {
                     received: sequence.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
                 });
             }
+            // The other replicas read the new pin at once.
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&replicas::CHANNEL, &td])
+                .await?;
             Ok(())
         })
     }
@@ -612,12 +617,27 @@ impl Storage for PostgresStorage {
         Some(self.changes.clone())
     }
 
+    fn fetch_lease(
+        &self,
+        peer: &TrustDomain,
+        ttl: Duration,
+    ) -> Result<Option<crate::store::Lease>, StoreError> {
+        self.take_lease(peer, ttl).map(Some)
+    }
+
+    fn fetch_leases(&self) -> Result<Vec<(String, crate::store::Lease)>, StoreError> {
+        self.read_leases()
+    }
+
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError> {
         let td = trust_domain.as_str().to_owned();
         self.call(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute("DELETE FROM pinned_bundle WHERE trust_domain = $1", &[&td])
+                .await?;
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&replicas::CHANNEL, &td])
                 .await?;
             Ok(())
         })
