@@ -250,7 +250,8 @@ async fn three_replicas_lose_the_lease_holder_during_rotation_and_the_mesh_goes_
     let extra = DaemonConfig::new(TD)
         .ca("ca_ttl = \"30s\"\nx509_svid_ttl = \"5s\"\njwt_svid_ttl = \"5s\"")
         .peer(PEER, &format!("https://127.0.0.1:{peer_port}/"), None, true)
-        .entry(ME, &[PEER]);
+        .entry(ME, &[PEER])
+        .metrics();
     let mut a = Replica::new(&db.url, &extra);
     let mut b = Replica::new(&db.url, &extra);
     let mut c = Replica::new_with_endpoint(
@@ -298,9 +299,23 @@ async fn three_replicas_lose_the_lease_holder_during_rotation_and_the_mesh_goes_
         })
         .await;
     }
-    let st = common::status_json(&c.dir.path().join("admin.sock")).await;
+    let admin_c = c.dir.path().join("admin.sock");
+    // The replicas' list is read at each lease round: C's heartbeat shows up there shortly.
+    let st = common::eventually_some("three replicas listed", || async {
+        let st = common::status_json(&admin_c).await;
+        (st["replicas"].as_array().map(Vec::len) == Some(3)).then_some(st)
+    })
+    .await;
     assert_eq!(st["replica"]["id"], ids[2].as_str());
-    assert_eq!(st["replicas"].as_array().map(Vec::len), Some(3), "{st}");
+    let human = common::cli_async(&["status", "--admin-socket", admin_c.to_str().unwrap()]).await;
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(
+        human.stdout.contains("3 replicas")
+            && human.stdout.contains("LEASE HOLDER")
+            && ids.iter().all(|id| human.stdout.contains(id.as_str())),
+        "{}",
+        human.stdout
+    );
     // Federation once per peer: only the holder fetched it.
     let fetches = |r: &Replica| r.proc.as_ref().unwrap().count("peer bundle fetch");
     assert!(fetches(&a) > 0, "{}", a.proc.as_ref().unwrap().log());
@@ -328,9 +343,17 @@ async fn three_replicas_lose_the_lease_holder_during_rotation_and_the_mesh_goes_
     })
     .await;
     let before = served(&b.endpoint).await.unwrap();
-    let mut sequences = vec![doc(&before)["spiffe_sequence"].as_u64().unwrap()];
+    let start = doc(&before)["spiffe_sequence"].as_u64().unwrap();
     let killed = Instant::now();
     a.proc.take().unwrap().kill_9();
+    let a_cas = db_text(
+        &db.url,
+        &format!(
+            "SELECT encode(sha256(ca_cert), 'hex') FROM authority WHERE replica = '{}'",
+            ids[0]
+        ),
+    );
+    assert!(!a_cas.is_empty());
     let holder = common::eventually_some("another replica takes the lease", || async {
         for r in [&b, &c] {
             if r.proc.as_ref().unwrap().count("fetch lease taken") > 0 {
@@ -343,24 +366,52 @@ async fn three_replicas_lose_the_lease_holder_during_rotation_and_the_mesh_goes_
     let takeover = killed.elapsed();
     println!("figure: lease takeover {takeover:?} after kill -9 of the holder (ttl 3s)");
 
-    // Survivors: one bundle, sequence never back, SVIDs for their workloads, all validated by
-    // the peer, who has fetched their newest CAs too.
+    let metrics = new_holder_metrics(&b, &c, &holder).await;
+    assert_eq!(
+        common::metrics::counter(
+            &metrics,
+            "meshtrust_store_lease_changes_total",
+            "meshtrust_store_lease_changes_total"
+        ),
+        1,
+        "the new holder took the lease once"
+    );
+
+    // Survivors: one bundle, sequence never back (on each replica), SVIDs for their
+    // workloads, all validated by the peer, who has fetched their newest CAs too. For each
+    // new sequence: the time between one survivor serving it and both serving it.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sequences = [vec![start], vec![start]];
+    let mut first_seen: std::collections::BTreeMap<u64, (Instant, [bool; 2])> =
+        std::collections::BTreeMap::new();
+    let mut lags = Vec::new();
     while Instant::now() < deadline {
-        for r in [&b, &c] {
+        for (i, r) in [&b, &c].into_iter().enumerate() {
             if let Some(body) = served(&r.endpoint).await {
                 let s = doc(&body)["spiffe_sequence"].as_u64().unwrap();
+                let last = *sequences[i].last().unwrap();
                 assert!(
-                    s >= *sequences.last().unwrap(),
-                    "sequence went back: {sequences:?} then {s}"
+                    s >= last,
+                    "sequence went back on a replica: {last} then {s}"
                 );
-                sequences.push(s);
+                if s != last {
+                    sequences[i].push(s);
+                }
+                let seen = first_seen.entry(s).or_insert((Instant::now(), [false; 2]));
+                seen.1[i] = true;
+                if seen.1 == [true, true] {
+                    lags.push((s, seen.0.elapsed()));
+                    seen.1 = [false, false];
+                    seen.0 = Instant::now() + Duration::from_secs(3600);
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    sequences.dedup();
-    println!("sequences served by the survivors, in order: {sequences:?}");
+    lags.dedup_by_key(|(s, _)| *s);
+    println!("sequences served by each survivor, in order: {sequences:?}");
+    println!(
+        "figure: convergence (first survivor serving a sequence -> both), polled by curl: {lags:?}"
+    );
     let started = Instant::now();
     let (body, _) = common::eventually_some("b and c serve the same bundle", || async {
         let (x, y) = (served(&b.endpoint).await?, served(&c.endpoint).await?);
@@ -384,4 +435,141 @@ async fn three_replicas_lose_the_lease_holder_during_rotation_and_the_mesh_goes_
     }
     let st = common::status_json(&b.dir.path().join("admin.sock")).await;
     assert_eq!(lease_holder(&st).as_deref(), Some(holder.as_str()), "{st}");
+
+    // A is dead for good: once its heartbeat is stale and every SVID it may have signed has
+    // expired (x509_svid_ttl 5s + 30s grace), a survivor removes its CAs and its row.
+    let gone = format!(
+        "SELECT count(*) FROM authority WHERE replica = '{}'",
+        ids[0]
+    );
+    common::eventually_within(
+        "the dead replica's CAs leave the bundle",
+        Duration::from_secs(90),
+        || db_text(&db.url, &gone) == ["0"],
+    )
+    .await;
+    println!(
+        "figure: the dead replica's CAs pruned {:?} after its kill",
+        killed.elapsed()
+    );
+    let rows = format!("SELECT count(*) FROM replica WHERE id = '{}'", ids[0]);
+    assert_eq!(db_text(&db.url, &rows), ["0"]);
+    let body = common::eventually_some("the survivors serve a bundle without A's CAs", || async {
+        let (x, y) = (served(&b.endpoint).await?, served(&c.endpoint).await?);
+        (x == y && ca_fingerprints(&doc(&x)).iter().all(|f| !a_cas.contains(f))).then_some(x)
+    })
+    .await;
+    assert!(x509_keys(&doc(&body)) >= 2, "the survivors' CAs stay");
+}
+
+/// SHA-256 (hex) of each X.509 authority of a bundle document.
+fn ca_fingerprints(v: &serde_json::Value) -> Vec<String> {
+    use base64::Engine as _;
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "x509-svid")
+        .map(|k| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(k["x5c"][0].as_str().unwrap())
+                .unwrap();
+            meshtrust::bundle::summary::sha256_hex(&rustls_pki_types::CertificateDer::from(der))
+        })
+        .collect()
+}
+
+/// The metrics address of whichever of `b`, `c` has id `holder`.
+async fn new_holder_metrics(b: &Replica, c: &Replica, holder: &str) -> String {
+    let r = if read_id(&b.data_dir()) == holder {
+        b
+    } else {
+        c
+    };
+    common::metrics::listen_addr(r.proc.as_ref().unwrap()).await
+}
+
+/// Whether every endpoint serves one document with `cas` CA certificates or more, now.
+async fn same_everywhere(endpoints: &[&str], cas: usize) -> bool {
+    let mut first: Option<Vec<u8>> = None;
+    for e in endpoints {
+        let Some(body) = served(e).await else {
+            return false;
+        };
+        if first.as_ref().is_some_and(|f| *f != body) || x509_keys(&doc(&body)) < cas {
+            return false;
+        }
+        first = Some(body);
+    }
+    true
+}
+
+/// PostgreSQL stopped under two replicas: both keep serving the bundle and SVIDs and say the
+/// store is unavailable; started again, they resume without a restart, and a third replica
+/// joining then reaches both through their notification connections, reconnected (the hang
+/// guard, 10 s, is below the CA's 30 s fallback tick).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_through_a_database_outage_and_hear_each_other_after_it() {
+    // The shared cluster's presence says PostgreSQL is installed here.
+    let Some(_shared) = pg_support::test_db("replicas_outage") else {
+        return;
+    };
+    let cluster = tokio::task::spawn_blocking(pg_support::cluster::Cluster::start)
+        .await
+        .unwrap();
+    let extra = DaemonConfig::new(TD).entry(ME, &[]);
+    let mut a = Replica::new(&cluster.url(), &extra);
+    let mut b = Replica::new(&cluster.url(), &extra);
+    a.spawn();
+    a.ready().await;
+    b.spawn();
+    b.ready().await;
+    let (before, _) = converged(&[&a.endpoint, &b.endpoint], 2).await;
+
+    cluster.stop().await;
+    for r in [&a, &b] {
+        let admin = r.dir.path().join("admin.sock");
+        common::eventually_some("status says store unavailable", || async {
+            let st = common::status_json(&admin).await;
+            (st["store"]["available"] == false).then_some(())
+        })
+        .await;
+        assert_eq!(
+            served(&r.endpoint).await,
+            Some(before.clone()),
+            "served from memory"
+        );
+        assert!(
+            svid_leaf(r.dir.path().join("workload.sock"))
+                .await
+                .is_some(),
+            "SVIDs from the active CA during the outage"
+        );
+    }
+
+    cluster.restart().await;
+    for r in [&a, &b] {
+        let admin = r.dir.path().join("admin.sock");
+        common::eventually_some("status says store available again", || async {
+            let st = common::status_json(&admin).await;
+            (st["store"]["available"] == true).then_some(())
+        })
+        .await;
+    }
+    let mut c = Replica::new(&cluster.url(), &extra);
+    c.spawn();
+    c.ready().await;
+    let joined = Instant::now();
+    let deadline = joined + Duration::from_secs(10);
+    while !same_everywhere(&[&a.endpoint, &b.endpoint, &c.endpoint], 3).await {
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not hear the new one within 10 s: their notification connections did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "figure: after the outage, a joining replica's CA served by all three within {:?}",
+        joined.elapsed()
+    );
 }

@@ -181,10 +181,12 @@ async fn listen_once(
         let _ = closed_tx.send(());
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    // Notifications sent before this point (while disconnected, or between the daemon's
+    // first read and this first LISTEN) are lost: read everything again.
     if reconnect {
-        // Notifications sent while disconnected are lost: read everything again.
-        changes.send_modify(|n| *n = n.wrapping_add(1));
+        tracing::info!("listening to the other replicas again");
     }
+    changes.send_modify(|n| *n = n.wrapping_add(1));
     let _ = closed_rx.await;
     drop(client);
     drive.abort();
