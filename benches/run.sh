@@ -30,7 +30,7 @@ done
 # The Workload API bench holds thousands of sockets open in each of two processes.
 ulimit -n "$(ulimit -Hn)" || true
 
-benches=(issuance footprint bundle_endpoint workload_api federation_scale)
+benches=(issuance footprint bundle_endpoint workload_api federation_scale store)
 if ((smoke)); then
     profile=(--profile dev)
     bench_args=(--smoke)
