@@ -288,13 +288,15 @@ async fn three_replicas_lose_the_lease_holder_during_rotation_and_the_mesh_goes_
     std::fs::write(peer_dir.path().join(format!("peers/{TD}.json")), &union).unwrap();
     let _peer = Proc::serve(&peer_config).await;
 
-    // Every replica has the peer's bundle (A fetched it; B and C read it from the store) and
-    // names A as the lease holder.
+    // Every replica has the peer's bundle (A fetched it; B and C read it from the store),
+    // reports the peer up, and names A as the lease holder.
     for r in [&a, &b, &c] {
         let admin = r.dir.path().join("admin.sock");
         common::eventually_some("the peer's bundle pinned on every replica", || async {
             let st = common::status_json(&admin).await;
-            let pinned = common::peer_status(&st, PEER)["sequence"].is_u64();
+            let peer = common::peer_status(&st, PEER);
+            // A follower reports the holder's pin: up, as the holder is.
+            let pinned = peer["sequence"].is_u64() && peer["state"] == "ok";
             (pinned && lease_holder(&st).as_deref() == Some(ids[0].as_str())).then_some(())
         })
         .await;

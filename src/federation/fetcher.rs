@@ -192,6 +192,7 @@ impl PeerFetcher {
             // pins from the store (`lease`), and look at the lease again before long.
             let follow = pending.is_none() && !self.store.leases().fetches_here(&self.td);
             let delay = if follow {
+                self.follow();
                 self.store.leases().poll_every()
             } else {
                 let result = tokio::select! {
@@ -287,6 +288,21 @@ impl PeerFetcher {
             }
         }
         tracing::info!("fetcher stopped");
+    }
+
+    /// While another replica holds the fetch lease: the status mirrors the pin it made (read
+    /// from the store), so that a follower with a pinned bundle reports the peer as up; fetch
+    /// failures show on the holder (`lease_holder` in status).
+    fn follow(&self) {
+        let Some(at) = self.store.fetched_at(&self.td) else {
+            return;
+        };
+        self.status.update(&self.td, |s| {
+            s.state = PeerState::Ok;
+            s.last_success = Some(at);
+            s.last_error = None;
+            s.next_refresh = None;
+        });
     }
 
     /// The operator reset: a new client on the bootstrap bundle re-read from disk (refused,
