@@ -204,3 +204,42 @@ fn a_single_daemons_authorities_are_adopted_by_the_replica_holding_their_keys() 
     let owner = pg_support::query_text(&db.url, "SELECT replica FROM authority").unwrap();
     assert_eq!(owner, vec![s.replica_id().unwrap().to_owned()]);
 }
+
+/// Two replicas' pinned bundles: what one pins, the other reads on reload (as when notified);
+/// what one forgets (an operator reset there), the other forgets too.
+#[test]
+fn a_pin_or_a_reset_on_one_replica_reaches_the_other_on_reload() {
+    let Some(db) = pg_support::test_db("pins_reach_the_other_replica") else {
+        return;
+    };
+    use meshtrust::bundle::TrustBundle;
+    use meshtrust::federation::pinned::PeerStore;
+    use meshtrust::spiffe_id::TrustDomain;
+    let td = TrustDomain::new("peer.test").unwrap();
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = PeerStore::open(
+        std::sync::Arc::new(pg(&db.url, da.path())),
+        vec![td.clone()],
+    )
+    .unwrap();
+    let b = PeerStore::open(
+        std::sync::Arc::new(pg(&db.url, db_dir.path())),
+        vec![td.clone()],
+    )
+    .unwrap();
+    let bundle = TrustBundle {
+        trust_domain: td.clone(),
+        x509_authorities: Vec::new(),
+        jwt_authorities: Vec::new(),
+        sequence: Some(7),
+        refresh_hint: None,
+    };
+    a.pin(bundle, SystemTime::now()).unwrap();
+    assert!(b.get(&td).is_none());
+    assert!(b.reload().unwrap(), "the new pin is published");
+    assert_eq!(b.get(&td).unwrap().sequence, Some(7));
+    assert!(!b.reload().unwrap(), "nothing new");
+    a.reset(&td).unwrap();
+    assert!(b.reload().unwrap());
+    assert!(b.get(&td).is_none(), "forgotten on both");
+}

@@ -181,6 +181,7 @@ impl PeerStore {
         let mut fetched = self.lock();
         let peers = self.peers();
         let stored = self.storage.load_pinned()?;
+        let stored_tds: Vec<TrustDomain> = stored.iter().map(|p| p.trust_domain.clone()).collect();
         let mut next = (*self.current()).clone();
         let mut changed = false;
         for pinned in stored {
@@ -204,6 +205,18 @@ impl PeerStore {
                 next.insert(pinned.trust_domain.clone(), Arc::new(parsed.bundle));
                 changed = true;
             }
+        }
+        // Forgotten by another replica (an operator reset there): forgotten here too.
+        let stored_tds: Vec<&TrustDomain> = stored_tds.iter().collect();
+        let gone: Vec<TrustDomain> = next
+            .keys()
+            .filter(|td| !stored_tds.contains(td))
+            .cloned()
+            .collect();
+        for td in gone {
+            next.remove(&td);
+            fetched.remove(&td);
+            changed = true;
         }
         if changed {
             self.tx.send_replace(Arc::new(next));
