@@ -9,10 +9,16 @@
 //! Baselines in the same run: for CPU, the test server's own CPU over the same window (the
 //! other end of the same fetches, same Rust TLS stack); for RSS and cold start, the same
 //! daemon with no peer.
+//!
+//! Then the same 1,000 peers with `[store] kind = "postgres"` (a fresh database on the cluster
+//! named by `MESHTRUST_TEST_PG_URL_FILE`, which benches/run.sh starts): CPU and RSS against the
+//! SQLite figures of the same run (issue 14: < 5 % of a core, < 100 MiB).
 
 #![allow(clippy::unwrap_used)] // bench code: a panic is the failure report
 
 mod common;
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -93,6 +99,82 @@ async fn cold_start(config: &Path, dir: &Path, peers: usize) -> (Spawned, Durati
     (daemon, served_at.unwrap(), pinned_at.unwrap())
 }
 
+/// The steady state of a daemon federating with `peers`: first fetch of all, then CPU over
+/// `window`, RSS.
+struct Steady {
+    cpu: f64,
+    server_cpu: f64,
+    rss: u64,
+    peak: u64,
+    fetches: u64,
+    conns: u64,
+    first_fetch: Duration,
+    all_ok: Option<(usize, usize)>,
+    secs: f64,
+}
+
+async fn steady(
+    config: &Path,
+    dir: &Path,
+    peers: usize,
+    window: Duration,
+    counters: &common::peer_server::Counters,
+    hz: f64,
+) -> Steady {
+    // First start on empty state: every peer is fetched and pinned.
+    let mut daemon = Spawned::serve(config);
+    daemon.wait_ready(Duration::from_secs(60));
+    let t0 = Instant::now();
+    loop {
+        if admin_counts(dir)
+            .await
+            .is_some_and(|(p, ok)| p == peers && ok == peers)
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "not all {peers} peers fetched within 120 s: {:?}; log:\n{}",
+            admin_counts(dir).await,
+            daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_fetch = t0.elapsed();
+
+    // Steady state: the window starts once every peer is pinned and ok.
+    let pid = daemon.pid();
+    let me = std::process::id();
+    let (d0, s0, r0) = (
+        common::cpu_ticks(pid),
+        common::cpu_ticks(me),
+        counters.requests.load(Ordering::Relaxed),
+    );
+    let c0 = counters.connections.load(Ordering::Relaxed);
+    let w0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let secs = w0.elapsed().as_secs_f64();
+    let cpu = (common::cpu_ticks(pid) - d0) as f64 / hz / secs * 100.0;
+    let server_cpu = (common::cpu_ticks(me) - s0) as f64 / hz / secs * 100.0;
+    let fetches = counters.requests.load(Ordering::Relaxed) - r0;
+    let conns = counters.connections.load(Ordering::Relaxed) - c0;
+    let rss = common::rss_kib(pid);
+    let peak = common::peak_rss_kib(pid);
+    let all_ok = admin_counts(dir).await;
+    daemon.stop();
+    Steady {
+        cpu,
+        server_cpu,
+        rss,
+        peak,
+        fetches,
+        conns,
+        first_fetch,
+        all_ok,
+        secs,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let smoke = common::smoke();
@@ -137,47 +219,18 @@ async fn main() {
     }
     .write(&dir);
 
-    // First start on empty state: every peer is fetched and pinned.
-    let mut daemon = Spawned::serve(&config);
-    daemon.wait_ready(Duration::from_secs(60));
-    let t0 = Instant::now();
-    loop {
-        if admin_counts(&dir)
-            .await
-            .is_some_and(|(p, ok)| p == peers && ok == peers)
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "not all {peers} peers fetched within 120 s: {:?}; log:\n{}",
-            admin_counts(&dir).await,
-            daemon.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let first_fetch = t0.elapsed();
-
-    // Steady state: the window starts once every peer is pinned and ok.
-    let pid = daemon.pid();
-    let me = std::process::id();
-    let (d0, s0, r0) = (
-        common::cpu_ticks(pid),
-        common::cpu_ticks(me),
-        counters.requests.load(Ordering::Relaxed),
-    );
-    let c0 = counters.connections.load(Ordering::Relaxed);
-    let w0 = Instant::now();
-    tokio::time::sleep(window).await;
-    let secs = w0.elapsed().as_secs_f64();
-    let cpu = (common::cpu_ticks(pid) - d0) as f64 / hz / secs * 100.0;
-    let server_cpu = (common::cpu_ticks(me) - s0) as f64 / hz / secs * 100.0;
-    let fetches = counters.requests.load(Ordering::Relaxed) - r0;
-    let conns = counters.connections.load(Ordering::Relaxed) - c0;
-    let rss = common::rss_kib(pid);
-    let peak = common::peak_rss_kib(pid);
-    let all_ok = admin_counts(&dir).await;
-    daemon.stop();
+    let sqlite = steady(&config, &dir, peers, window, &counters, hz).await;
+    let Steady {
+        cpu,
+        server_cpu,
+        rss,
+        peak,
+        fetches,
+        conns,
+        first_fetch,
+        all_ok,
+        secs,
+    } = sqlite;
 
     // Cold starts on the pinned state, peers up (the fetchers start their fetches meanwhile).
     let mut colds = Vec::new();
@@ -223,5 +276,52 @@ async fn main() {
          {fetches} fetches over {conns} new connections; (pinned, ok) at the end {all_ok:?}; \
          cold starts (ms, Workload API) {colds:.0?}, admin API showing all pinned {pinned_ms:.0?}",
         first_fetch.as_secs_f64()
+    ));
+
+    // The same peers on PostgreSQL.
+    let Some(db) = pg_support::test_db("bench_federation_scale") else {
+        common::note("federation on PostgreSQL: skipped, no MESHTRUST_TEST_PG_URL_FILE");
+        return;
+    };
+    let pg_dir = root.path().join("peers-pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    std::fs::write(pg_dir.join("pg-url"), &db.url).unwrap();
+    let config = DaemonConfig {
+        federation: format!(
+            "[store]\nkind = \"postgres\"\nurl_file = \"{}\"\n{}",
+            pg_dir.join("pg-url").display(),
+            federation_blocks(peers, addr.port(), &cert)
+        ),
+        ..DaemonConfig::minimal()
+    }
+    .write(&pg_dir);
+    let pg = steady(&config, &pg_dir, peers, window, &counters, hz).await;
+    common::row(
+        &format!("4b. {peers} peers, hint 60 s, on PostgreSQL: daemon CPU"),
+        &format!("{:.2} % of a core", pg.cpu),
+        &format!("{cpu:.2} % on SQLite"),
+        Some(pg.cpu / cpu),
+        "< 5 %",
+        common::Met::from(pg.cpu < 5.0),
+    );
+    common::row(
+        &format!("4b. {peers} peers on PostgreSQL: daemon RSS"),
+        &format!(
+            "{:.1} MiB (peak {:.1})",
+            pg.rss as f64 / 1024.0,
+            pg.peak as f64 / 1024.0
+        ),
+        &format!("{:.1} MiB on SQLite", rss as f64 / 1024.0),
+        Some(pg.rss as f64 / rss as f64),
+        "< 100 MiB",
+        common::Met::from((pg.rss as f64) < 100.0 * 1024.0),
+    );
+    common::note(&format!(
+        "federation on PostgreSQL: first start pinned all {peers} in {:.1} s; window {:.0} s: {} \
+         fetches; (pinned, ok) at the end {:?}",
+        pg.first_fetch.as_secs_f64(),
+        pg.secs,
+        pg.fetches,
+        pg.all_ok
     ));
 }

@@ -11,10 +11,11 @@ mod endpoint_client;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use endpoint_client::fixture::{Certs, H1, H2_H1, HOUR, ID, sequence, start};
-use endpoint_client::{GUARD, connect, eventually, get, spiffe_client, uri_sans};
+use endpoint_client::{Answer, Conn, GUARD, connect, eventually, get, spiffe_client, uri_sans};
 use http::{Method, StatusCode, Version};
 use meshtrust::clock::Clock;
 use meshtrust::federation::endpoint::ServeOptions;
@@ -115,6 +116,27 @@ async fn get_serves_the_bundle_json_with_an_svid_over_http1_and_http2() {
     assert_eq!(f.certs.failures(), 0);
 }
 
+/// Waits (under the hang guard) until a GET of `addr` with `client` is answered with a
+/// connection and an answer that `wanted` accepts; returns them.
+async fn answered(
+    what: &str,
+    addr: SocketAddr,
+    client: &Arc<rustls::ClientConfig>,
+    wanted: impl Fn(&Conn, &Answer) -> bool,
+) -> (Conn, Answer) {
+    let wanted = &wanted;
+    eventually(what, || {
+        let client = client.clone();
+        async move {
+            get(addr, client, "localhost")
+                .await
+                .ok()
+                .filter(|(c, a)| wanted(c, a))
+        }
+    })
+    .await
+}
+
 fn not_before(der: &[u8]) -> SystemTime {
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     let secs = cert.validity().not_before.timestamp();
@@ -137,15 +159,8 @@ async fn the_svid_renews_at_half_life_and_follows_a_ca_rotation_on_the_same_list
 
     // Past half of the 1 h SVID lifetime, with no CA change: a new SVID from the same CA.
     f.clock.advance(40 * 60 * Duration::from_secs(1));
-    eventually("a renewed svid", || {
-        let client = old_client.clone();
-        let leaf0 = leaf0.clone();
-        async move {
-            get(f.addr, client, "localhost")
-                .await
-                .ok()
-                .filter(|(c, _)| c.leaf != leaf0)
-        }
+    answered("a renewed svid", f.addr, &old_client, |c, _| {
+        c.leaf != leaf0
     })
     .await;
 
@@ -160,14 +175,8 @@ async fn the_svid_renews_at_half_life_and_follows_a_ca_rotation_on_the_same_list
     f.clock
         .set(t0 + 19 * HOUR + 45 * 60 * Duration::from_secs(1));
     let t1945 = f.clock.now() - meshtrust::ca::BACKDATE;
-    eventually("an svid issued at 19:45", || {
-        let client = old_client.clone();
-        async move {
-            get(f.addr, client, "localhost")
-                .await
-                .ok()
-                .filter(|(c, _)| not_before(&c.leaf) == t1945)
-        }
+    answered("an svid issued at 19:45", f.addr, &old_client, |c, _| {
+        not_before(&c.leaf) == t1945
     })
     .await;
 
@@ -179,11 +188,8 @@ async fn the_svid_renews_at_half_life_and_follows_a_ca_rotation_on_the_same_list
     let now = f.ca.snapshot();
     let new_ca = now.active().unwrap().cert.clone();
     assert_ne!(new_ca, old_ca);
-    let (conn, answer) = eventually("the endpoint still answers a client of the old CA", || {
-        let client = old_client.clone();
-        async move { get(f.addr, client, "localhost").await.ok() }
-    })
-    .await;
+    let still = "the endpoint still answers a client of the old CA";
+    let (conn, answer) = answered(still, f.addr, &old_client, |_, _| true).await;
     assert_eq!(uri_sans(&conn.leaf), vec![ID.to_owned()]);
     assert_eq!(answer.body, now.bundle_json);
 
@@ -192,11 +198,7 @@ async fn the_svid_renews_at_half_life_and_follows_a_ca_rotation_on_the_same_list
     f.ca.tick().unwrap();
     let now = f.ca.snapshot();
     let client = f.client(&[new_ca], H2_H1, false);
-    let (conn, answer) = eventually("an svid of the new ca", || {
-        let client = client.clone();
-        async move { get(f.addr, client, "localhost").await.ok() }
-    })
-    .await;
+    let (conn, answer) = answered("an svid of the new ca", f.addr, &client, |_, _| true).await;
     assert_eq!(uri_sans(&conn.leaf), vec![ID.to_owned()]);
     assert_eq!(answer.body, now.bundle_json);
     // The old CA alone no longer vouches for what is presented.
@@ -226,12 +228,7 @@ async fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output();
     let out = tokio::time::timeout(GUARD, child).await.unwrap().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), common::output_text(&out))
 }
 
 /// Federation 1.5.6 (Mozilla intermediate): TLS 1.0 and 1.1 are refused by the server, as

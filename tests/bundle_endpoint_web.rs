@@ -76,6 +76,20 @@ async fn served_leaf(
         .map(|(c, _)| c.leaf.clone())
 }
 
+/// Waits (under the hang guard) until the endpoint at `addr` presents `leaf`.
+async fn until_served(
+    what: &str,
+    addr: std::net::SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+    leaf: &CertificateDer<'static>,
+) {
+    eventually(what, || {
+        let (cfg, leaf) = (cfg.clone(), leaf.clone());
+        async move { served_leaf(addr, cfg).await.filter(|l| *l == leaf) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad_file() {
     common::init();
@@ -160,12 +174,7 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
     let (leaf2, chain2, key2) = dev.leaf();
     std::fs::write(&key_file, to_sec1(dir.path(), &key2)).unwrap();
     std::fs::write(&cert_file, &chain2).unwrap();
-    eventually("the new certificate", || {
-        let client = client.clone();
-        let leaf2 = leaf2.clone();
-        async move { served_leaf(addr, client).await.filter(|l| *l == leaf2) }
-    })
-    .await;
+    until_served("the new certificate", addr, &client, &leaf2).await;
 
     // A broken certificate file: the failure is seen, the previous certificate stays.
     let before = certs.failures();
@@ -193,12 +202,7 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
 
     // Then the matching key arrives: recovered.
     std::fs::write(&key_file, &key3).unwrap();
-    eventually("the third certificate", || {
-        let client = client.clone();
-        let leaf3 = leaf3.clone();
-        async move { served_leaf(addr, client).await.filter(|l| *l == leaf3) }
-    })
-    .await;
+    until_served("the third certificate", addr, &client, &leaf3).await;
     cancel.cancel();
 }
 
@@ -246,11 +250,12 @@ async fn the_daemon_serves_replaced_https_web_files_and_keeps_its_certificate_on
     daemon
         .wait_for_log("bundle endpoint certificate reloaded")
         .await;
-    eventually("the daemon serves the new certificate", || {
-        let client = client.clone();
-        let leaf2 = leaf2.clone();
-        async move { served_leaf(addr, client).await.filter(|l| *l == leaf2) }
-    })
+    until_served(
+        "the daemon serves the new certificate",
+        addr,
+        &client,
+        &leaf2,
+    )
     .await;
 
     // A broken certificate file: logged, and the certificate served stays.

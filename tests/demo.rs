@@ -81,6 +81,10 @@ fn the_demo_federates_two_meshes_calls_across_them_refuses_a_stranger_and_says_o
         out.contains("spiffe://mesh-a.test/ns/default/sa/batch is not allowed"),
         "{out}"
     );
+    assert!(
+        out.contains("echo's sidecar refused it by its allow list"),
+        "{out}"
+    );
     assert!(!out.contains("demo: FAILED"), "{out}");
 }
 

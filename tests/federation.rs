@@ -136,11 +136,8 @@ async fn two_meshes_federate_and_follow_a_ca_rotation_without_an_operator() {
 async fn a_restarted_daemon_serves_its_pinned_bundles_before_the_peer_answers() {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut a = Mesh::new(root.path(), "mesh-a").await;
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    a.write_config("", "1s", Some(&b), "");
-    b.write_config("", "1s", None, "");
-    b.give_bootstrap_to(&a);
+    // mesh-a federates with mesh-b, bootstrapped with its bundle; mesh-b with nobody.
+    let (mut a, mut b) = Mesh::pair(root.path(), "", "", false).await;
     let db = b.start().await;
     let da = a.start().await;
     let td_b = TrustDomain::new("mesh-b.test").unwrap();

@@ -91,9 +91,7 @@ async fn a_bootstrapped_fetch_pins_the_bundle_and_the_pinned_bundle_carries_the_
 
     // Control: with the pin reset, only the bootstrap bundle is left, and it refuses the SVID.
     ours.store.reset(&td(PEER)).unwrap();
-    let report = ours.refresh(PEER).await;
-    assert!(!report.ok, "{report:?}");
-    assert!(report.error.unwrap().contains("invalid peer certificate"));
+    ours.refresh_refused(PEER, "invalid peer certificate").await;
 }
 
 #[tokio::test]
@@ -145,13 +143,8 @@ async fn keys_empty_is_pinned_as_revocation_and_the_endpoint_then_fails_closed()
 
     // No authority is left to authenticate the (self-serving) endpoint: refused, still revoked.
     server.route("/", Behaviour::ok(with_sequence(&peer.bundle(), 3)));
-    let report = ours.refresh(PEER).await;
-    assert!(!report.ok, "{report:?}");
-    let error = report.error.unwrap();
-    assert!(
-        error.contains("no x509 authority for trust domain mesh-b.test"),
-        "{error}"
-    );
+    ours.refresh_refused(PEER, "no x509 authority for trust domain mesh-b.test")
+        .await;
     assert!(ours.pinned(PEER).unwrap().is_empty());
 }
 
@@ -176,14 +169,8 @@ async fn an_https_redirect_is_followed_with_the_same_checks_and_never_stored() {
     let other = Hostile::start(peer.endpoint_tls("spiffe://mesh-b.test/other")).await;
     other.route("/", Behaviour::ok(with_sequence(&peer.bundle(), 9)));
     server.route("/", Behaviour::Redirect(other.url("/").to_string()));
-    let report = ours.refresh(PEER).await;
-    assert!(!report.ok, "{report:?}");
-    assert!(
-        report
-            .error
-            .unwrap()
-            .contains("expected spiffe://mesh-b.test/meshtrust/server")
-    );
+    ours.refresh_refused(PEER, "expected spiffe://mesh-b.test/meshtrust/server")
+        .await;
     assert_eq!(ours.pinned(PEER).unwrap().sequence, Some(4));
 }
 
@@ -204,13 +191,8 @@ async fn an_endpoint_id_in_our_own_trust_domain_is_checked_against_our_own_ca() 
 
     // Without our own authorities, nothing validates the endpoint: fail closed.
     let ours = Ours::start(Ours::dir(), &peers, no_own_roots(), FetchLimits::default()).unwrap();
-    let report = ours.refresh(PEER).await;
-    assert!(!report.ok, "{report:?}");
-    let error = report.error.unwrap();
-    assert!(
-        error.contains("no x509 authority for trust domain mesh-a.test"),
-        "{error}"
-    );
+    ours.refresh_refused(PEER, "no x509 authority for trust domain mesh-a.test")
+        .await;
 }
 
 #[tokio::test]

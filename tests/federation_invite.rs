@@ -44,8 +44,7 @@ fn s(p: &Path) -> &str {
 /// `meshtrust federation invite --config FILE`: the token (one line on stdout).
 async fn invite(config: &Path) -> String {
     let out = cli_async(&["federation", "invite", "--config", s(config)]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let token = out.stdout.trim().to_owned();
+    let token = out.ok().stdout.trim().to_owned();
     assert!(
         token.starts_with(PREFIX) && !token.contains(char::is_whitespace),
         "{token:?}"
@@ -105,14 +104,10 @@ async fn invite_and_join_both_ways_then_sighup_and_each_pins_the_other() {
 
     // mesh-b joins mesh-a, writing its config; mesh-a joins mesh-b, printing the block.
     let b_out = root.path().join("b/peers/mesh-a.test.json");
-    let out = join(&token_a, &b_out, &b_config, true).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout
-            .contains("appended the [[federation]] block for mesh-a.test"),
-        "{}",
-        out.stdout
-    );
+    join(&token_a, &b_out, &b_config, true)
+        .await
+        .ok()
+        .prints("appended the [[federation]] block for mesh-a.test");
     assert_eq!(
         std::fs::metadata(&b_out).unwrap().permissions().mode() & 0o777,
         0o644
@@ -125,13 +120,8 @@ async fn invite_and_join_both_ways_then_sighup_and_each_pins_the_other() {
 
     let a_out = root.path().join("a/peers/mesh-b.test.json");
     let out = join(&token_b, &a_out, &a_config, false).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout
-            .contains("[[federation]]\ntrust_domain = \"mesh-b.test\""),
-        "{}",
-        out.stdout
-    );
+    out.ok()
+        .prints("[[federation]]\ntrust_domain = \"mesh-b.test\"");
     // The operator pastes the printed block.
     let mut a_text = std::fs::read_to_string(&a_config).unwrap();
     a_text.push('\n');
@@ -139,18 +129,15 @@ async fn invite_and_join_both_ways_then_sighup_and_each_pins_the_other() {
     std::fs::write(&a_config, a_text).unwrap();
 
     for config in [&a_config, &b_config] {
-        let out = cli_async(&["check-config", "--config", s(config)]).await;
-        assert_eq!(out.code, 0, "{}", out.stderr);
+        cli_async(&["check-config", "--config", s(config)])
+            .await
+            .ok();
     }
     // Joining the same peer again with --write is refused: the config already has it.
     let again = root.path().join("b/peers/again.json");
-    let out = join(&token_a, &again, &b_config, true).await;
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("already federates with mesh-a.test"),
-        "{}",
-        out.stderr
-    );
+    join(&token_a, &again, &b_config, true)
+        .await
+        .fails_with(1, "already federates with mesh-a.test");
     assert!(!again.exists());
 
     a.signal("HUP");
@@ -260,19 +247,14 @@ async fn edited_and_expired_tokens_are_refused_with_the_reason_and_nothing_is_wr
     .await;
 
     // The genuine token still works after all that.
-    let ok = join(&token, &out, &joiner, true).await;
-    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    join(&token, &out, &joiner, true).await.ok();
     // And never over an existing file.
     let written = std::fs::read(&out).unwrap();
     let again = DaemonConfig::new("mesh-k.test").write(&root.path().join("k"));
     let before = std::fs::read_to_string(&again).unwrap();
-    let result = join(&token, &out, &again, true).await;
-    assert_eq!(result.code, 1, "{}", result.stderr);
-    assert!(
-        result.stderr.contains("exists; nothing written"),
-        "{}",
-        result.stderr
-    );
+    join(&token, &out, &again, true)
+        .await
+        .fails_with(1, "exists; nothing written");
     assert_eq!(std::fs::read(&out).unwrap(), written);
     assert_eq!(std::fs::read_to_string(&again).unwrap(), before);
 }
@@ -323,24 +305,20 @@ async fn invite_checks_its_ttl_and_url_and_usage_errors_exit_64() {
     let root = tempfile::tempdir().unwrap();
     let (_b, b_config) = daemon(root.path(), "b", "mesh-b.test", "", &[]).await;
     let cfg = s(&b_config);
-    let out = cli_async(&["federation", "invite", "--config", cfg, "--ttl", "8d"]).await;
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("out of bounds"), "{}", out.stderr);
-    let out = cli_async(&[
+    cli_async(&["federation", "invite", "--config", cfg, "--ttl", "8d"])
+        .await
+        .fails_with(1, "out of bounds");
+    let bad_url = [
         "federation",
         "invite",
         "--config",
         cfg,
         "--url",
         "http://b/",
-    ])
-    .await;
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("scheme must be https"),
-        "{}",
-        out.stderr
-    );
+    ];
+    cli_async(&bad_url)
+        .await
+        .fails_with(1, "scheme must be https");
     let url = "https://bundle.mesh-b.example:8443/";
     let out = cli_async(&[
         "federation",
@@ -352,17 +330,18 @@ async fn invite_checks_its_ttl_and_url_and_usage_errors_exit_64() {
         "--json",
     ])
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out.ok().stdout).unwrap();
     assert_eq!(json["bundle_endpoint_url"], url);
     assert_eq!(
         fields(json["token"].as_str().unwrap())["bundle_endpoint_url"],
         url
     );
     // Usage: neither --admin-socket nor --config.
-    let out = cli_async(&["federation", "invite"]).await;
-    assert_eq!(out.code, 64, "{}", out.stderr);
-    let out = cli_async(&[
+    cli_async(&["federation", "invite"])
+        .await
+        .fails_with(64, "--admin-socket <ADMIN_SOCKET>");
+    // Usage: join --write without the --config to write.
+    cli_async(&[
         "federation",
         "join",
         "x",
@@ -370,8 +349,8 @@ async fn invite_checks_its_ttl_and_url_and_usage_errors_exit_64() {
         "/tmp/x",
         "--write",
     ])
-    .await;
-    assert_eq!(out.code, 64, "{}", out.stderr);
+    .await
+    .fails_with(64, "--config <CONFIG>");
 }
 
 /// The attack the second, verified fetch stops: a server that copies the genuine (public)
@@ -405,8 +384,7 @@ async fn a_server_serving_the_genuine_bundle_without_an_svid_from_it_is_refused(
     .await;
     // The same server with an SVID from the genuine CA is accepted: the refusal was the chain.
     server.set_tls(genuine.endpoint_tls(harness::ENDPOINT));
-    let ok = join(&token, &out, &joiner, true).await;
-    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    join(&token, &out, &joiner, true).await.ok();
     let written = std::fs::read(&out).unwrap();
     let parsed = meshtrust::bundle::jwks::parse(&harness::td(harness::PEER), &written).unwrap();
     assert_eq!(

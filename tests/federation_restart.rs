@@ -33,15 +33,10 @@ fn write_mesh_a_config(dir: &Path, port: u16) -> PathBuf {
 async fn kill_9_and_restart_keeps_the_pinned_bundle_and_serves_it_before_the_peer_answers() {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    b.write_config("", "1s", None, "");
+    let mut b = Mesh::alone(root.path(), "mesh-b").await;
     let a_dir = root.path().join("mesh-a");
     let config = write_mesh_a_config(&a_dir, b.port);
-    std::fs::write(
-        a_dir.join("peers").join("mesh-b.test.json"),
-        meshtrust::app::init_state(&b.config()).unwrap(),
-    )
-    .unwrap();
+    let bootstrap = b.write_bootstrap_into(&a_dir);
     let (admin, workload) = (a_dir.join("admin.sock"), a_dir.join("workload.sock"));
     let db = b.start().await;
     let mesh_b_certs = db.ca.snapshot().bundle.x509_authorities.clone();
@@ -64,7 +59,7 @@ async fn kill_9_and_restart_keeps_the_pinned_bundle_and_serves_it_before_the_pee
     // mesh-b after the restart can only come from its pinned state.
     db.shutdown().await;
     a.kill_9();
-    std::fs::remove_file(a_dir.join("peers").join("mesh-b.test.json")).unwrap();
+    std::fs::remove_file(bootstrap).unwrap();
     let _a = Proc::serve(&config).await;
 
     // Nothing can have been fetched since (mesh-b is down): what is served comes from the state.

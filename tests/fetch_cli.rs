@@ -13,20 +13,36 @@ use std::process::Stdio;
 
 use common::config::{DaemonConfig, entry};
 use common::daemon::Proc;
-use common::{cli_async, own_uid};
+use common::{cli_async, cli_with_endpoint_async, own_uid};
 
 const ME: &str = "spiffe://mesh-a.test/fetcher";
 
-/// A daemon of mesh-a.test with an entry for this process.
-async fn daemon(dir: &Path) -> Proc {
+/// A daemon of mesh-a.test in `dir` with an entry for this process; its Workload API socket.
+async fn daemon(dir: &Path) -> (Proc, String) {
     let config = DaemonConfig::new("mesh-a.test")
         .section(&format!("{}hint = \"main\"\n", entry(ME, own_uid(), &[])))
         .write(dir);
-    Proc::serve(&config).await
+    (Proc::serve(&config).await, socket(dir))
 }
 
 fn socket(dir: &Path) -> String {
     dir.join("workload.sock").to_str().unwrap().to_owned()
+}
+
+/// `meshtrust fetch ARGS --socket SOCKET`.
+async fn fetch(args: &[&str], socket: &str) -> common::CliOutput {
+    let mut argv = vec!["fetch"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--socket", socket]);
+    cli_async(&argv).await
+}
+
+/// `meshtrust fetch ARGS --json --socket SOCKET`, which must succeed: the document it printed.
+async fn fetch_json(args: &[&str], socket: &str) -> serde_json::Value {
+    let mut argv = args.to_vec();
+    argv.push("--json");
+    let out = fetch(&argv, socket).await;
+    serde_json::from_str(&out.ok().stdout).unwrap()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -36,23 +52,12 @@ fn mode(path: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mode_prints_what_the_workload_api_served() {
     let dir = tempfile::tempdir().unwrap();
-    let _d = daemon(dir.path()).await;
-    let sock = socket(dir.path());
+    let (_d, sock) = daemon(dir.path()).await;
 
-    let out = cli_async(&["fetch", "x509", "--socket", &sock]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout
-            .contains(&format!("x509-svid {ME} (hint \"main\"): expires ")),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("bundle spiffe://mesh-a.test: 1 authority(ies)"),
-        "{}",
-        out.stdout
-    );
+    let out = fetch(&["x509"], &sock).await;
+    out.ok()
+        .prints(&format!("x509-svid {ME} (hint \"main\"): expires "))
+        .prints("bundle spiffe://mesh-a.test: 1 authority(ies)");
     assert!(
         !out.stdout.contains("PRIVATE KEY"),
         "keys never go to stdout: {}",
@@ -60,9 +65,7 @@ async fn each_mode_prints_what_the_workload_api_served() {
     );
 
     // --json: the SVID's ID and expiry, the CA's fingerprint, as in `status`.
-    let out = cli_async(&["fetch", "x509", "--json", "--socket", &sock]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = fetch_json(&["x509"], &sock).await;
     assert_eq!(doc["svids"][0]["spiffe_id"], ME);
     assert!(
         doc["svids"][0]["expires_at"]
@@ -78,18 +81,14 @@ async fn each_mode_prints_what_the_workload_api_served() {
 
     // bundles: the same CA, by the same fingerprint; the URI form of the socket works too.
     let uri = format!("unix://{sock}");
-    let out = cli_async(&["fetch", "bundles", "--json", "--socket", &uri]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = fetch_json(&["bundles"], &uri).await;
     assert_eq!(
         doc["bundles"]["spiffe://mesh-a.test"][0]["sha256"],
         fingerprint.as_str()
     );
 
     // jwt-bundles: the JWKS of our trust domain, one EC key.
-    let out = cli_async(&["fetch", "jwt-bundles", "--json", "--socket", &sock]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = fetch_json(&["jwt-bundles"], &sock).await;
     let keys = doc["bundles"]["spiffe://mesh-a.test"]["keys"]
         .as_array()
         .unwrap();
@@ -97,36 +96,11 @@ async fn each_mode_prints_what_the_workload_api_served() {
     assert_eq!(keys[0]["kty"], "EC");
 
     // jwt for two audiences, then validated back through ValidateJWTSVID (argument and stdin).
-    let out = cli_async(&[
-        "fetch",
-        "jwt",
-        "--audience",
-        "a",
-        "--audience",
-        "b",
-        "--json",
-        "--socket",
-        &sock,
-    ])
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = fetch_json(&["jwt", "--audience", "a", "--audience", "b"], &sock).await;
     assert_eq!(doc["svids"][0]["spiffe_id"], ME);
     assert_eq!(doc["svids"][0]["hint"], "main");
     let token = doc["svids"][0]["token"].as_str().unwrap().to_owned();
-    let out = cli_async(&[
-        "fetch",
-        "validate",
-        "--audience",
-        "b",
-        &token,
-        "--json",
-        "--socket",
-        &sock,
-    ])
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = fetch_json(&["validate", "--audience", "b", &token], &sock).await;
     assert_eq!(doc["spiffe_id"], ME);
     assert_eq!(doc["claims"]["aud"], serde_json::json!(["a", "b"]));
     let mut child = tokio::process::Command::new(common::bin())
@@ -154,13 +128,11 @@ async fn each_mode_prints_what_the_workload_api_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_puts_keys_and_tokens_in_0600_files() {
     let dir = tempfile::tempdir().unwrap();
-    let _d = daemon(dir.path()).await;
-    let sock = socket(dir.path());
+    let (_d, sock) = daemon(dir.path()).await;
     let out_dir = dir.path().join("out");
     let out_s = out_dir.to_str().unwrap();
 
-    let out = cli_async(&["fetch", "x509", "--write", out_s, "--socket", &sock]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    fetch(&["x509", "--write", out_s], &sock).await.ok();
     assert_eq!(mode(&out_dir.join("svid_key.pem")), 0o600);
     assert_eq!(mode(&out_dir.join("svid.pem")), 0o644);
     assert_eq!(mode(&out_dir.join("bundle.pem")), 0o644);
@@ -179,18 +151,8 @@ async fn write_puts_keys_and_tokens_in_0600_files() {
     let (ok, text) = common::openssl_verify(dir.path(), &bundle, &chain[0], "sslclient");
     assert!(ok, "{text}");
 
-    let out = cli_async(&[
-        "fetch",
-        "jwt",
-        "--audience",
-        "x",
-        "--write",
-        out_s,
-        "--socket",
-        &sock,
-    ])
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = fetch(&["jwt", "--audience", "x", "--write", out_s], &sock).await;
+    out.ok();
     assert_eq!(mode(&out_dir.join("jwt_svid.token")), 0o600);
     let token = std::fs::read_to_string(out_dir.join("jwt_svid.token")).unwrap();
     assert!(
@@ -198,15 +160,13 @@ async fn write_puts_keys_and_tokens_in_0600_files() {
         "the printed token is the written one"
     );
 
-    let out = cli_async(&["fetch", "bundles", "--write", out_s, "--socket", &sock]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    fetch(&["bundles", "--write", out_s], &sock).await.ok();
     let pem = std::fs::read(out_dir.join("mesh-a.test.pem")).unwrap();
     assert_eq!(
         meshtrust::bundle::pem::parse_certs_pem(&pem).unwrap(),
         bundle
     );
-    let out = cli_async(&["fetch", "jwt-bundles", "--write", out_s, "--socket", &sock]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    fetch(&["jwt-bundles", "--write", out_s], &sock).await.ok();
     let jwks: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("mesh-a.test.jwks.json")).unwrap())
             .unwrap();
@@ -235,18 +195,9 @@ async fn a_caller_without_an_entry_exits_1_with_the_servers_reason() {
         &["jwt-bundles"],
         &["jwt", "--audience", "a"],
     ] {
-        let mut args = vec!["fetch"];
-        args.extend_from_slice(what);
-        args.extend_from_slice(&["--socket", &sock]);
-        let out = cli_async(&args).await;
-        assert_eq!(out.code, 1, "{what:?}: {}", out.stderr);
-        assert!(
-            out.stderr
-                .contains("refused by the workload api: no identity issued"),
-            "{what:?}: {}",
-            out.stderr
-        );
-        assert!(out.stdout.is_empty(), "{}", out.stdout);
+        let out = fetch(what, &sock).await;
+        out.fails_with(1, "refused by the workload api: no identity issued");
+        assert!(out.stdout.is_empty(), "{what:?}: {}", out.stdout);
     }
 }
 
@@ -254,18 +205,10 @@ async fn a_caller_without_an_entry_exits_1_with_the_servers_reason() {
 async fn no_daemon_exits_1_and_usage_errors_exit_64() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nothing.sock");
-    let out = cli_async(&["fetch", "x509", "--socket", missing.to_str().unwrap()]).await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("cannot reach the workload api at"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("No such file or directory"),
-        "{}",
-        out.stderr
-    );
+    fetch(&["x509"], missing.to_str().unwrap())
+        .await
+        .fails_with(1, "cannot reach the workload api at")
+        .fails_with(1, "No such file or directory");
 
     // No audience, no socket, an unknown mode, --watch on a unary call: 64.
     for args in [
@@ -286,57 +229,34 @@ async fn no_daemon_exits_1_and_usage_errors_exit_64() {
         let out = cli_async(args).await;
         assert_eq!(out.code, 64, "{args:?}: {}", out.stderr);
     }
-    let out = cli_async(&["fetch", "x509"]).await;
-    assert!(
-        out.stderr
-            .contains("pass --socket or set SPIFFE_ENDPOINT_SOCKET"),
-        "{}",
-        out.stderr
-    );
+    cli_async(&["fetch", "x509"])
+        .await
+        .fails_with(64, "pass --socket or set SPIFFE_ENDPOINT_SOCKET");
 
     // A bad SPIFFE_ENDPOINT_SOCKET is named with its value.
-    let out = tokio::process::Command::new(common::bin())
-        .args(["fetch", "x509"])
-        .env("SPIFFE_ENDPOINT_SOCKET", "tcp://127.0.0.1:1")
-        .output()
+    cli_with_endpoint_async(&["fetch", "x509"], "tcp://127.0.0.1:1")
         .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(
-            "SPIFFE_ENDPOINT_SOCKET=\"tcp://127.0.0.1:1\": tcp endpoints are not supported"
-        ),
-        "{stderr}"
-    );
+        .fails_with(
+            64,
+            "SPIFFE_ENDPOINT_SOCKET=\"tcp://127.0.0.1:1\": tcp endpoints are not supported",
+        );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_comes_from_spiffe_endpoint_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let _d = daemon(dir.path()).await;
-    let out = tokio::process::Command::new(common::bin())
-        .args(["fetch", "x509"])
-        .env(
-            "SPIFFE_ENDPOINT_SOCKET",
-            format!("unix://{}", socket(dir.path())),
-        )
-        .output();
-    let out = common::guard(out).await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(ME));
+    let (_d, sock) = daemon(dir.path()).await;
+    let endpoint = format!("unix://{sock}");
+    cli_with_endpoint_async(&["fetch", "x509"], &endpoint)
+        .await
+        .ok()
+        .prints(ME);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_an_identity_added_by_sighup_then_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path()).await;
-    let sock = socket(dir.path());
+    let (d, sock) = daemon(dir.path()).await;
     let out_dir = dir.path().join("watched");
     let watch = Proc::spawn_with(
         &[
@@ -394,21 +314,8 @@ async fn a_socket_that_never_answers_fails_the_health_check_at_the_timeout() {
             conns.push(c);
         }
     });
-    let out = cli_async(&[
-        "fetch",
-        "x509",
-        "--timeout",
-        "1s",
-        "--socket",
-        path.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("no answer from the workload api within 1s"),
-        "{}",
-        out.stderr
-    );
+    fetch(&["x509", "--timeout", "1s"], path.to_str().unwrap())
+        .await
+        .fails_with(1, "no answer from the workload api within 1s");
     held.abort();
 }

@@ -304,6 +304,19 @@ async fn short_lived_endpoint(
     (addr, roots)
 }
 
+/// A [`short_lived_endpoint`] (in `dir`, stopped by `cancel`) and an [`h2_connect`]ion to it.
+async fn h2_to_a_short_lived_endpoint(
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    common::init();
+    let (addr, roots) = short_lived_endpoint(dir, cancel.clone()).await;
+    h2_connect(addr, roots).await
+}
+
 /// An HTTP/2 connection to `addr` (hyper answers the server's PINGs on its own).
 async fn h2_connect(
     addr: std::net::SocketAddr,
@@ -352,11 +365,9 @@ async fn get_ok(send: &mut hyper::client::conn::http2::SendRequest<Empty<bytes::
 /// Issue 9 item 2: a client that answers PINGs but sends nothing is closed once idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_client_that_answers_pings_is_closed() {
-    common::init();
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let (addr, roots) = short_lived_endpoint(dir.path(), cancel.clone()).await;
-    let (mut send, conn) = h2_connect(addr, roots).await;
+    let (mut send, conn) = h2_to_a_short_lived_endpoint(dir.path(), &cancel).await;
     assert!(get_ok(&mut send).await);
     // The server PINGs every 100 ms and hyper answers; the idle timeout closes it anyway.
     let ended = tokio::time::timeout(GUARD, conn)
@@ -370,11 +381,9 @@ async fn an_idle_http2_client_that_answers_pings_is_closed() {
 /// Issue 9 item 2: a busy client is still closed at the maximum connection age.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_http2_client_is_closed_at_the_maximum_connection_age() {
-    common::init();
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let (addr, roots) = short_lived_endpoint(dir.path(), cancel.clone()).await;
-    let (mut send, conn) = h2_connect(addr, roots).await;
+    let (mut send, conn) = h2_to_a_short_lived_endpoint(dir.path(), &cancel).await;
     // A request every 200 ms: never idle for the 800 ms idle timeout.
     let mut served = 0;
     let ended = tokio::time::timeout(GUARD, async {

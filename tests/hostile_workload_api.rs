@@ -397,6 +397,31 @@ fn tester_entry() -> String {
     )
 }
 
+/// Execs `copy` (a copy of this test binary) to run the ignored child test `test`, with
+/// `PARENT_ENV=mode` and the connection `s` as its stdin: the same pid, another binary.
+fn exec_with_connection(copy: String, test: &str, mode: &str, s: UnixStream) -> ! {
+    use std::os::unix::process::CommandExt as _;
+    std::io::stdout().flush().unwrap();
+    let err = Command::new(copy)
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .env_remove(COPY_ENV)
+        .env(PARENT_ENV, mode)
+        .stdin(Stdio::from(OwnedFd::from(s)))
+        .exec();
+    panic!("exec failed: {err}");
+}
+
+/// The connection this process inherited as its stdin.
+fn inherited_connection() -> UnixStream {
+    UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned().unwrap())
+}
+
+/// In a binary [`exec_with_connection`] ran with `mode`: the inherited connection; elsewhere
+/// (a plain run of the ignored tests) none.
+fn inherited_after_exec(mode: &str) -> Option<UnixStream> {
+    (std::env::var(PARENT_ENV).as_deref() == Ok(mode)).then(inherited_connection)
+}
+
 async fn run_child(test: &str, envs: &[(&str, &Path)]) -> String {
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", test, "--ignored", "--nocapture"]);
@@ -407,11 +432,7 @@ async fn run_child(test: &str, envs: &[(&str, &Path)]) -> String {
         .await
         .expect("hang guard: child")
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
     text
 }
@@ -443,32 +464,22 @@ async fn a_process_that_execs_another_binary_loses_its_identity_on_the_same_conn
 #[test]
 #[ignore = "child process of a_process_that_execs_another_binary_loses_its_identity_on_the_same_connection"]
 fn exec_child() {
-    use std::os::unix::process::CommandExt as _;
     let Ok(copy) = std::env::var(COPY_ENV) else {
         return;
     };
     let mut s = UnixStream::connect(std::env::var(SOCKET_ENV).unwrap()).unwrap();
     let (code, _, body) = get_svid(&mut s);
     println!("BEFORE {code} {}", identity_word(&body));
-    std::io::stdout().flush().unwrap();
-    let err = Command::new(copy)
-        .args(["--exact", "exec_after", "--ignored", "--nocapture"])
-        .env_remove(COPY_ENV)
-        .env(PARENT_ENV, "exec")
-        .stdin(Stdio::from(OwnedFd::from(s)))
-        .exec();
-    panic!("exec failed: {err}");
+    exec_with_connection(copy, "exec_after", "exec", s);
 }
 
 /// The exec'd binary (same pid): asks again on the inherited connection.
 #[test]
 #[ignore = "child process of a_process_that_execs_another_binary_loses_its_identity_on_the_same_connection"]
 fn exec_after() {
-    if std::env::var(PARENT_ENV).as_deref() != Ok("exec") {
+    let Some(mut s) = inherited_after_exec("exec") else {
         return;
-    }
-    let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
-    let mut s = UnixStream::from(fd);
+    };
     let (code, head, body) = get_svid(&mut s);
     let close = if head.contains("connection: close") {
         "connection-close"
@@ -552,8 +563,7 @@ fn handover_after() {
         assert!(Instant::now() < deadline, "hang guard: parent still there");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
-    let mut s = UnixStream::from(fd);
+    let mut s = inherited_connection();
     let (code, _, body) = get_svid(&mut s);
     let closed = if closed_by_server(&mut s) {
         "closed"
@@ -958,7 +968,6 @@ async fn an_open_stream_sends_no_update_to_the_binary_its_process_execd() {
 #[test]
 #[ignore = "child process of an_open_stream_sends_no_update_to_the_binary_its_process_execd"]
 fn stream_exec_child() {
-    use std::os::unix::process::CommandExt as _;
     let Ok(copy) = std::env::var(COPY_ENV) else {
         return;
     };
@@ -976,25 +985,16 @@ fn stream_exec_child() {
         }
     }
     println!("FIRST MESSAGE");
-    std::io::stdout().flush().unwrap();
-    let err = Command::new(copy)
-        .args(["--exact", "stream_exec_after", "--ignored", "--nocapture"])
-        .env_remove(COPY_ENV)
-        .env(PARENT_ENV, "stream")
-        .stdin(Stdio::from(OwnedFd::from(s)))
-        .exec();
-    panic!("exec failed: {err}");
+    exec_with_connection(copy, "stream_exec_after", "stream", s);
 }
 
 /// The exec'd binary: waits on the inherited stream for what comes next.
 #[test]
 #[ignore = "child process of an_open_stream_sends_no_update_to_the_binary_its_process_execd"]
 fn stream_exec_after() {
-    if std::env::var(PARENT_ENV).as_deref() != Ok("stream") {
+    let Some(mut s) = inherited_after_exec("stream") else {
         return;
-    }
-    let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
-    let mut s = UnixStream::from(fd);
+    };
     s.set_read_timeout(Some(GUARD)).unwrap();
     println!("WAITING");
     std::io::stdout().flush().unwrap();

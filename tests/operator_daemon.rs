@@ -25,34 +25,6 @@ fn own_gid() -> u32 {
     std::fs::metadata("/proc/self").unwrap().gid()
 }
 
-/// The metrics address from the daemon's log.
-async fn metrics_addr(daemon: &Proc) -> String {
-    let line = daemon.wait_for_log("metrics listening").await;
-    line.split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned()
-}
-
-async fn scrape(addr: &str) -> String {
-    let out = common::guard(
-        tokio::process::Command::new(curl_program())
-            .args(["-sS", "--max-time", "30", &format!("http://{addr}/metrics")])
-            .output(),
-    )
-    .await
-    .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
-}
-
 /// Issue 10 item 1 (Workload Endpoint §5.3: a caller with no identity gets PermissionDenied):
 /// the refusal is logged with the caller's pid, uid, gid and executable and "no entry
 /// matches", once per caller per window however often it retries; another caller gets its own
@@ -71,7 +43,7 @@ async fn a_refused_caller_is_named_in_one_log_line_per_caller_and_counted() {
         .write(dir.path());
     let daemon = Proc::serve(&config).await;
     let socket = dir.path().join("workload.sock");
-    let addr = metrics_addr(&daemon).await;
+    let addr = common::metrics::listen_addr(&daemon).await;
 
     let refused = "workload api caller refused: no entry matches";
     let fetch = || async {
@@ -129,9 +101,14 @@ async fn a_refused_caller_is_named_in_one_log_line_per_caller_and_counted() {
     assert!(curl.contains(refused), "{curl}");
 
     // Every refusal is counted by reason, logged or not.
-    let text = scrape(&addr).await;
-    let series = r#"meshtrust_workload_api_refused_connections_total{reason="no_identity"}"#;
-    assert!(metric(&text, series).unwrap() >= 22.0, "{text}");
+    let family = "meshtrust_workload_api_refused_connections_total";
+    let series = format!(r#"{family}{{reason="no_identity"}}"#);
+    let scrape = common::metrics::scrape(&addr);
+    assert!(
+        scrape.value(family, "counter", &series) >= 22.0,
+        "{}",
+        scrape.text
+    );
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
@@ -224,14 +201,10 @@ async fn status_shows_entries_and_the_last_reload_and_a_reload_is_all_or_nothing
 
     // The text form, found through the config file: aligned columns, the entries, the reload.
     let out = cli_async(&["status", "--config", config.to_str().unwrap()]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout.contains("last reload   applied at "),
-        "{}",
-        out.stdout
-    );
-    assert!(out.stdout.contains("\n2 entries\n"), "{}", out.stdout);
-    assert!(out.stdout.contains("0 federation peers"), "{}", out.stdout);
+    out.ok()
+        .prints("last reload   applied at ")
+        .prints("\n2 entries\n")
+        .prints("0 federation peers");
     let rows: Vec<&str> = out
         .stdout
         .lines()
@@ -258,8 +231,7 @@ async fn status_shows_entries_and_the_last_reload_and_a_reload_is_all_or_nothing
 async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    b.write_config("", "1s", None, "");
+    let mut b = Mesh::alone(root.path(), "mesh-b").await;
     let kept = b.keep_port();
     let db = b.start().await;
     let ca1 = db.ca.snapshot().bundle.x509_authorities.clone();
@@ -269,8 +241,7 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
         .entry("spiffe://mesh-a.test/w", &["mesh-b.test"])
         .peer("mesh-b.test", &b.url(), None, true)
         .write(&a_dir);
-    let bootstrap = a_dir.join("peers/mesh-b.test.json");
-    std::fs::write(&bootstrap, meshtrust::app::init_state(&b.config()).unwrap()).unwrap();
+    b.write_bootstrap_into(&a_dir);
     let daemon = Proc::serve(&config).await;
     let (admin, workload) = (a_dir.join("admin.sock"), a_dir.join("workload.sock"));
     wait_for_peer(&admin, "mesh-b.test", "mesh-a pins mesh-b", |p| {
@@ -314,31 +285,23 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
     // Reset on the old bootstrap bundle: the fetch fails and nothing changes.
     let cfg = config.to_str().unwrap();
     let reset = ["federation", "reset", "mesh-b.test", "--config", cfg];
-    let out = cli_async(&reset).await;
-    assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(
-        out.stderr
-            .contains("mesh-b.test: reset not done, nothing changed")
-            && out.stderr.contains(
-                "hint: the endpoint's certificate is not signed by a CA of the bootstrap bundle"
-            ),
-        "{}",
-        out.stderr
-    );
+    cli_async(&reset)
+        .await
+        .fails_with(1, "mesh-b.test: reset not done, nothing changed")
+        .fails_with(
+            1,
+            "hint: the endpoint's certificate is not signed by a CA of the bootstrap bundle",
+        );
     let served = parse_x509_bundles(&workload_get_async(&workload, "/v1/x509-bundles").await);
     assert_eq!(served["spiffe://mesh-b.test"], ca1, "still pinned");
 
     // The operator puts mesh-b's new bundle in place: the reset replaces the pinned bundle.
-    std::fs::write(&bootstrap, meshtrust::app::init_state(&b.config()).unwrap()).unwrap();
-    let out = cli_async(&reset).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout
-            .contains("replaced the pinned bundle; bundle updated")
-            && out.stdout.contains("1 authority)"),
-        "{}",
-        out.stdout
-    );
+    b.write_bootstrap_into(&a_dir);
+    cli_async(&reset)
+        .await
+        .ok()
+        .prints("replaced the pinned bundle; bundle updated")
+        .prints("1 authority)");
     // The stream's very next message holds the new CA: it never saw mesh-b's bundle go.
     let m = next(&mut stream).await;
     assert_eq!(m.bundles["spiffe://mesh-b.test"], der(&ca2));
@@ -346,22 +309,18 @@ async fn a_reset_fetches_before_it_swaps_and_force_drops_first() {
     // `--force` (peer down): the pinned bundle is forgotten first, and workloads see it go.
     db.shutdown().await;
     drop(kept);
-    let out = cli_async(&[
+    let admin_arg = admin.to_str().unwrap();
+    let force = [
         "federation",
         "reset",
         "mesh-b.test",
         "--force",
         "--admin-socket",
-        admin.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(
-        out.stderr
-            .contains("reset, pinned bundle forgotten; but the fetch failed"),
-        "{}",
-        out.stderr
-    );
+        admin_arg,
+    ];
+    cli_async(&force)
+        .await
+        .fails_with(1, "reset, pinned bundle forgotten; but the fetch failed");
     let m = next(&mut stream).await;
     assert!(
         !m.bundles.contains_key("spiffe://mesh-b.test"),
@@ -380,7 +339,7 @@ async fn a_wrong_bootstrap_bundle_is_named_at_start_and_folders_above_data_dir_s
     let root = tempfile::tempdir().unwrap();
     let bs = DaemonConfig::new("bs.test").write(&root.path().join("bs"));
     let shown = cli_async(&["bundle", "show", "--config", bs.to_str().unwrap()]).await;
-    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    shown.ok();
 
     let a_dir = root.path().join("a");
     let wrong = DaemonConfig::new("mesh-a.test")

@@ -66,18 +66,13 @@ fn sighup_applies_new_entries_and_a_broken_config_changes_nothing() {
 async fn sighup_adds_changes_and_removes_a_federation_relationship_under_an_open_stream() {
     common::init();
     let root = tempfile::tempdir().unwrap();
-    let mut b = Mesh::new(root.path(), "mesh-b").await;
-    b.write_config("", "1s", None, "");
+    let mut b = Mesh::alone(root.path(), "mesh-b").await;
     let db = b.start().await;
     let b_certs = db.ca.snapshot().bundle.x509_authorities.clone();
     let a_dir = root.path().join("mesh-a");
     let base = DaemonConfig::new("mesh-a.test").entry("spiffe://mesh-a.test/w", &["*"]);
     let config = base.write(&a_dir);
-    std::fs::write(
-        a_dir.join("peers/mesh-b.test.json"),
-        meshtrust::app::init_state(&b.config()).unwrap(),
-    )
-    .unwrap();
+    b.write_bootstrap_into(&a_dir);
     let (admin, workload) = (a_dir.join("admin.sock"), a_dir.join("workload.sock"));
     let daemon = Proc::serve(&config).await;
     let mut stream = x509_bundles(&workload).await;

@@ -38,32 +38,36 @@ async fn files_mode_follows_a_ca_rotation_with_the_key_always_beside_its_cert() 
     let first_ca = da.ca.snapshot().bundle.x509_authorities.clone();
     let out = root.path().join("out");
     // The workload to tell: a shell that counts SIGHUPs (the trap runs between short sleeps).
+    // It says when its trap is set: a SIGHUP before that would kill it (the default action).
     let hups = root.path().join("hups");
+    let trapped = root.path().join("trapped");
     let mut workload = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "trap 'echo hup >> {}' HUP; while :; do sleep 0.1; done",
-            hups.display()
+            "trap 'echo hup >> {}' HUP; : > {}; while :; do sleep 0.1; done",
+            hups.display(),
+            trapped.display()
         ))
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    eventually("the workload's SIGHUP trap is set", || trapped.exists()).await;
     let pid = workload.id().unwrap().to_string();
     let hook_log = root.path().join("hook.log");
     let hook = format!("echo \"$MESHTRUST_FILES_DIR\" >> '{}'", hook_log.display());
     let sidecar = Sidecar::start(
         &da.workload_socket,
-        &[
-            "files",
-            "--out",
-            out.to_str().unwrap(),
-            "--on-update",
-            &hook,
-            "--signal-pid",
-            &pid,
-            "--signal",
-            "HUP",
-        ],
+        &files_args(
+            &out,
+            &[
+                "--on-update",
+                &hook,
+                "--signal-pid",
+                &pid,
+                "--signal",
+                "HUP",
+            ],
+        ),
     );
 
     // A reader hammers the files the whole time; every version it sees must hold a key that
@@ -144,67 +148,28 @@ async fn proxies_let_the_allowed_caller_through_and_refuse_the_others() {
     let a_sock = m.da.workload_socket.clone();
     let open = Sidecar::start(
         &b_sock,
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
-            &echo,
-            "--allow",
-            "spiffe://mesh-a.test/frontend",
-        ],
+        &inbound_args(&echo, &["--allow", "spiffe://mesh-a.test/frontend"]),
     );
     let closed = Sidecar::start(
         &b_sock,
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
+        &inbound_args(
             &echo,
-            "--allow",
-            "spiffe://mesh-a.test/someone-else",
-            "--allow-trust-domain",
-            "mesh-c.test",
-        ],
+            &[
+                "--allow",
+                "spiffe://mesh-a.test/someone-else",
+                "--allow-trust-domain",
+                "mesh-c.test",
+            ],
+        ),
     );
     let open_addr = open.listen_addr().await.to_string();
     let closed_addr = closed.listen_addr().await.to_string();
-    let caller = Sidecar::start(
-        &a_sock,
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            &open_addr,
-            "--expect",
-            "spiffe://mesh-b.test/echo",
-        ],
-    );
-    let refused_caller = Sidecar::start(
-        &a_sock,
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            &closed_addr,
-            "--expect",
-            "spiffe://mesh-b.test/echo",
-        ],
-    );
+    let echo_id = "spiffe://mesh-b.test/echo";
+    let caller = Sidecar::start(&a_sock, &outbound_args(&open_addr, echo_id));
+    let refused_caller = Sidecar::start(&a_sock, &outbound_args(&closed_addr, echo_id));
     let wrong_expectation = Sidecar::start(
         &a_sock,
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            &open_addr,
-            "--expect",
-            "spiffe://mesh-b.test/not-echo",
-        ],
+        &outbound_args(&open_addr, "spiffe://mesh-b.test/not-echo"),
     );
     for (s, peer) in [
         (&open, "mesh-a.test"),
@@ -261,14 +226,8 @@ async fn openssl_speaks_mtls_across_the_meshes_with_the_written_files() {
     let m = two_meshes().await;
     let out = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (out.path().join("a"), out.path().join("b"));
-    let fa = Sidecar::start(
-        &m.da.workload_socket,
-        &["files", "--out", dir_a.to_str().unwrap()],
-    );
-    let fb = Sidecar::start(
-        &m.db.workload_socket,
-        &["files", "--out", dir_b.to_str().unwrap()],
-    );
+    let fa = Sidecar::start(&m.da.workload_socket, &files_args(&dir_a, &[]));
+    let fb = Sidecar::start(&m.db.workload_socket, &files_args(&dir_b, &[]));
     eventually("both sidecars wrote the peer's bundle", || {
         dir_a.join("federated/mesh-b.test.pem").exists()
             && dir_b.join("federated/mesh-a.test.pem").exists()
@@ -381,13 +340,7 @@ fn the_command_line_refuses_bad_addresses_and_empty_policies_with_exit_64() {
         ),
     ];
     for (args, endpoint, reason) in cases {
-        let out = std::process::Command::new(common::bin())
-            .args(args)
-            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
-        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        eprintln!("{args:?} with SPIFFE_ENDPOINT_SOCKET={endpoint}");
+        common::cli_with_endpoint(args, endpoint).fails_with(64, reason);
     }
 }

@@ -12,9 +12,6 @@ mod common;
 mod hostile;
 mod sidecar_support;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::SystemTime;
 
 use common::config::entry;
@@ -22,24 +19,7 @@ use common::daemon::Proc;
 use common::mesh::Mesh;
 use common::{eventually, own_uid, td};
 use hostile::{Behaviour, Hostile, tls_config};
-use sidecar_support::{echo_server, round_trip};
-
-/// `meshtrust sidecar ARGS` on the Workload API at `socket`, its reports (stdout) in its log.
-fn sidecar(socket: &Path, args: &[&str]) -> Proc {
-    let endpoint = format!("unix://{}", socket.display());
-    let mut argv = vec!["sidecar"];
-    argv.extend_from_slice(args);
-    Proc::spawn_with(&argv, |c| {
-        c.stdout(Stdio::piped())
-            .env("SPIFFE_ENDPOINT_SOCKET", endpoint);
-    })
-}
-
-/// The address a proxy reports it listens on.
-async fn listen_addr(proxy: &Proc) -> SocketAddr {
-    let line = proxy.wait_for_log(": listening on ").await;
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
+use sidecar_support::{echo_server, inbound_args, outbound_args, proxy_addr, round_trip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_trust_domain_admits_the_peer_until_the_peer_trust_domain_is_revoked() {
@@ -84,32 +64,18 @@ async fn allow_trust_domain_admits_the_peer_until_the_peer_trust_domain_is_revok
     .await;
 
     let echo = echo_server().await.to_string();
-    let inbound = sidecar(
+    let inbound = Proc::sidecar(
         &db.workload_socket,
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
-            &echo,
-            "--allow-trust-domain",
-            "mesh-a.test",
-        ],
+        &[],
+        &inbound_args(&echo, &["--allow-trust-domain", "mesh-a.test"]),
     );
-    let inbound_addr = listen_addr(&inbound).await.to_string();
-    let outbound = sidecar(
+    let inbound_addr = proxy_addr(&inbound).await.to_string();
+    let outbound = Proc::sidecar(
         &da.workload_socket,
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            &inbound_addr,
-            "--expect",
-            "spiffe://mesh-b.test/echo",
-        ],
+        &[],
+        &outbound_args(&inbound_addr, "spiffe://mesh-b.test/echo"),
     );
-    let outbound_addr = listen_addr(&outbound).await;
+    let outbound_addr = proxy_addr(&outbound).await;
     let update = inbound.wait_for_log("svid update:").await;
     assert!(update.contains("federated: mesh-a.test (1 CA)"), "{update}");
     let update = outbound.wait_for_log("svid update:").await;

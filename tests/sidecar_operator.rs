@@ -9,14 +9,13 @@
 mod common;
 mod sidecar_support;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use common::config::{DaemonConfig, entry};
 use common::daemon::Proc;
-use common::{cli_async, own_uid};
+use common::{cli_async, cli_with_endpoint_async, own_uid};
+use sidecar_support::{files_args, inbound_args, outbound_args, proxy_addr};
 
 const ME: &str = "spiffe://mesh-a.test/side";
 
@@ -26,19 +25,6 @@ async fn daemon(dir: &Path, ca: &str) -> (Proc, PathBuf) {
         .section(&entry(ME, own_uid(), &[]))
         .write(dir);
     (Proc::serve(&config).await, dir.join("workload.sock"))
-}
-
-/// `meshtrust [PRE...] sidecar ARGS` on the Workload API at `socket` (via the environment),
-/// its reports (stdout) in its log.
-fn sidecar(socket: &Path, pre: &[&str], args: &[&str]) -> Proc {
-    let endpoint = format!("unix://{}", socket.display());
-    let mut argv = pre.to_vec();
-    argv.push("sidecar");
-    argv.extend_from_slice(args);
-    Proc::spawn_with(&argv, |c| {
-        c.stdout(Stdio::piped())
-            .env("SPIFFE_ENDPOINT_SOCKET", endpoint);
-    })
 }
 
 /// A numeric claim of a JWT (unverified; the daemon validates it below).
@@ -57,17 +43,7 @@ async fn files_mode_keeps_a_jwt_svid_fresh_at_half_its_lifetime() {
     let dir = tempfile::tempdir().unwrap();
     let (_d, sock) = daemon(dir.path(), "jwt_svid_ttl = \"4s\"").await;
     let out = dir.path().join("out");
-    let side = sidecar(
-        &sock,
-        &[],
-        &[
-            "files",
-            "--out",
-            out.to_str().unwrap(),
-            "--jwt-audience",
-            "db",
-        ],
-    );
+    let side = Proc::sidecar(&sock, &[], &files_args(&out, &["--jwt-audience", "db"]));
     let first = side.wait_for_log("wrote a jwt-svid").await;
     assert!(
         first.contains(&format!("of {ME} for audience db")),
@@ -123,11 +99,7 @@ async fn log_format_json_makes_every_report_a_json_line() {
     let dir = tempfile::tempdir().unwrap();
     let (_d, sock) = daemon(dir.path(), "").await;
     let out = dir.path().join("out");
-    let side = sidecar(
-        &sock,
-        &["--log-format", "json"],
-        &["files", "--out", out.to_str().unwrap()],
-    );
+    let side = Proc::sidecar(&sock, &["--log-format", "json"], &files_args(&out, &[]));
     side.wait_for_log("wrote the svid").await;
     let mut reports = 0;
     for line in side.log().lines() {
@@ -162,19 +134,8 @@ async fn signal_pid_is_signalled_natively_or_says_why_not() {
         .unwrap();
     let pid = sleeper.id().to_string();
     let out = dir.path().join("a");
-    let side = sidecar(
-        &sock,
-        &[],
-        &[
-            "files",
-            "--out",
-            out.to_str().unwrap(),
-            "--signal-pid",
-            &pid,
-            "--signal",
-            "TERM",
-        ],
-    );
+    let signal_term = ["--signal-pid", &pid, "--signal", "TERM"];
+    let side = Proc::sidecar(&sock, &[], &files_args(&out, &signal_term));
     side.wait_for_log(&format!("files: sent SIGTERM to pid {pid}"))
         .await;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(15));
@@ -185,17 +146,7 @@ async fn signal_pid_is_signalled_natively_or_says_why_not() {
     let gone_pid = gone.id().to_string();
     gone.wait().unwrap();
     let out = dir.path().join("b");
-    let side = sidecar(
-        &sock,
-        &[],
-        &[
-            "files",
-            "--out",
-            out.to_str().unwrap(),
-            "--signal-pid",
-            &gone_pid,
-        ],
-    );
+    let side = Proc::sidecar(&sock, &[], &files_args(&out, &["--signal-pid", &gone_pid]));
     let line = side.wait_for_log("cannot send SIGHUP").await;
     assert!(
         line.contains(&format!(
@@ -206,48 +157,30 @@ async fn signal_pid_is_signalled_natively_or_says_why_not() {
     assert!(out.join("svid.pem").exists());
 
     // pid 0 (the whole process group) is a usage error.
-    let refused = cli_async(&[
-        "sidecar",
-        "--workload-socket",
-        "/x.sock",
-        "files",
-        "--out",
-        "/tmp/x",
-        "--signal-pid",
-        "0",
-    ])
-    .await;
-    assert_eq!(refused.code, 64, "{}", refused.stderr);
+    let mut argv = vec!["sidecar", "--workload-socket", "/x.sock"];
+    argv.extend(files_args(Path::new("/tmp/x"), &["--signal-pid", "0"]));
+    cli_async(&argv)
+        .await
+        .fails_with(64, "invalid value '0' for '--signal-pid <PID>'");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_errors_name_the_variable_and_a_cause_is_said_once() {
     let dir = tempfile::tempdir().unwrap();
     // A bare path in SPIFFE_ENDPOINT_SOCKET: the variable and its value are named.
-    let out = tokio::process::Command::new(common::bin())
-        .args([
-            "sidecar",
-            "files",
-            "--out",
-            dir.path().join("o").to_str().unwrap(),
-        ])
-        .env("SPIFFE_ENDPOINT_SOCKET", "/run/nowhere.sock")
-        .output();
-    let out = common::guard(out).await.unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("SPIFFE_ENDPOINT_SOCKET=\"/run/nowhere.sock\": not a unix: URI"),
-        "{stderr}"
-    );
+    let o = dir.path().join("o");
+    let mut argv = vec!["sidecar"];
+    argv.extend(files_args(&o, &[]));
+    cli_with_endpoint_async(&argv, "/run/nowhere.sock")
+        .await
+        .fails_with(
+            64,
+            "SPIFFE_ENDPOINT_SOCKET=\"/run/nowhere.sock\": not a unix: URI",
+        );
 
     // No daemon behind the socket: the retry line says the OS error once.
     let missing = dir.path().join("missing.sock");
-    let side = sidecar(
-        &missing,
-        &[],
-        &["files", "--out", dir.path().join("o").to_str().unwrap()],
-    );
+    let side = Proc::sidecar(&missing, &[], &files_args(&o, &[]));
     let line = side.wait_for_log("retrying in").await;
     assert_eq!(
         line.matches("No such file or directory").count(),
@@ -257,46 +190,16 @@ async fn endpoint_errors_name_the_variable_and_a_cause_is_said_once() {
     assert!(!line.contains("transport error"), "{line}");
 }
 
-async fn listen_addr(proxy: &Proc) -> SocketAddr {
-    let line = proxy.wait_for_log(": listening on ").await;
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_is_down_is_reported_in_plain_words() {
     let dir = tempfile::tempdir().unwrap();
     let (_d, sock) = daemon(dir.path(), "").await;
     // The inbound proxy forwards to port 1 on the loopback, where nothing listens.
-    let down = common::refused_url();
-    let down = down.trim_start_matches("https://").trim_end_matches('/');
-    let inbound = sidecar(
-        &sock,
-        &[],
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
-            down,
-            "--allow",
-            ME,
-        ],
-    );
-    let inbound_addr = listen_addr(&inbound).await.to_string();
-    let outbound = sidecar(
-        &sock,
-        &[],
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect",
-            &inbound_addr,
-            "--expect",
-            ME,
-        ],
-    );
-    let outbound_addr = listen_addr(&outbound).await;
+    let down = common::refused_addr();
+    let inbound = Proc::sidecar(&sock, &[], &inbound_args(down, &["--allow", ME]));
+    let inbound_addr = proxy_addr(&inbound).await.to_string();
+    let outbound = Proc::sidecar(&sock, &[], &outbound_args(&inbound_addr, ME));
+    let outbound_addr = proxy_addr(&outbound).await;
     inbound.wait_for_log("svid update:").await;
     outbound.wait_for_log("svid update:").await;
 

@@ -122,8 +122,7 @@ async fn every_call_without_the_exact_security_header_is_invalid_argument() {
 async fn the_json_view_serves_the_same_content_as_grpc() {
     // CONTRACT "Workload API": same header, attestation and content; the SVID is the cached one.
     let mesh = Mesh::start(default_entries()).await;
-    let mut c = mesh.raw_client().await;
-    let mut stream = open_x509svid(&mut c).await;
+    let mut stream = mesh.x509svid_stream().await;
     let grpc = next_msg(&mut stream).await;
 
     let (code, json) = curl(&mesh.socket, false, true, &[], "/v1/x509-svid").await;
@@ -233,11 +232,7 @@ async fn another_uid_gets_permission_denied_or_its_own_path_bound_identity() {
     )
     .await
     .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
 
     // And with the uid entry removed, curl is denied too (403 JSON).

@@ -30,8 +30,7 @@ async fn a_stream_pushes_peer_rotations_only_for_trust_domains_it_federates_with
     // CONTRACT federates_with + Workload API 1.7.2: a mesh-c change is not the caller's
     // business (no message); a mesh-b rotation arrives as the full state.
     let mesh = Mesh::start(default_entries()).await;
-    let mut client = mesh.raw_client().await;
-    let mut stream = open_x509svid(&mut client).await;
+    let mut stream = mesh.x509svid_stream().await;
     let first = next_msg(&mut stream).await;
     assert_eq!(federated_b(&first), mesh.peer_b_certs());
     assert!(!first.federated_bundles.contains_key("spiffe://mesh-c.test"));
@@ -102,8 +101,7 @@ async fn identical_bundle_messages_are_not_resent() {
 async fn losing_every_identity_ends_the_stream_with_permission_denied() {
     // Workload Endpoint 1.6.7: PermissionDenied = no identity (the client retries).
     let mesh = Mesh::start(default_entries()).await;
-    let mut client = mesh.raw_client().await;
-    let mut stream = open_x509svid(&mut client).await;
+    let mut stream = mesh.x509svid_stream().await;
     next_msg(&mut stream).await;
     mesh.set_entries(vec![entry(
         "spiffe://mesh-a.test/someone-else",
@@ -121,11 +119,9 @@ async fn a_reader_that_stops_reading_holds_back_nobody_and_later_gets_the_latest
     // Workload API 1.7.2: every message is the full state, so a slow reader may skip states
     // but ends on the latest. 120 changes of ~1.5 KiB overflow its HTTP/2 window (64 KiB).
     let mesh = Mesh::start(default_entries()).await;
-    let mut slow_client = mesh.raw_client().await;
-    let mut slow = open_x509svid(&mut slow_client).await;
+    let mut slow = mesh.x509svid_stream().await;
     next_msg(&mut slow).await;
-    let mut fast_client = mesh.raw_client().await;
-    let mut fast = open_x509svid(&mut fast_client).await;
+    let mut fast = mesh.x509svid_stream().await;
     next_msg(&mut fast).await;
 
     let base = (*mesh.peer_b.snapshot().bundle).clone();

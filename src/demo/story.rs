@@ -159,7 +159,7 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
     tracker.spawn(echo::serve_echo(echo_listener, cancel.child_token()));
     let inbound = bind().await?;
     let inbound_addr = inbound.local_addr()?;
-    let echo_ready = start_sidecar(
+    let echo = start_sidecar(
         &tracker,
         &cancel,
         &console,
@@ -181,8 +181,8 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
         &sidecars::frontend_outbound(&frontend_proxy, &inbound_addr.to_string()),
         outbound,
     )?;
-    wait_ready(echo_ready, "the echo sidecar's SVID").await?;
-    wait_ready(frontend_ready, "the frontend sidecar's SVID").await?;
+    wait_ready(echo.ready.clone(), "the echo sidecar's SVID").await?;
+    wait_ready(frontend_ready.ready, "the frontend sidecar's SVID").await?;
 
     step("8. the frontend (mesh-a) calls echo (mesh-b): mTLS across the two trust domains");
     let message = "hello from mesh-a's frontend";
@@ -209,12 +209,22 @@ pub async fn run(work: &Path) -> anyhow::Result<Running> {
         &sidecars::batch_outbound(&refused_addr, &inbound_addr.to_string()),
         refused,
     )?;
-    wait_ready(batch_ready, "the batch sidecar's SVID").await?;
+    wait_ready(batch_ready.ready, "the batch sidecar's SVID").await?;
     match echo::call(&refused_addr, "hello from batch").await {
         Ok(answer) => bail!("{BATCH} was let in and got {answer:?}: the allow list failed"),
-        Err(e) => say(&format!(
-            "batch's call ended without an answer ({e}), as it should"
-        )),
+        Err(e) => say(&format!("batch's call ended without an answer ({e})")),
+    }
+    // The call failing is not enough: it must be echo's allow list that said no (its line can
+    // come a moment after the client saw the connection close).
+    let mut refusals = echo.refusals;
+    match tokio::time::timeout(
+        STEP_LIMIT,
+        refusals.wait_for(|lines| lines.iter().any(|l| l.contains(BATCH))),
+    )
+    .await
+    {
+        Ok(Ok(_)) => say("echo's sidecar refused it by its allow list, as it should"),
+        _ => bail!("{BATCH}'s call failed, but echo's sidecar never refused it by its allow list"),
     }
 
     console.last_line(&format!(
@@ -374,6 +384,12 @@ async fn pin(m: &DemoMesh, d: &Daemon, peer: &DemoMesh) -> anyhow::Result<()> {
 /// Starts `meshtrust <args>` (a sidecar command line, exactly as a container would run it)
 /// against `mesh`'s Workload API; its report lines are printed indented under `label`. Returns
 /// a flag that turns true once the sidecar holds an SVID.
+/// What a started sidecar reports: its first SVID, and the peers it refused by name.
+struct SidecarWatch {
+    ready: watch::Receiver<bool>,
+    refusals: watch::Receiver<Vec<String>>,
+}
+
 fn start_sidecar(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
@@ -382,7 +398,7 @@ fn start_sidecar(
     mesh: &DemoMesh,
     args: &str,
     listener: TcpListener,
-) -> anyhow::Result<watch::Receiver<bool>> {
+) -> anyhow::Result<SidecarWatch> {
     say(&format!(
         "{label}: SPIFFE_ENDPOINT_SOCKET=unix://{} meshtrust {args}",
         mesh.workload_socket().display()
@@ -391,13 +407,18 @@ fn start_sidecar(
     let Command::Sidecar(parsed) = Cli::try_parse_from(argv)?.command else {
         bail!("not a sidecar command: {args}");
     };
-    let (ready_tx, ready_rx) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(false);
+    let (refused_tx, refusals) = watch::channel(Vec::new());
     let out = console.clone();
     let report = Reporter::new(move |line: &str| {
+        // Printed first, then told: whoever waits on it may end the demo at once.
+        out.sidecar_line(&format!("      [{label}] {line}"));
         if line.starts_with("svid update:") {
             ready_tx.send_replace(true);
         }
-        out.sidecar_line(&format!("      [{label}] {line}"));
+        if line.contains(" is not allowed") {
+            refused_tx.send_modify(|lines| lines.push(line.to_owned()));
+        }
     });
     let out = console.clone();
     let env_socket = Some(format!("unix://{}", mesh.workload_socket().display()));
@@ -407,7 +428,7 @@ fn start_sidecar(
             out.sidecar_line(&format!("      [{label}] stopped: {e}"));
         }
     });
-    Ok(ready_rx)
+    Ok(SidecarWatch { ready, refusals })
 }
 
 async fn wait_ready(mut ready: watch::Receiver<bool>, what: &str) -> anyhow::Result<()> {

@@ -100,6 +100,19 @@ impl Proc {
         p
     }
 
+    /// `meshtrust [PRE...] sidecar ARGS` on the Workload API at `socket`, named the way a
+    /// workload names it (`SPIFFE_ENDPOINT_SOCKET=unix://...`), its reports (stdout) in its log.
+    pub fn sidecar(socket: &Path, pre: &[&str], args: &[&str]) -> Self {
+        let endpoint = format!("unix://{}", socket.display());
+        let mut argv = pre.to_vec();
+        argv.push("sidecar");
+        argv.extend_from_slice(args);
+        Self::spawn_with(&argv, |c| {
+            c.stdout(Stdio::piped())
+                .env("SPIFFE_ENDPOINT_SOCKET", endpoint);
+        })
+    }
+
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

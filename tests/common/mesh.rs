@@ -32,6 +32,14 @@ impl Mesh {
         }
     }
 
+    /// A mesh under `root` that federates with nobody, its config written (1 s refresh hint):
+    /// the peer that a daemon under test fetches from. Not started.
+    pub async fn alone(root: &Path, name: &str) -> Self {
+        let mesh = Self::new(root, name).await;
+        mesh.write_config("", "1s", None, "");
+        mesh
+    }
+
     /// mesh-a and mesh-b under `root`, configs written (1 s refresh hints, `a_extra` and
     /// `b_extra` appended): mesh-a federates with mesh-b, and mesh-b with mesh-a when
     /// `both_ways`; the bootstrap bundles handed over. Not started.
@@ -79,12 +87,16 @@ impl Mesh {
     /// The bundle an operator hands to the peer (`meshtrust bundle show`), written into the
     /// peer's `peers/` folder.
     pub fn give_bootstrap_to(&self, peer: &Mesh) {
+        self.write_bootstrap_into(&peer.dir);
+    }
+
+    /// [`Mesh::give_bootstrap_to`] a peer daemon in `dir` (not a [`Mesh`]: the real binary,
+    /// say), as `dir/peers/<td>.json` (`peers/` must exist); returns that path.
+    pub fn write_bootstrap_into(&self, dir: &Path) -> PathBuf {
         let json = meshtrust::app::init_state(&self.config()).unwrap();
-        std::fs::write(
-            peer.dir.join("peers").join(format!("{}.json", self.td())),
-            json,
-        )
-        .unwrap();
+        let path = dir.join("peers").join(format!("{}.json", self.td()));
+        std::fs::write(&path, json).unwrap();
+        path
     }
 
     /// A second handle on this mesh's bundle endpoint socket, taken before [`Mesh::start`]: once

@@ -61,12 +61,16 @@ pub fn openssl_verify(
         .arg(&cert)
         .output()
         .expect("openssl is installed");
-    let text = format!(
+    (out.status.success(), output_text(&out))
+}
+
+/// A finished child's stdout and stderr as one text (for a failure message or a search).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    )
 }
 
 /// The meshtrust binary built for this test run.
@@ -150,6 +154,43 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
+impl CliOutput {
+    /// Asserts the command exited 0 (showing its stderr if not); returns it for more checks.
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "{}", self.stderr);
+        self
+    }
+
+    /// Asserts stdout holds `needle` (showing stdout if not).
+    #[track_caller]
+    pub fn prints(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "{needle:?} in:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    /// Asserts the command exited `code` and said `reason` on stderr (showing both streams if
+    /// not): a refusal with its reason, never just any failure.
+    #[track_caller]
+    pub fn fails_with(&self, code: i32, reason: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code} ({reason:?}): {}\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(reason),
+            "{reason:?} in:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
 fn cli_output(out: &std::process::Output) -> CliOutput {
     CliOutput {
         code: out.status.code().unwrap_or(-1),
@@ -158,24 +199,41 @@ fn cli_output(out: &std::process::Output) -> CliOutput {
     }
 }
 
+/// `meshtrust ARGS` with `SPIFFE_ENDPOINT_SOCKET` set to `endpoint`, or unset.
+fn cli_command(args: &[&str], endpoint: Option<&str>) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    match endpoint {
+        Some(endpoint) => cmd.env("SPIFFE_ENDPOINT_SOCKET", endpoint),
+        None => cmd.env_remove("SPIFFE_ENDPOINT_SOCKET"),
+    };
+    cmd
+}
+
+async fn cli_run_async(cmd: Command) -> CliOutput {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cli_output(&guard(cmd.output()).await.unwrap())
+}
+
 /// Runs the real `meshtrust ARGS` to completion.
 pub fn cli(args: &[&str]) -> CliOutput {
-    let out = Command::new(bin())
-        .args(args)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .output()
-        .unwrap();
-    cli_output(&out)
+    cli_output(&cli_command(args, None).output().unwrap())
 }
 
 /// [`cli`] from an async test, under the hang guard.
 pub async fn cli_async(args: &[&str]) -> CliOutput {
-    let out = tokio::process::Command::new(bin())
-        .args(args)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .kill_on_drop(true)
-        .output();
-    cli_output(&guard(out).await.unwrap())
+    cli_run_async(cli_command(args, None)).await
+}
+
+/// [`cli`] with `SPIFFE_ENDPOINT_SOCKET=endpoint` (how a workload names the Workload API).
+pub fn cli_with_endpoint(args: &[&str], endpoint: &str) -> CliOutput {
+    cli_output(&cli_command(args, Some(endpoint)).output().unwrap())
+}
+
+/// [`cli_with_endpoint`] from an async test, under the hang guard.
+pub async fn cli_with_endpoint_async(args: &[&str], endpoint: &str) -> CliOutput {
+    cli_run_async(cli_command(args, Some(endpoint))).await
 }
 
 /// `meshtrust status --json` on `admin_socket` (which must succeed), parsed.
@@ -187,8 +245,7 @@ pub async fn status_json(admin_socket: &Path) -> serde_json::Value {
         admin_socket.to_str().unwrap(),
     ])
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap()
+    serde_json::from_str(&out.ok().stdout).unwrap()
 }
 
 /// One relationship's entry in a status document.
@@ -240,9 +297,14 @@ pub fn uri_sans(der: &[u8]) -> Vec<String> {
 /// so unlike a port bound and dropped, no other test can start listening there meanwhile. The
 /// precondition is checked: a connection to it is refused.
 pub fn refused_url() -> String {
+    format!("https://{}/", refused_addr())
+}
+
+/// The address of [`refused_url`] (`127.0.0.1:1`), its precondition checked the same way.
+pub fn refused_addr() -> &'static str {
     let err = std::net::TcpStream::connect("127.0.0.1:1").expect_err("nothing listens on port 1");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    "https://127.0.0.1:1/".to_owned()
+    "127.0.0.1:1"
 }
 
 /// The certificates of a concatenated-DER bundle (as the Workload API sends them), one by one.

@@ -138,20 +138,14 @@ impl Mesh {
             clock.clone(),
             x509_svid_ttl,
         ));
-        let peer_b_clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let peer_b = open_ca(
-            storage(&dir.path().join("b")),
-            "mesh-b.test",
-            peer_b_clock.clone(),
-            HOUR,
-        );
-        let peer_c_clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let peer_c = open_ca(
-            storage(&dir.path().join("c")),
-            "mesh-c.test",
-            peer_c_clock.clone(),
-            HOUR,
-        );
+        // A peer's CA in `dir/<sub>`, on a manual clock of its own.
+        let peer = |sub: &str, td: &str| {
+            let clock = Arc::new(ManualClock::new(SystemTime::now()));
+            let ca = open_ca(storage(&dir.path().join(sub)), td, clock.clone(), HOUR);
+            (ca, clock)
+        };
+        let (peer_b, peer_b_clock) = peer("b", "mesh-b.test");
+        let (peer_c, peer_c_clock) = peer("c", "mesh-c.test");
         let peers =
             Arc::new(PeerStore::open(own, vec![td("mesh-b.test"), td("mesh-c.test")]).unwrap());
         for peer in [&peer_b, &peer_c] {
@@ -199,6 +193,13 @@ impl Mesh {
     /// Our generated client; add the header per request with [`with_header`].
     pub async fn raw_client(&self) -> SpiffeWorkloadApiClient<Channel> {
         super::grpc::workload_client(&self.socket).await
+    }
+
+    /// A FetchX509SVID stream of this process on a connection of its own.
+    pub async fn x509svid_stream(
+        &self,
+    ) -> tonic::Streaming<meshtrust::workload_api::proto::X509svidResponse> {
+        super::grpc::x509_svids(&self.socket).await
     }
 
     /// Rotates peer mesh-b's CA one step (a prepared authority joins its bundle) and pins the

@@ -73,13 +73,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 }
 
 /// Both output streams as one text.
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use crate::common::output_text as text;
 
 /// The compose tool of this machine: `docker compose` (v2) or `docker-compose` (v1).
 #[derive(Debug, Clone)]

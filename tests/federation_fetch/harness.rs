@@ -163,6 +163,14 @@ impl Ours {
             .expect("fetcher is running")
     }
 
+    /// Asks the peer's fetcher to fetch now and asserts the fetch failed for `reason` (a
+    /// refusal with its reason, never just any failure).
+    pub async fn refresh_refused(&self, name: &str, reason: &str) -> FetchReport {
+        let report = self.refresh(name).await;
+        assert_refused(&report, reason);
+        report
+    }
+
     /// The peer's status.
     pub fn status(&self, name: &str) -> PeerStatus {
         self.status.get(&td(name)).unwrap()
@@ -214,4 +222,12 @@ pub fn short_limits() -> FetchLimits {
         total_timeout: Duration::from_secs(2),
         ..FetchLimits::default()
     }
+}
+
+/// Asserts `report` is a failed fetch whose error says `reason`.
+#[track_caller]
+pub fn assert_refused(report: &FetchReport, reason: &str) {
+    assert!(!report.ok, "expected a refusal for {reason:?}: {report:?}");
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(error.contains(reason), "{reason:?} in: {report:?}");
 }

@@ -24,10 +24,15 @@ pub fn admin_url() -> Option<String> {
     Some(url.trim().to_owned())
 }
 
-/// Runs `sql` on `url` on a thread of its own (callable from async tests too).
-pub fn run_sql(url: &str, sql: &str) -> Result<(), String> {
+/// Connects to `url` and runs `work` on the client, on a thread with a runtime of its own (so
+/// it is callable from sync and async tests alike).
+fn with_client<T, F, Fut>(url: &str, work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio_postgres::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let url = url.to_owned();
-    let sql = sql.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -38,41 +43,36 @@ pub fn run_sql(url: &str, sql: &str) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             tokio::spawn(conn);
-            client.batch_execute(&sql).await.map_err(|e| e.to_string())
+            work(client).await
         })
     })
     .join()
     .unwrap_or_else(|_| Err("sql thread panicked".into()))
 }
 
+/// Runs `sql` on `url` on a thread of its own (callable from async tests too).
+pub fn run_sql(url: &str, sql: &str) -> Result<(), String> {
+    let sql = sql.to_owned();
+    with_client(url, move |client| async move {
+        client.batch_execute(&sql).await.map_err(|e| e.to_string())
+    })
+}
+
 /// Runs `sql` and returns the first column of each row, as text.
 pub fn query_text(url: &str, sql: &str) -> Result<Vec<String>, String> {
-    let url = url.to_owned();
     let sql = sql.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let messages = client.simple_query(&sql).await.map_err(|e| e.to_string())?;
-            Ok(messages
-                .into_iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => {
-                        Some(r.get(0).unwrap_or("").to_owned())
-                    }
-                    _ => None,
-                })
-                .collect())
-        })
+    with_client(url, move |client| async move {
+        let messages = client.simple_query(&sql).await.map_err(|e| e.to_string())?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some(r.get(0).unwrap_or("").to_owned())
+                }
+                _ => None,
+            })
+            .collect())
     })
-    .join()
-    .unwrap_or_else(|_| Err("sql thread panicked".into()))
 }
 
 /// A database of its own for one test, dropped with the value.

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
+use crate::common::daemon::Proc;
 use crate::common::eventually;
 use crate::common::mesh::Mesh;
 
@@ -85,9 +86,9 @@ impl Sidecar {
 
     pub async fn listen_addr(&self) -> SocketAddr {
         let line = self
-            .wait_line("the proxy listens", |l| l.contains(": listening on "))
+            .wait_line("the proxy listens", |l| l.contains(LISTENING))
             .await;
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        addr_of(&line)
     }
 
     pub async fn stop(self) {
@@ -98,6 +99,47 @@ impl Sidecar {
             .unwrap()
             .unwrap();
     }
+}
+
+/// What a proxy reports once it listens: `...: listening on ADDR`.
+const LISTENING: &str = ": listening on ";
+
+fn addr_of(listening: &str) -> SocketAddr {
+    listening.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The address a proxy run as the real binary ([`Proc::sidecar`]) reports it listens on.
+pub async fn proxy_addr(proxy: &Proc) -> SocketAddr {
+    addr_of(&proxy.wait_for_log(LISTENING).await)
+}
+
+/// The arguments of files mode writing to `out`, then `more` (`--signal-pid PID`, ...).
+pub fn files_args<'a>(out: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["files", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(more);
+    args
+}
+
+/// The arguments of an inbound proxy on an ephemeral port forwarding to `forward`, admitting
+/// what `policy` says (`--allow ID`, `--allow-trust-domain TD`, ...).
+pub fn inbound_args<'a>(forward: &'a str, policy: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["inbound", "--listen", "127.0.0.1:0", "--forward", forward];
+    args.extend_from_slice(policy);
+    args
+}
+
+/// The arguments of an outbound proxy on an ephemeral port connecting to `connect` and
+/// expecting the server `expect` there.
+pub fn outbound_args<'a>(connect: &'a str, expect: &'a str) -> Vec<&'a str> {
+    vec![
+        "outbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        connect,
+        "--expect",
+        expect,
+    ]
 }
 
 /// An echo service: reads until EOF, then writes everything back and closes.
@@ -208,6 +250,19 @@ pub fn verifies_at(
         .is_ok()
 }
 
+/// openssl's arguments for the files a sidecar wrote in `dir` (its SVID and key), trusting
+/// `peer_bundle`.
+fn tls_files(dir: &Path, peer_bundle: &Path) -> [std::ffi::OsString; 6] {
+    [
+        "-cert".into(),
+        dir.join("svid.pem").into(),
+        "-key".into(),
+        dir.join("svid_key.pem").into(),
+        "-CAfile".into(),
+        peer_bundle.into(),
+    ]
+}
+
 /// Starts `openssl s_server` on an ephemeral port; returns the child and its port.
 pub async fn s_server(dir: &Path, peer_bundle: &Path) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt as _;
@@ -221,12 +276,8 @@ pub async fn s_server(dir: &Path, peer_bundle: &Path) -> (tokio::process::Child,
             "-Verify",
             "1",
         ])
-        .args(["-verify_return_error", "-cert"])
-        .arg(dir.join("svid.pem"))
-        .arg("-key")
-        .arg(dir.join("svid_key.pem"))
-        .arg("-CAfile")
-        .arg(peer_bundle)
+        .arg("-verify_return_error")
+        .args(tls_files(dir, peer_bundle))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -252,22 +303,12 @@ pub async fn s_client(port: u16, dir: &Path, peer_bundle: &Path) -> (bool, Strin
     let out = tokio::process::Command::new("openssl")
         .args(["s_client", "-brief", "-verify_return_error", "-connect"])
         .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(dir.join("svid.pem"))
-        .arg("-key")
-        .arg(dir.join("svid_key.pem"))
-        .arg("-CAfile")
-        .arg(peer_bundle)
+        .args(tls_files(dir, peer_bundle))
         .stdin(Stdio::null())
         .output();
     let out = tokio::time::timeout(GUARD, out)
         .await
         .expect("hang guard")
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), common::output_text(&out))
 }
