@@ -243,3 +243,62 @@ fn a_pin_or_a_reset_on_one_replica_reaches_the_other_on_reload() {
     assert!(b.reload().unwrap());
     assert!(b.get(&td).is_none(), "forgotten on both");
 }
+
+/// Fetch leases: one holder per peer; the others see it and cannot take it while it is
+/// renewed; once it lapses (its holder gone) the next one to ask takes it, and the old holder,
+/// back, finds it taken. The rollback guard of pins is the store's, whoever holds the lease.
+#[test]
+fn a_fetch_lease_has_one_holder_and_passes_on_when_it_lapses() {
+    let Some(db) = pg_support::test_db("fetch_lease_one_holder") else {
+        return;
+    };
+    use meshtrust::spiffe_id::TrustDomain;
+    let peers = [
+        TrustDomain::new("p1.test").unwrap(),
+        TrustDomain::new("p2.test").unwrap(),
+    ];
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = pg(&db.url, da.path());
+    let b = pg(&db.url, db_dir.path());
+    let (ida, idb) = (
+        a.replica_id().unwrap().to_owned(),
+        b.replica_id().unwrap().to_owned(),
+    );
+    let long = Duration::from_secs(60);
+    let got = a.fetch_leases_take(&peers, long).unwrap().unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(_, l)| l.holder == ida && l.acquired));
+    let renewed = a.fetch_leases_take(&peers, long).unwrap().unwrap();
+    assert!(
+        renewed.iter().all(|(_, l)| l.holder == ida && !l.acquired),
+        "a renewal"
+    );
+    let seen = b.fetch_leases_take(&peers, long).unwrap().unwrap();
+    assert!(
+        seen.iter().all(|(_, l)| l.holder == ida && !l.acquired),
+        "{seen:?}"
+    );
+
+    // A stops renewing (gone) with a short lease: B takes both once they lapse.
+    let short = Duration::from_millis(300);
+    a.fetch_leases_take(&peers, short).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = b.fetch_leases_take(&peers, long).unwrap().unwrap();
+        if got.iter().all(|(_, l)| l.holder == idb) {
+            assert!(got.iter().all(|(_, l)| l.acquired));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lapsed lease was never taken"
+        );
+    }
+    let back = a.fetch_leases_take(&peers, long).unwrap().unwrap();
+    assert!(
+        back.iter().all(|(_, l)| l.holder == idb && !l.acquired),
+        "{back:?}"
+    );
+    let listed = a.fetch_leases().unwrap();
+    assert_eq!(listed.len(), 2);
+}

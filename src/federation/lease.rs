@@ -1,6 +1,6 @@
 //! Federation once per peer among replicas sharing a store: a fetch lease per peer in the
-//! database ([`crate::store::Storage::fetch_lease`]). The keeper task takes or renews every
-//! peer's lease each third of its TTL; a peer's fetcher fetches on schedule only while this
+//! database ([`crate::store::Storage::fetch_leases_take`]). The keeper task takes or renews
+//! every peer's lease each third of its TTL (one statement for all); a peer's fetcher fetches on schedule only while this
 //! replica holds its lease, and the others read its pins from the store when notified
 //! ([`PeerStore::reload`]). A dead holder's lease lapses after its TTL and the next round of
 //! another replica's keeper takes it, which then fetches at once. An operator's explicit
@@ -149,32 +149,42 @@ async fn lease_round(peers: &Arc<PeerStore>, refresh: &RefreshHandles, me: &str,
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(shared));
     }
-    for td in peers.peers() {
-        let sent = Instant::now();
-        let p = peers.clone();
-        let t = td.clone();
-        let outcome = tokio::task::spawn_blocking(move || p.storage().fetch_lease(&t, ttl)).await;
-        match outcome {
-            Ok(Ok(Some(lease))) => {
-                let ours = lease.holder == me;
-                let previous = peers.leases().holder(&td);
-                peers
-                    .leases()
-                    .record(&td, lease.holder.clone(), ours.then(|| sent + ttl));
-                if lease.acquired {
-                    tracing::info!(peer = %td, replica = %me, previous = previous.as_deref().unwrap_or("none"), "fetch lease taken: this replica fetches the peer");
-                    // Fetch now rather than at the next schedule.
-                    let refresh = refresh.clone();
-                    tokio::spawn(async move { refresh.refresh(&td).await });
-                } else if previous.as_deref() != Some(lease.holder.as_str()) && !ours {
-                    tracing::info!(peer = %td, holder = %lease.holder, "fetch lease held by another replica");
-                }
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %td, error = %e, "cannot take or renew the fetch lease; retrying");
-            }
-            Err(e) => tracing::warn!(error = %e, "lease task failed"),
+    let tds = peers.peers();
+    if tds.is_empty() {
+        return;
+    }
+    let sent = Instant::now();
+    let p = peers.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || p.storage().fetch_leases_take(&tds, ttl)).await;
+    let leases = match outcome {
+        Ok(Ok(Some(leases))) => leases,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot take or renew the fetch leases; retrying");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "lease task failed");
+            return;
+        }
+    };
+    for (td, lease) in leases {
+        let Ok(td) = TrustDomain::new(&td) else {
+            continue;
+        };
+        let ours = lease.holder == me;
+        let previous = peers.leases().holder(&td);
+        peers
+            .leases()
+            .record(&td, lease.holder.clone(), ours.then(|| sent + ttl));
+        if lease.acquired {
+            tracing::info!(peer = %td, replica = %me, previous = previous.as_deref().unwrap_or("none"), "fetch lease taken: this replica fetches the peer");
+            // Fetch now rather than at the next schedule.
+            let refresh = refresh.clone();
+            tokio::spawn(async move { refresh.refresh(&td).await });
+        } else if previous.as_deref() != Some(lease.holder.as_str()) && !ours {
+            tracing::info!(peer = %td, holder = %lease.holder, "fetch lease held by another replica");
         }
     }
 }

@@ -344,18 +344,18 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn announce(&self, address: &str) {
         let _ = address;
     }
-    /// Takes or renews, for `ttl`, the lease to fetch `peer`, unless another replica holds
-    /// it unexpired; returns who holds it now. `None`: the store is not shared, every peer is
-    /// fetched by this daemon.
+    /// Takes or renews, for `ttl`, the lease to fetch each of `peers`, unless another replica
+    /// holds it unexpired (one statement for all); returns who holds each now. `None`: the store
+    /// is not shared, every peer is fetched by this daemon.
     ///
     /// # Errors
     /// On database failure.
-    fn fetch_lease(
+    fn fetch_leases_take(
         &self,
-        peer: &TrustDomain,
+        peers: &[TrustDomain],
         ttl: std::time::Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let _ = (peer, ttl);
+    ) -> Result<Option<Vec<(String, Lease)>>, StoreError> {
+        let _ = (peers, ttl);
         Ok(None)
     }
     /// Every peer's fetch lease (trust domain, lease).

@@ -1,6 +1,7 @@
 //! Fetch leases on PostgreSQL: one row per peer naming the replica that fetches it until
-//! `expires_at`. Taking or renewing is one statement that succeeds only when the lease is
-//! free, lapsed or already ours, timed by the database's clock (replicas' clocks may differ).
+//! `expires_at`. One statement takes or renews the leases of every peer at once (a round
+//! trip per round, however many peers), each only when it is free, lapsed or already ours,
+//! timed by the database's clock (replicas' clocks may differ).
 
 use std::time::Duration;
 
@@ -9,55 +10,58 @@ use crate::clock::from_unix_millis;
 use crate::spiffe_id::TrustDomain;
 use crate::store::{Lease, StoreError};
 
+/// Takes what can be taken; reports every asked peer's holder (`acquired_at` 0 for leases
+/// left to their holder: the outer query sees the table as it was before the insert).
+const TAKE: &str = "
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms),
+taken AS (
+    INSERT INTO fetch_lease AS l (trust_domain, holder, expires_at, acquired_at)
+    SELECT td, $2, now.ms + $3, now.ms FROM unnest($1::text[]) AS td, now
+    ON CONFLICT (trust_domain) DO UPDATE
+    SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at,
+        acquired_at = CASE WHEN l.holder = EXCLUDED.holder
+                           THEN l.acquired_at ELSE EXCLUDED.acquired_at END
+    WHERE l.holder = EXCLUDED.holder OR l.expires_at <= EXCLUDED.acquired_at
+    RETURNING trust_domain, holder, expires_at, acquired_at
+)
+SELECT trust_domain, holder, expires_at, acquired_at FROM taken
+UNION ALL
+SELECT f.trust_domain, f.holder, f.expires_at, 0::bigint FROM fetch_lease f
+WHERE f.trust_domain = ANY($1) AND f.trust_domain NOT IN (SELECT trust_domain FROM taken)";
+
 impl PostgresStorage {
-    /// [`crate::store::Storage::fetch_lease`].
-    pub(super) fn take_lease(
+    /// [`crate::store::Storage::fetch_leases_take`].
+    pub(super) fn take_leases(
         &self,
-        peer: &TrustDomain,
+        peers: &[TrustDomain],
         ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let td = peer.as_str().to_owned();
+    ) -> Result<Vec<(String, Lease)>, StoreError> {
+        let tds: Vec<String> = peers.iter().map(|p| p.as_str().to_owned()).collect();
         let me = self.replica.clone();
         let ttl_ms = i64_of(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), "ttl")?;
-        let lease = self.call(|pool| async move {
+        let leases: Vec<(String, Lease)> = self.call(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
-            let taken = client
-                .query_opt(
-                    "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)
-                     INSERT INTO fetch_lease AS l (trust_domain, holder, expires_at, acquired_at)
-                     SELECT $1, $2, ms + $3, ms FROM now
-                     ON CONFLICT (trust_domain) DO UPDATE
-                     SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at,
-                         acquired_at = CASE WHEN l.holder = EXCLUDED.holder
-                                            THEN l.acquired_at ELSE EXCLUDED.acquired_at END
-                     WHERE l.holder = EXCLUDED.holder OR l.expires_at <= EXCLUDED.acquired_at
-                     RETURNING holder, expires_at, acquired_at",
-                    &[&td, &me, &ttl_ms],
-                )
-                .await?;
-            let row = match taken {
-                Some(row) => row,
-                None => client
-                    .query_one(
-                        "SELECT holder, expires_at, 0::bigint FROM fetch_lease
-                         WHERE trust_domain = $1",
-                        &[&td],
-                    )
-                    .await?,
-            };
-            let holder: String = row.try_get(0)?;
-            let expires_at: i64 = row.try_get(1)?;
-            let acquired_at: i64 = row.try_get(2)?;
-            Ok(Lease {
-                acquired: holder == me && acquired_at == expires_at - ttl_ms,
-                holder,
-                expires_at: from_unix_millis(expires_at),
-            })
+            let rows = client.query(TAKE, &[&tds, &me, &ttl_ms]).await?;
+            rows.iter()
+                .map(|row| {
+                    let holder: String = row.try_get(1)?;
+                    let expires_at: i64 = row.try_get(2)?;
+                    let acquired_at: i64 = row.try_get(3)?;
+                    Ok((
+                        row.try_get(0)?,
+                        Lease {
+                            acquired: holder == me && acquired_at == expires_at - ttl_ms,
+                            holder,
+                            expires_at: from_unix_millis(expires_at),
+                        },
+                    ))
+                })
+                .collect()
         })?;
-        if lease.acquired {
+        for _ in leases.iter().filter(|(_, l)| l.acquired) {
             self.metrics.lease_change();
         }
-        Ok(lease)
+        Ok(leases)
     }
 
     /// [`crate::store::Storage::fetch_leases`].

@@ -617,12 +617,12 @@ impl Storage for PostgresStorage {
         Some(self.changes.clone())
     }
 
-    fn fetch_lease(
+    fn fetch_leases_take(
         &self,
-        peer: &TrustDomain,
+        peers: &[TrustDomain],
         ttl: Duration,
-    ) -> Result<Option<crate::store::Lease>, StoreError> {
-        self.take_lease(peer, ttl).map(Some)
+    ) -> Result<Option<Vec<(String, crate::store::Lease)>>, StoreError> {
+        self.take_leases(peers, ttl).map(Some)
     }
 
     fn fetch_leases(&self) -> Result<Vec<(String, crate::store::Lease)>, StoreError> {
