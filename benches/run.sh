@@ -37,7 +37,7 @@ fi
 # The Workload API bench holds thousands of sockets open in each of two processes.
 ulimit -n "$(ulimit -Hn)" || true
 
-benches=(issuance footprint bundle_endpoint workload_api federation_scale hostile)
+benches=(issuance footprint bundle_endpoint workload_api federation_scale hostile store)
 if ((smoke)); then
     profile=(--profile dev)
     bench_args=(--smoke)

@@ -505,8 +505,18 @@ impl Daemon {
             },
         )?;
         let refresh = fetchers.refresh_handles();
+        // Replicas of a shared store: one fetcher per peer at a time (a lease), and pins that
+        // another replica wrote are read when it notifies (returns at once on SQLite).
+        tracker.spawn(crate::federation::lease::run(
+            peers.clone(),
+            refresh.clone(),
+            crate::federation::lease::lease_ttl(config.federation_min_refresh_interval),
+            cancel.child_token(),
+        ));
 
         let bundle_endpoint_addr = bundle_listener.as_ref().and_then(|l| l.local_addr().ok());
+        // Replicas of a shared store list each other by their bundle endpoints.
+        storage.announce(&bundle_endpoint_addr.map_or_else(String::new, |a| a.to_string()));
         if let (Some(listener), Some(be)) = (bundle_listener, &config.bundle_endpoint) {
             let (certs, task) = ServerCerts::start(
                 &be.profile,

@@ -11,61 +11,10 @@
 mod common;
 mod pg_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::config::DaemonConfig;
 use common::daemon::Proc;
+use pg_support::cluster::Cluster;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// A private cluster, stopped (and its folder removed) when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh")
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Self { dir };
-        c.run("start");
-        c
-    }
-
-    fn run(&self, what: &str) {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg(what)
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "postgres.sh {what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("url"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
-    }
-}
 
 async fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = common::guard(tokio::net::TcpStream::connect(addr))
@@ -126,20 +75,7 @@ async fn postgres_stopped_then_started_again_the_daemon_serves_throughout_and_re
         "{scrape}"
     );
 
-    tokio::task::spawn_blocking({
-        let d = cluster.dir.path().to_owned();
-        move || {
-            let out = Command::new("bash")
-                .arg(script())
-                .arg("stop")
-                .arg(&d)
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-        }
-    })
-    .await
-    .unwrap();
+    cluster.stop().await;
     let down = common::eventually_some("status says store unavailable", || async {
         let s = common::status_json(&admin).await;
         (s["store"]["available"] == false).then_some(s)
@@ -162,24 +98,7 @@ async fn postgres_stopped_then_started_again_the_daemon_serves_throughout_and_re
     let text = common::cli_async(&["status", "--admin-socket", admin.to_str().unwrap()]).await;
     assert!(text.stdout.contains("store unavailable"), "{}", text.stdout);
 
-    tokio::task::spawn_blocking({
-        let d = cluster.dir.path().to_owned();
-        move || {
-            let out = Command::new("bash")
-                .arg(script())
-                .arg("restart")
-                .arg(&d)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    })
-    .await
-    .unwrap();
+    cluster.restart().await;
     common::eventually_some("status says store available again", || async {
         let s = common::status_json(&admin).await;
         (s["store"]["available"] == true).then_some(())

@@ -7,6 +7,8 @@
 //! after a failed assertion) when the value goes, so tests run in parallel.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The URL of the test cluster's `meshtrust` database (a role with CREATEDB).
