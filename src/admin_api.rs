@@ -191,6 +191,9 @@ struct PeerView {
     last_error: Option<String>,
     next_refresh: Option<String>,
     earliest_expiry: Option<String>,
+    /// Replicas of a shared store: the replica fetching this peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_holder: Option<String>,
 }
 
 /// One registration entry in force.
@@ -228,6 +231,47 @@ pub struct StatusView {
     store: StoreView,
     entries: Vec<EntryView>,
     last_reload: Option<ReloadRecord>,
+    /// Replicas of a shared store: the one answering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<ReplicaIdView>,
+    /// Replicas of a shared store: every registered one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<Vec<ReplicaView>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReplicaIdView {
+    id: String,
+}
+
+/// A replica: its heartbeat and its CAs (SHA-256 of each certificate).
+#[derive(Debug, Serialize)]
+struct ReplicaView {
+    id: String,
+    address: String,
+    last_seen: String,
+    authorities: Vec<String>,
+}
+
+fn replicas_view(mesh: &crate::store::SharedBundle) -> Vec<ReplicaView> {
+    mesh.replicas
+        .iter()
+        .map(|r| ReplicaView {
+            id: r.id.clone(),
+            address: r.address.clone(),
+            last_seen: rfc3339(r.last_seen),
+            authorities: mesh
+                .authorities
+                .iter()
+                .filter(|a| a.replica == r.id)
+                .map(|a| {
+                    summary::sha256_hex(&rustls_pki_types::CertificateDer::from(
+                        a.ca_cert.as_slice(),
+                    ))
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// `"store"`: the backend and whether it can be reached (`"error"`: "store unavailable: ...").
@@ -265,6 +309,7 @@ pub fn status_view(state: &AdminState) -> StatusView {
                     .as_ref()
                     .and_then(|b| summary::earliest_expiry(&b.x509_authorities))
                     .map(rfc3339),
+                lease_holder: state.peers.leases().holder(&s.trust_domain),
             }
         })
         .collect();
@@ -303,6 +348,19 @@ pub fn status_view(state: &AdminState) -> StatusView {
         },
         entries: state.entries.borrow().iter().map(entry_view).collect(),
         last_reload: state.last_reload.get(),
+        replica: state
+            .peers
+            .leases()
+            .me()
+            .map(|id| ReplicaIdView { id: id.to_owned() }),
+        replicas: state.peers.leases().me().map(|_| {
+            state
+                .peers
+                .leases()
+                .mesh()
+                .map(|m| replicas_view(&m))
+                .unwrap_or_default()
+        }),
     }
 }
 

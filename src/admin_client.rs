@@ -165,10 +165,57 @@ fn list(v: &Value) -> String {
     }
 }
 
+/// With a shared store: the replica answering and every replica (id, address, last
+/// heartbeat, its CAs by SHA-256 prefix).
+fn render_replicas(body: &Value, out: &mut String) {
+    use std::fmt::Write as _;
+    let Some(me) = body["replica"]["id"].as_str() else {
+        return;
+    };
+    let _ = writeln!(out, "{:<14}{me}", "replica");
+    let replicas = body["replicas"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\n{}", count(replicas.len(), "replica", "replicas"));
+    if replicas.is_empty() {
+        return;
+    }
+    let mut rows = vec![vec![
+        "ID".to_owned(),
+        "ADDRESS".to_owned(),
+        "LAST SEEN".to_owned(),
+        "CAS".to_owned(),
+    ]];
+    rows.extend(replicas.iter().map(|r| {
+        let cas: Vec<String> = r["authorities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| s(a).chars().take(12).collect())
+            .collect();
+        vec![
+            s(&r["id"]),
+            if r["address"].as_str().is_some_and(str::is_empty) {
+                "-".to_owned()
+            } else {
+                s(&r["address"])
+            },
+            s(&r["last_seen"]),
+            if cas.is_empty() {
+                "-".to_owned()
+            } else {
+                cas.join(",")
+            },
+        ]
+    }));
+    out.push_str(&table(&rows));
+}
+
 /// The human form of `GET /v1/status`: the daemon, its last reload, the entries in force and
 /// one line per federation relationship, in aligned columns.
 pub fn render_status(body: &Value) -> String {
     use std::fmt::Write as _;
+    if body["agent"].is_object() {
+        return render_agent_status(body);
+    }
     let mut out = String::new();
     let _ = writeln!(out, "{:<14}{}", "trust domain", s(&body["trust_domain"]));
     let st = &body["store"];
@@ -216,6 +263,7 @@ pub fn render_status(body: &Value) -> String {
         "none since the start".to_owned()
     };
     let _ = writeln!(out, "{:<14}{reload}", "last reload");
+    render_replicas(body, &mut out);
 
     let entries = body["entries"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\n{}", count(entries.len(), "entry", "entries"));
@@ -253,6 +301,10 @@ pub fn render_status(body: &Value) -> String {
             "NEXT REFRESH".to_owned(),
             "URL".to_owned(),
         ]];
+        let leased = peers.iter().any(|p| p.get("lease_holder").is_some());
+        if leased {
+            rows[0].push("LEASE HOLDER".to_owned());
+        }
         rows.extend(peers.iter().map(|p| {
             vec![
                 s(&p["trust_domain"]),
@@ -265,6 +317,9 @@ pub fn render_status(body: &Value) -> String {
                 s(&p["next_refresh"]),
                 s(&p["url"]),
             ]
+            .into_iter()
+            .chain(leased.then(|| s(&p["lease_holder"])))
+            .collect()
         }));
         out.push_str(&table(&rows));
         for p in &peers {
@@ -277,6 +332,58 @@ pub fn render_status(body: &Value) -> String {
                 );
             }
         }
+    }
+    out
+}
+
+/// The human form of a node agent's `GET /v1/status`: its identity, its server and the
+/// identities it holds.
+pub fn render_agent_status(body: &Value) -> String {
+    use std::fmt::Write as _;
+    let a = &body["agent"];
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<14}{}", "trust domain", s(&body["trust_domain"]));
+    let _ = writeln!(
+        out,
+        "{:<14}{}  ({})",
+        "agent",
+        s(&a["spiffe_id"]),
+        s(&a["node"])
+    );
+    let _ = writeln!(out, "{:<14}{}", "agent svid", s(&a["svid_expires_at"]));
+    let server = if a["server"].is_string() {
+        s(&a["server"])
+    } else {
+        "none connected (serving from cache)".to_owned()
+    };
+    let _ = writeln!(out, "{:<14}{server}", "server");
+    let _ = writeln!(
+        out,
+        "{:<14}{}  revision {}  from {}",
+        "last sync",
+        s(&a["last_sync"]),
+        s(&a["revision"]),
+        s(&a["server_id"])
+    );
+    let _ = writeln!(
+        out,
+        "{:<14}{}s",
+        "first expiry",
+        s(&a["first_expiry_seconds"])
+    );
+    let ids = a["identities"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\n{}", count(ids.len(), "identity", "identities"));
+    if !ids.is_empty() {
+        let mut rows = vec![vec![
+            "SPIFFE ID".to_owned(),
+            "EXPIRES".to_owned(),
+            "RENEWS".to_owned(),
+        ]];
+        rows.extend(
+            ids.iter()
+                .map(|i| vec![s(&i["spiffe_id"]), s(&i["expires_at"]), s(&i["renew_at"])]),
+        );
+        out.push_str(&table(&rows));
     }
     out
 }

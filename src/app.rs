@@ -76,6 +76,9 @@ pub enum AppError {
     /// The bundle endpoint could not be set up (e.g. unreadable https_web certificate files).
     #[error("bundle endpoint: {0}")]
     Endpoint(#[from] EndpointError),
+    /// The agent API could not be set up.
+    #[error(transparent)]
+    AgentApi(#[from] crate::agent_api::tls::AgentTlsError),
 }
 
 /// The CA settings of a config.
@@ -301,6 +304,8 @@ pub struct Daemon {
     lock: DataDirLock,
     /// The Workload API's entries, replaced by [`Daemon::reload`].
     entries: watch::Sender<Arc<Vec<EntryConfig>>>,
+    /// Every entry, those for nodes included (the agent API's), replaced by [`Daemon::reload`].
+    all_entries: watch::Sender<Arc<Vec<EntryConfig>>>,
     /// The running config.
     config: Config,
     /// The peer fetchers, for a reload.
@@ -458,6 +463,10 @@ impl Daemon {
             Some(m) => Some(bind_tcp("metrics", opts.metrics_listener, m.listen).await?),
             None => None,
         };
+        let agent_listener = match &config.agent_api {
+            Some(a) => Some(bind_tcp("the agent api", None, a.listen).await?),
+            None => None,
+        };
         let mut sockets = OwnSockets::default();
         let admin_socket = config.admin_api.socket.clone();
         let admin_listener = admin_api::bind(&admin_socket).map_err(|source| AppError::Bind {
@@ -496,8 +505,18 @@ impl Daemon {
             },
         )?;
         let refresh = fetchers.refresh_handles();
+        // Replicas of a shared store: one fetcher per peer at a time (a lease), and pins that
+        // another replica wrote are read when it notifies (returns at once on SQLite).
+        tracker.spawn(crate::federation::lease::run(
+            peers.clone(),
+            refresh.clone(),
+            crate::federation::lease::lease_ttl(config.federation_min_refresh_interval),
+            cancel.child_token(),
+        ));
 
         let bundle_endpoint_addr = bundle_listener.as_ref().and_then(|l| l.local_addr().ok());
+        // Replicas of a shared store list each other by their bundle endpoints.
+        storage.announce(&bundle_endpoint_addr.map_or_else(String::new, |a| a.to_string()));
         if let (Some(listener), Some(be)) = (bundle_listener, &config.bundle_endpoint) {
             let (certs, task) = ServerCerts::start(
                 &be.profile,
@@ -541,6 +560,28 @@ impl Daemon {
             cancel.child_token(),
         ));
 
+        let (all_entries, all_entries_rx) = watch::channel(Arc::new(config.entries.clone()));
+        let agents = Arc::new(
+            crate::agent_api::registry::AgentRegistry::open(Some(storage.clone()))
+                .map_err(store_err(&config))?,
+        );
+        let nodes = Arc::new(crate::node::admin::Nodes::with_agents(
+            clock.clone(),
+            agents.clone(),
+        ));
+        if let Some(listener) = agent_listener {
+            let core = crate::agent_api::AgentApiCore {
+                trust_domain: config.trust_domain.clone(),
+                ca: ca.subscribe(),
+                peers: peers.subscribe(),
+                entries: all_entries_rx,
+                nodes: nodes.clone(),
+                attestation: config.node_attestation.clone(),
+                metrics: registry.agents.clone(),
+            };
+            crate::agent_api::start(listener, core, agents, &tracker, cancel.child_token())?;
+        }
+
         let last_reload = LastReload::default();
         let admin_state = AdminState {
             ca: ca.clone(),
@@ -548,7 +589,7 @@ impl Daemon {
             status: status.clone(),
             refresh: refresh.clone(),
             endpoint: published_endpoint(&config, bundle_endpoint_addr),
-            nodes: Arc::new(crate::node::admin::Nodes::new(clock.clone())),
+            nodes,
             entries: entries.subscribe(),
             last_reload: last_reload.clone(),
         };
@@ -570,10 +611,6 @@ impl Daemon {
                 registry,
             };
             tracker.spawn(metrics::serve(listener, state, cancel.child_token()));
-        }
-        if let Some(agent_api) = &config.agent_api {
-            // Parsed and validated, but the transport is not built yet: say so, never pretend.
-            tracing::warn!(listen = %agent_api.listen, "[agent_api] is configured but node agents are not served by this version; nothing listens there");
         }
         ready.store(true, Ordering::Release);
         stop_on_error.disarm();
@@ -600,6 +637,7 @@ impl Daemon {
             sockets,
             lock,
             entries,
+            all_entries,
             config,
             fetchers,
             last_reload,
@@ -640,6 +678,7 @@ impl Daemon {
         }
         if outcome.entries_changed {
             self.entries.send_replace(server_entries(&new.entries));
+            self.all_entries.send_replace(Arc::new(new.entries.clone()));
             self.config.entries = new.entries;
         }
         Ok(outcome)

@@ -98,6 +98,13 @@ pub enum Command {
     /// Print the man page (roff) of meshtrust and its subcommands (e.g. `meshtrust man >
     /// meshtrust.1`).
     Man,
+    /// Run a node agent until SIGINT/SIGTERM: attest to a server, sync this node's entries
+    /// and serve them on the agent's own Workload API socket (see config/agent.toml).
+    Agent {
+        /// The agent's config file.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Join tokens for node agents (admin API of a server).
     Token {
         /// What to do.

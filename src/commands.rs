@@ -87,6 +87,7 @@ pub fn run_with(command: Command, log_format: LogFormat) -> ExitCode {
             runtime_failure(crate::admin_client::federation(command))
         }
         Command::Token { command } => crate::node::cli::token(command),
+        Command::Agent { config } => crate::agent::run::command(&config.config),
         Command::Sidecar(args) => crate::sidecar::command(args, log_format == LogFormat::Json)
             .map_err(|e| {
                 eprintln!("meshtrust: sidecar: {e}");

@@ -13,10 +13,12 @@
 //! - [`clock`]: the injectable clock.
 //! - [`federation`]: pinned peer bundles, fetch status, bundle endpoint, fetchers.
 //! - [`workload_api`]: the SPIFFE Workload API and its JSON view on a Unix socket.
+//! - [`agent`]: the node agent process (sync from a server, serves the Workload API).
 //! - [`app`]: wiring of the daemon's tasks; [`cli`], [`commands`]: the command line.
 
 pub mod admin_api;
 pub mod admin_client;
+pub mod agent;
 pub mod agent_api;
 pub mod app;
 pub mod bundle;

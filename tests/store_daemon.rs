@@ -64,19 +64,35 @@ fn a_daemon_on_postgres_keeps_its_ca_and_bundle_across_a_restart() {
     );
 }
 
-/// Today one database holds one CA: a second daemon with another data_dir on the same
-/// database does not silently make a CA of its own; it refuses, naming the missing key.
+/// A second data_dir on the same database is a second replica of the mesh: it does not take
+/// the first one's CA (whose key it does not hold) but makes its own, and the one bundle both
+/// publish holds the two CAs (tests/replicas.rs goes further).
 #[test]
-fn a_second_data_dir_on_the_same_database_is_refused_naming_the_missing_key() {
-    let Some(db) = pg_support::test_db("second_data_dir_refused") else {
+fn a_second_data_dir_on_the_same_database_joins_as_a_replica_with_its_own_ca() {
+    let Some(db) = pg_support::test_db("second_data_dir_joins") else {
         return;
     };
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let _first = Proc::serve_blocking(&postgres_daemon(a.path(), &db.url));
+    let first_config = postgres_daemon(a.path(), &db.url);
+    let _first = Proc::serve_blocking(&first_config);
     let config = postgres_daemon(b.path(), &db.url);
-    common::cli(&["serve", "--config", config.to_str().unwrap()])
-        .fails_with(1, "not in this data_dir");
+    let _second = Proc::serve_blocking(&config);
+    let shown: serde_json::Value = serde_json::from_str(&bundle_show(&config)).unwrap();
+    let cas = shown["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "x509-svid")
+        .count();
+    assert_eq!(cas, 2, "{shown}");
+    assert_eq!(bundle_show(&first_config), bundle_show(&config));
+    let keys = |d: &Path| std::fs::read_dir(d.join("data/ca-keys")).unwrap().count();
+    assert_eq!(
+        (keys(a.path()), keys(b.path())),
+        (2, 2),
+        "each its own CA and JWT key"
+    );
 }
 
 /// Nothing listening at the URL: the daemon does not start, says the store is unavailable, and

@@ -328,24 +328,6 @@ fn ca_keys_stay_in_data_dir_and_never_enter_the_database() {
     );
 }
 
-/// A replica whose data_dir lacks the key of an authority in the database says so (it would
-/// otherwise serve a CA it cannot sign with).
-#[test]
-fn an_authority_without_its_key_in_this_data_dir_is_refused_by_name() {
-    let Some(db) = pg_support::test_db("authority_without_key") else {
-        return;
-    };
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
-    pg(&db.url, a.path())
-        .init_ca(&record(vec![authority(1, 0x11, AuthorityState::Active)], 1))
-        .unwrap();
-    match pg(&db.url, b.path()).load_ca() {
-        Err(StoreError::Corrupt(m)) => assert!(m.contains("not in this data_dir"), "{m}"),
-        other => panic!("expected the missing key named, got {other:?}"),
-    }
-}
-
 /// A database migrated by a newer meshtrust is not written by an older one.
 #[test]
 fn a_schema_newer_than_this_binary_is_refused() {

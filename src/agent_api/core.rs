@@ -26,6 +26,9 @@ pub enum AgentApiError {
     /// The CA cannot sign now.
     #[error("cannot sign: {0}")]
     Ca(#[from] crate::ca::CaError),
+    /// A JWT-SVID request without an audience or with a bad ID, or minting failed.
+    #[error("jwt-svid: {0}")]
+    Jwt(String),
 }
 
 impl AgentApiError {
@@ -84,13 +87,31 @@ pub struct AgentApiCore {
 
 impl AgentApiCore {
     fn refused<T>(&self, node: &str, what: &str, e: AgentApiError) -> Result<T, AgentApiError> {
+        Err(self.logged(node, what, e))
+    }
+
+    /// Logs and counts `e` (a refusal by its reason, anything else as a failure); returns it.
+    pub fn logged(&self, node: &str, what: &str, e: AgentApiError) -> AgentApiError {
         if let Some(why) = e.refusal() {
             self.metrics.refused(why);
             tracing::warn!(node, reason = why.label(), error = %e, "agent api: {what} refused");
         } else {
             tracing::error!(node, error = %e, "agent api: {what} failed");
         }
-        Err(e)
+        e
+    }
+
+    /// Logs and counts a refusal decided outside the core (the transport, authorization,
+    /// x509pop), in the same form as the core's own.
+    pub fn record_refusal(
+        &self,
+        node: &str,
+        what: &str,
+        why: AgentRefusal,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.metrics.refused(why);
+        tracing::warn!(node, reason = why.label(), error = %error, "agent api: {what} refused");
     }
 
     /// Join-token attestation: consumes `token` and signs an agent SVID for the CSR's key (the
@@ -131,6 +152,40 @@ impl AgentApiCore {
         })
     }
 
+    /// x509pop attestation, once the node proved possession of its certificate's key: signs an
+    /// agent SVID for `node` and the key of `csr_der`.
+    ///
+    /// # Errors
+    /// [`AgentApiError`]: bad node name or CSR, CA unavailable.
+    pub fn attest_x509pop(&self, node: &str, csr_der: &[u8]) -> Result<AgentSvid, AgentApiError> {
+        let svid = self.renew_agent(node, csr_der)?;
+        self.metrics.attested();
+        tracing::info!(%node, spiffe_id = %svid.spiffe_id, method = "x509pop", "agent attested");
+        Ok(svid)
+    }
+
+    /// A new agent SVID for `node` (already authorized by its current SVID) for the key of
+    /// `csr_der`.
+    ///
+    /// # Errors
+    /// [`AgentApiError`]: bad CSR, CA unavailable.
+    pub fn renew_agent(&self, node: &str, csr_der: &[u8]) -> Result<AgentSvid, AgentApiError> {
+        let key = match csr::verify(csr_der) {
+            Ok(checked) => checked.public_key,
+            Err(e) => return self.refused(node, "agent svid renewal", e.into()),
+        };
+        let spiffe_id = agent_id(&self.trust_domain, node)?;
+        let snap = self.ca.borrow().clone();
+        match snap.sign_x509_svid_for_key(&spiffe_id, &key, self.nodes.clock.now()) {
+            Ok(leaf) => Ok(AgentSvid {
+                node: node.to_owned(),
+                spiffe_id,
+                leaf,
+            }),
+            Err(e) => self.refused(node, "agent svid renewal", e.into()),
+        }
+    }
+
     /// Signs a workload SVID for the agent of `node`: only for an ID one of its entries names.
     ///
     /// # Errors
@@ -146,6 +201,37 @@ impl AgentApiCore {
             Ok(leaf) => Ok(leaf),
             Err(e) => self.refused(node, "workload csr", e.into()),
         }
+    }
+
+    /// A JWT-SVID for `id` (which one of `node`'s entries must name) and `audience`.
+    ///
+    /// # Errors
+    /// [`AgentApiError`]: no audience, a bad ID, not entitled, CA unavailable.
+    pub fn mint_jwt(
+        &self,
+        node: &str,
+        id: &str,
+        audience: &[String],
+    ) -> Result<String, AgentApiError> {
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(AgentApiError::Jwt("an audience is required".to_owned()));
+        }
+        let id = SpiffeId::new(id).map_err(|e| AgentApiError::Jwt(format!("{id:?}: {e}")))?;
+        let entitled = self
+            .entries
+            .borrow()
+            .iter()
+            .any(|e| e.on_node(node) && e.spiffe_id == id);
+        if !entitled {
+            let e = NodeError::NotEntitled {
+                id: id.to_string(),
+                node: node.to_owned(),
+            };
+            return self.refused(node, "jwt svid", e.into());
+        }
+        let snap = self.ca.borrow().clone();
+        snap.mint_jwt_svid(&id, audience, self.nodes.clock.now())
+            .map_err(|e| AgentApiError::Jwt(e.to_string()))
     }
 
     /// What `node` is sent.

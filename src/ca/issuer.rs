@@ -10,7 +10,7 @@ use super::{CaError, CaSnapshot};
 use crate::metrics::issuance::SvidType;
 use crate::spiffe_id::SpiffeId;
 use crate::workload_api::identity::{CachedSvid, SvidCache};
-use crate::workload_api::source::{Feed, Issuer, OwnSnapshot};
+use crate::workload_api::source::{Feed, Issuer, JwtSvidFuture, OwnSnapshot};
 use crate::workload_api::{WorkloadApiError, jwt};
 
 impl Issuer for CaSnapshot {
@@ -23,7 +23,17 @@ impl Issuer for CaSnapshot {
         Ok(cache.get(id, self, now)?)
     }
 
-    fn jwt_svid(
+    fn jwt_svid(&self, id: &SpiffeId, audience: &[String], now: SystemTime) -> JwtSvidFuture {
+        Box::pin(std::future::ready(self.mint_jwt_svid(id, audience, now)))
+    }
+}
+
+impl CaSnapshot {
+    /// A JWT-SVID signed now by the active authority.
+    ///
+    /// # Errors
+    /// [`WorkloadApiError`] when there is no active authority or minting fails.
+    pub fn mint_jwt_svid(
         &self,
         id: &SpiffeId,
         audience: &[String],

@@ -9,6 +9,7 @@ mod authority;
 mod issue;
 pub mod issuer;
 pub mod key;
+mod replica;
 mod rotation;
 mod snapshot;
 
@@ -95,8 +96,17 @@ impl Ca {
         clock: Arc<dyn Clock>,
         storage: Arc<dyn Storage>,
     ) -> Result<Self, CaError> {
-        let record = match storage.load_ca()? {
+        let stored = storage.load_ca()?;
+        let record = match stored {
             Some(r) => r,
+            // A replica of a shared store starts with its own authorities, none at first; its
+            // first tick generates and publishes one.
+            None if storage.replica_id().is_some() => CaRecord {
+                authorities: Vec::new(),
+                bundle_sequence: 0,
+                bundle_digest: Vec::new(),
+                bundle_json: Vec::new(),
+            },
             None => {
                 let now = clock.now();
                 let first =
@@ -175,37 +185,14 @@ impl Ca {
     }
 
     fn tick_inner(&self, recheck_content: bool) -> Result<bool, CaError> {
+        if let Some(me) = self.storage.replica_id() {
+            return self.tick_replica(me, recheck_content);
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now();
         let mut slots = inner.slots.clone();
-        let mut changed = false;
-        // The bundle endpoint's SVID from a retired authority keeps it published (never beyond
-        // its NotAfter), folded in before any prune is planned (the run loop ticks at least
-        // every 30 s, well within the SVID's grace).
-        for (generation, until) in self.holds.take() {
-            if let Some(s) = slots.iter_mut().find(|s| {
-                s.authority.generation == generation && s.state == AuthorityState::Retired
-            }) {
-                let until = until.min(s.authority.not_after);
-                // Still in `slots`, so still published: extending keeps it so without a gap.
-                if s.prune_after.is_some_and(|p| p < until) {
-                    tracing::info!(trust_domain = %self.trust_domain, generation, until = %crate::clock::rfc3339(until), "retired ca stays published while the bundle endpoint's svid it signed is valid");
-                    s.prune_after = Some(until);
-                    changed = true;
-                }
-            }
-        }
-        // Each step changes the state, so the loop ends; the bound is a guard.
-        for _ in 0..16 {
-            let views: Vec<SlotView> = slots.iter().map(AuthoritySlot::view).collect();
-            let Some(step) = rotation::next_step(now, &views, self.policy.longest_svid_ttl())
-            else {
-                break;
-            };
-            tracing::info!(trust_domain = %self.trust_domain, ?step, "ca rotation step");
-            self.apply(&mut slots, step, now)?;
-            changed = true;
-        }
+        let mut changed = self.fold_holds(&mut slots);
+        changed |= self.plan(&mut slots, now)?;
         if !changed && !recheck_content {
             return Ok(false);
         }
@@ -240,6 +227,45 @@ impl Ca {
         )?;
         self.tx.send_replace(Arc::new(snapshot));
         Ok(true)
+    }
+
+    /// Folds the bundle endpoint's holds into `slots`; returns whether anything changed.
+    fn fold_holds(&self, slots: &mut [AuthoritySlot]) -> bool {
+        let mut changed = false;
+        // The bundle endpoint's SVID from a retired authority keeps it published (never beyond
+        // its NotAfter), folded in before any prune is planned (the run loop ticks at least
+        // every 30 s, well within the SVID's grace).
+        for (generation, until) in self.holds.take() {
+            if let Some(s) = slots.iter_mut().find(|s| {
+                s.authority.generation == generation && s.state == AuthorityState::Retired
+            }) {
+                let until = until.min(s.authority.not_after);
+                // Still in `slots`, so still published: extending keeps it so without a gap.
+                if s.prune_after.is_some_and(|p| p < until) {
+                    tracing::info!(trust_domain = %self.trust_domain, generation, until = %crate::clock::rfc3339(until), "retired ca stays published while the bundle endpoint's svid it signed is valid");
+                    s.prune_after = Some(until);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Applies the rotation steps due at `now` to `slots`; returns whether any was.
+    fn plan(&self, slots: &mut Vec<AuthoritySlot>, now: SystemTime) -> Result<bool, CaError> {
+        let mut changed = false;
+        // Each step changes the state, so the loop ends; the bound is a guard.
+        for _ in 0..16 {
+            let views: Vec<SlotView> = slots.iter().map(AuthoritySlot::view).collect();
+            let Some(step) = rotation::next_step(now, &views, self.policy.longest_svid_ttl())
+            else {
+                break;
+            };
+            tracing::info!(trust_domain = %self.trust_domain, ?step, "ca rotation step");
+            self.apply(slots, step, now)?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     fn apply(
@@ -298,19 +324,31 @@ impl Ca {
     /// than `max_sleep`, so a wall-clock jump is noticed.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         const MAX_SLEEP: Duration = Duration::from_secs(30);
+        // Another replica's change to the shared bundle (a notification) means a tick now.
+        let mut changes = self.storage.changes();
         loop {
-            if let Err(e) = self.tick() {
-                tracing::error!(error = %e, "ca rotation failed; retrying");
-            }
+            let floor = match self.tick() {
+                Ok(_) => Duration::from_millis(20),
+                Err(e) => {
+                    tracing::error!(error = %e, "ca rotation failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
             let now = self.clock.now();
             let wait = self
                 .next_event()
                 .and_then(|t| t.duration_since(now).ok())
                 .unwrap_or(Duration::from_secs(1))
-                .clamp(Duration::from_millis(20), MAX_SLEEP);
+                .clamp(floor, MAX_SLEEP);
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                Some(()) = async {
+                    match changes.as_mut() {
+                        Some(rx) => rx.changed().await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }

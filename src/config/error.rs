@@ -65,7 +65,7 @@ impl ConfigError {
     }
 
     /// Turns a TOML error into [`ConfigError::Syntax`], finding the key from the error's span.
-    pub(super) fn from_toml(file: &Path, text: &str, error: &toml::de::Error) -> Self {
+    pub(crate) fn from_toml(file: &Path, text: &str, error: &toml::de::Error) -> Self {
         let span = error.span();
         Self::Syntax {
             file: file.to_owned(),

@@ -187,33 +187,42 @@ impl PeerFetcher {
         let mut requests_open = true;
         let mut pending: Option<RefreshRequest> = None;
         loop {
-            let result = tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                r = self.fetch_and_pin() => r,
-            };
-            let interval = refresh_interval(
-                self.store.get(&self.td).and_then(|b| b.refresh_hint),
-                self.limits.min_interval,
-            );
-            let delay = if result.is_ok() {
-                backoff.reset();
-                interval
+            // Among replicas sharing a store, only the lease holder fetches on schedule (an
+            // operator's request is served by the replica asked); the others get the holder's
+            // pins from the store (`lease`), and look at the lease again before long.
+            let follow = pending.is_none() && !self.store.leases().fetches_here(&self.td);
+            let delay = if follow {
+                self.store.leases().poll_every()
             } else {
-                backoff.next_delay(interval)
+                let result = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    r = self.fetch_and_pin() => r,
+                };
+                let interval = refresh_interval(
+                    self.store.get(&self.td).and_then(|b| b.refresh_hint),
+                    self.limits.min_interval,
+                );
+                let delay = if result.is_ok() {
+                    backoff.reset();
+                    interval
+                } else {
+                    backoff.next_delay(interval)
+                };
+                let report = self.record(result, delay, interval);
+                // The asker may have gone away: nothing to do then.
+                match pending.take() {
+                    Some(RefreshRequest::Refresh(reply)) => {
+                        let _ = reply.send(report);
+                    }
+                    // (A `Replace` is answered where it is handled, never left pending.)
+                    Some(RefreshRequest::Reset(reply) | RefreshRequest::Replace(reply)) => {
+                        let _ = reply.send(Ok(report));
+                    }
+                    None => {}
+                }
+                delay
             };
-            let report = self.record(result, delay, interval);
-            // The asker may have gone away: nothing to do then.
-            match pending.take() {
-                Some(RefreshRequest::Refresh(reply)) => {
-                    let _ = reply.send(report);
-                }
-                // (A `Replace` is answered where it is handled, never left pending.)
-                Some(RefreshRequest::Reset(reply) | RefreshRequest::Replace(reply)) => {
-                    let _ = reply.send(Ok(report));
-                }
-                None => {}
-            }
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {

@@ -12,6 +12,7 @@ pub mod fd_budget;
 pub mod fetcher;
 pub mod invite;
 pub mod invite_join;
+pub mod lease;
 pub mod pinned;
 pub mod server_tls;
 pub mod status;

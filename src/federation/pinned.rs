@@ -95,6 +95,8 @@ pub struct PeerStore {
     /// When each pinned bundle was last fetched; its lock also serialises the writers.
     fetched: Mutex<BTreeMap<TrustDomain, FetchTimes>>,
     tx: watch::Sender<Arc<PeerBundles>>,
+    /// Who fetches which peer, among replicas sharing the store.
+    leases: super::lease::FetchLeases,
 }
 
 impl PeerStore {
@@ -125,7 +127,9 @@ impl PeerStore {
             }
         }
         let (tx, _) = watch::channel(Arc::new(bundles));
+        let leases = super::lease::FetchLeases::new(storage.replica_id().map(str::to_owned));
         Ok(Self {
+            leases,
             storage,
             peers: RwLock::new(peers),
             fetched: Mutex::new(fetched),
@@ -156,6 +160,55 @@ impl PeerStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TrustDomain, FetchTimes>> {
         self.fetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peers' fetch leases.
+    pub fn leases(&self) -> &super::lease::FetchLeases {
+        &self.leases
+    }
+
+    /// The store behind.
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Reads the pinned bundles again from the store (another replica pinned or forgot one)
+    /// and publishes those that changed. Returns whether any did.
+    ///
+    /// # Errors
+    /// On storage failure; what is pinned in memory then stays.
+    pub fn reload(&self) -> Result<bool, StoreError> {
+        let mut fetched = self.lock();
+        let peers = self.peers();
+        let stored = self.storage.load_pinned()?;
+        let mut next = (*self.current()).clone();
+        let mut changed = false;
+        for pinned in stored {
+            if !peers.contains(&pinned.trust_domain) {
+                continue;
+            }
+            let Ok(parsed) = jwks::parse(&pinned.trust_domain, &pinned.bundle_json) else {
+                continue;
+            };
+            let same = next.get(&pinned.trust_domain).is_some_and(|b| {
+                b.same_authorities(&parsed.bundle)
+                    && b.sequence == parsed.bundle.sequence
+                    && b.refresh_hint == parsed.bundle.refresh_hint
+            });
+            let times = fetched
+                .entry(pinned.trust_domain.clone())
+                .or_insert(FetchTimes::stored(pinned.fetched_at));
+            times.at = times.at.max(pinned.fetched_at);
+            times.stored = times.stored.max(pinned.fetched_at);
+            if !same {
+                next.insert(pinned.trust_domain.clone(), Arc::new(parsed.bundle));
+                changed = true;
+            }
+        }
+        if changed {
+            self.tx.send_replace(Arc::new(next));
+        }
+        Ok(changed)
     }
 
     /// The configured peers.

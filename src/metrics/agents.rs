@@ -1,5 +1,6 @@
-//! The node agents family: attestation and CSR refusals by reason (each also logged with the
-//! node and the reason by the agent API).
+//! The node agents family: refusals by reason (attestation, CSRs, unauthenticated or evicted
+//! callers, the listener's own: connection cap, handshakes, bad requests; each also logged
+//! with the node and the reason by the agent API), and attestations.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,17 +21,32 @@ pub enum AgentRefusal {
     NotEntitled,
     /// An evicted agent.
     Evicted,
+    /// A call without an accepted agent SVID (none, not an agent's, expired, not current).
+    Unauthenticated,
+    /// x509pop: a node certificate that does not chain, expired, or a wrong signature.
+    X509Pop,
+    /// A connection beyond the listener's cap.
+    ConnectionLimit,
+    /// A TLS handshake that failed or did not finish in time.
+    Handshake,
+    /// A request too large, a batch too long, or an attestation not following the protocol.
+    BadRequest,
 }
 
 impl AgentRefusal {
     /// Every reason, in label order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 11] = [
         Self::UnknownToken,
         Self::ExpiredToken,
         Self::MethodDisabled,
         Self::BadCsr,
         Self::NotEntitled,
         Self::Evicted,
+        Self::Unauthenticated,
+        Self::X509Pop,
+        Self::ConnectionLimit,
+        Self::Handshake,
+        Self::BadRequest,
     ];
 
     /// The `reason` label.
@@ -42,6 +58,11 @@ impl AgentRefusal {
             Self::BadCsr => "bad_csr",
             Self::NotEntitled => "not_entitled",
             Self::Evicted => "evicted",
+            Self::Unauthenticated => "unauthenticated",
+            Self::X509Pop => "x509pop",
+            Self::ConnectionLimit => "connection_limit",
+            Self::Handshake => "handshake",
+            Self::BadRequest => "bad_request",
         }
     }
 }
@@ -49,7 +70,7 @@ impl AgentRefusal {
 /// The counters.
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
-    refused: [AtomicU64; 6],
+    refused: [AtomicU64; 11],
     attested: AtomicU64,
 }
 

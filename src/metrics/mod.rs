@@ -36,7 +36,7 @@ pub mod issuance;
 mod process;
 pub mod registry;
 pub mod store;
-mod text;
+pub(crate) mod text;
 pub mod workload_api;
 
 pub use issuance::IssuanceMetrics;
@@ -225,6 +225,7 @@ pub fn render(state: &MetricsState) -> String {
     process::render(&mut out);
     state.registry.workload_api.render(&mut out);
     state.registry.bundle_endpoint.render(&mut out);
+    state.registry.agents.render(&mut out);
     state.ca.issuance_metrics().render(&mut out);
     let (kind, health) = state.peers.store_health();
     store::StoreMetrics::render(
@@ -287,10 +288,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: MetricsState, cancel: CancellationToken) {
+    serve_app(listener, router(state), cancel).await;
+}
+
+/// Serves `app` (another process's metrics routes, e.g. the node agent's) with the same
+/// limits as [`serve`], until `cancel`.
+pub async fn serve_app(listener: TcpListener, app: Router, cancel: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics listening");
     }
-    let app = router(state);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {

@@ -14,4 +14,6 @@ pub struct Registry {
     pub workload_api: Arc<WorkloadApiMetrics>,
     /// Written by the bundle endpoint.
     pub bundle_endpoint: Arc<BundleEndpointMetrics>,
+    /// Written by the agent API.
+    pub agents: Arc<super::agents::AgentMetrics>,
 }

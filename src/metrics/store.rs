@@ -38,6 +38,7 @@ pub struct StoreMetrics {
     calls: [AtomicU64; 3],
     latency: Histogram,
     transitions: AtomicU64,
+    lease_changes: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -50,6 +51,11 @@ impl StoreMetrics {
     /// Counts a change between available and unavailable.
     pub fn transition(&self) {
         self.transitions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a peer's fetch lease taken by this replica from another (or a free one).
+    pub fn lease_change(&self) {
+        self.lease_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Calls so far with `outcome`.
@@ -106,6 +112,20 @@ impl StoreMetrics {
                 "meshtrust_store_availability_changes_total",
                 &[],
                 m.transitions.load(Ordering::Relaxed),
+            );
+        }
+        family(
+            out,
+            "meshtrust_store_lease_changes_total",
+            "counter",
+            "Peer fetch leases this replica took (free, expired or another replica's).",
+        );
+        if let Some(m) = this {
+            sample(
+                out,
+                "meshtrust_store_lease_changes_total",
+                &[],
+                m.lease_changes.load(Ordering::Relaxed),
             );
         }
     }

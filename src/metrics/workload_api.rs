@@ -238,7 +238,7 @@ impl WorkloadApiMetrics {
         self.requests[method.index()][usize::from(outcome.0)].load(Ordering::Relaxed)
     }
 
-    pub(super) fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         family(
             out,
             "meshtrust_workload_api_requests_total",

@@ -14,24 +14,33 @@ use serde::Deserialize;
 
 use super::token::{DEFAULT_TTL, JoinTokens};
 use crate::admin_api::AdminState;
+use crate::agent_api::registry::AgentRegistry;
 use crate::clock::{Clock, rfc3339};
 use crate::config::parse_duration;
 
-/// The server's node state, read and written by the admin API and (later) the agent API.
+/// The server's node state, read and written by the admin API and the agent API.
 #[derive(Debug)]
 pub struct Nodes {
     /// Unused join tokens.
     pub tokens: JoinTokens,
     /// Token expiry times.
     pub clock: Arc<dyn Clock>,
+    /// The attested agents.
+    pub agents: Arc<AgentRegistry>,
 }
 
 impl Nodes {
-    /// No tokens yet.
+    /// No tokens yet, agents in memory only.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self::with_agents(clock, Arc::new(AgentRegistry::default()))
+    }
+
+    /// No tokens yet, agents in `agents`.
+    pub fn with_agents(clock: Arc<dyn Clock>, agents: Arc<AgentRegistry>) -> Self {
         Self {
             tokens: JoinTokens::new(),
             clock,
+            agents,
         }
     }
 }

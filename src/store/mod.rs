@@ -6,16 +6,22 @@
 //! the embedded backend, [`postgres`] the shared one (`[store] kind = "postgres"`), which keeps
 //! CA private keys in `data_dir`, never in the database.
 
+pub mod agents;
 pub mod lock;
 pub mod marker;
 pub mod postgres;
+pub mod shared;
 pub mod sqlite;
+
+pub use shared::{ReplicaAuthority, ReplicaInfo, ReplicaUpdate, SharedBundle};
 
 use std::fmt;
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::time::SystemTime;
+
+pub use agents::AgentRecord;
 
 use crate::spiffe_id::TrustDomain;
 use crate::svid::PrivateKey;
@@ -53,6 +59,15 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The shared bundle changed since it was read (another replica wrote first): nothing was
+    /// written; read again and retry.
+    #[error("the shared bundle moved on (sequence {stored}, expected {expected}): retry")]
+    Conflict {
+        /// The sequence stored now.
+        stored: u64,
+        /// The sequence the write was based on.
+        expected: u64,
     },
     /// Stored data that cannot be read back.
     #[error("corrupt state: {0}")]
@@ -231,6 +246,17 @@ pub struct PinnedBundle {
     pub fetched_at: SystemTime,
 }
 
+/// Who fetches a peer, among replicas sharing a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's replica id.
+    pub holder: String,
+    /// When it lapses unless renewed (the database's clock).
+    pub expires_at: SystemTime,
+    /// Whether this call made this replica the holder (it was free, expired or another's).
+    pub acquired: bool,
+}
+
 /// Whether the store can be reached now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreHealth {
@@ -286,4 +312,75 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On database failure.
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError>;
+    /// Every attested node agent (the agent registry).
+    ///
+    /// # Errors
+    /// On database failure or unreadable rows.
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Inserts or replaces the agent of `record.node`.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError>;
+
+    /// This replica's id, when the store is shared by replicas of one mesh ([`shared`]);
+    /// `None` for a store of one daemon. With an id, the CA publishes through
+    /// [`Storage::load_shared`] and [`Storage::publish`] instead of `save_ca`.
+    fn replica_id(&self) -> Option<&str> {
+        None
+    }
+    /// The shared bundle with every replica's authorities, and the replicas.
+    ///
+    /// # Errors
+    /// On database failure; [`StoreError::Config`] on a store that is not shared.
+    fn load_shared(&self) -> Result<SharedBundle, StoreError> {
+        Err(StoreError::Config(format!(
+            "the {} store is not shared by replicas",
+            self.kind()
+        )))
+    }
+    /// Writes this replica's authorities and the shared bundle in one transaction, unless the
+    /// shared bundle's sequence is no longer `update.base_sequence` ([`StoreError::Conflict`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`], or on database failure.
+    fn publish(&self, update: &ReplicaUpdate) -> Result<(), StoreError> {
+        let _ = update;
+        Err(StoreError::Config(format!(
+            "the {} store is not shared by replicas",
+            self.kind()
+        )))
+    }
+    /// Called by the serving daemon (not by commands opening the store beside it): registers
+    /// this replica with the address it advertises (its bundle endpoint, or empty) and starts
+    /// its heartbeat and its listening for the others' changes.
+    fn announce(&self, address: &str) {
+        let _ = address;
+    }
+    /// Takes or renews, for `ttl`, the lease to fetch `peer`, unless another replica holds
+    /// it unexpired; returns who holds it now. `None`: the store is not shared, every peer is
+    /// fetched by this daemon.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn fetch_lease(
+        &self,
+        peer: &TrustDomain,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let _ = (peer, ttl);
+        Ok(None)
+    }
+    /// Every peer's fetch lease (trust domain, lease).
+    ///
+    /// # Errors
+    /// On database failure.
+    fn fetch_leases(&self) -> Result<Vec<(String, Lease)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// A counter raised whenever another replica may have changed the shared state (a
+    /// notification, or a reconnect after which some may have been missed).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

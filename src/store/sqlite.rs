@@ -16,7 +16,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority, ensure_data_dir,
+    AgentRecord, AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority,
+    ensure_data_dir,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -48,6 +49,18 @@ CREATE TABLE IF NOT EXISTS pinned_bundle (
     json         BLOB    NOT NULL,
     sequence     INTEGER,
     fetched_at   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent (
+    node                 TEXT PRIMARY KEY,
+    spiffe_id            TEXT    NOT NULL,
+    method               TEXT    NOT NULL,
+    address              TEXT    NOT NULL,
+    attested_at          INTEGER NOT NULL,
+    last_sync            INTEGER,
+    svid_expires_at      INTEGER NOT NULL,
+    evicted              INTEGER NOT NULL,
+    svid_sha256          BLOB,
+    previous_svid_sha256 BLOB
 );
 ";
 
@@ -301,6 +314,46 @@ impl Storage for SqliteStorage {
         self.conn().execute(
             "DELETE FROM pinned_bundle WHERE trust_domain = ?1",
             params![trust_domain.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM agent ORDER BY node",
+            super::agents::COLUMNS
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(AgentRecord::from_row(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let (node, id, method, address, attested, last, expires, evicted, cur, prev) =
+            record.to_row();
+        self.conn().execute(
+            &format!(
+                "INSERT OR REPLACE INTO agent ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                super::agents::COLUMNS
+            ),
+            params![node, id, method, address, attested, last, expires, evicted, cur, prev],
         )?;
         Ok(())
     }

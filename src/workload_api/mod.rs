@@ -34,6 +34,6 @@ mod views;
 pub use limits::Limits;
 pub use refusal::{RefusalReason, Refusals};
 pub use server::{ServeOptions, bind, serve, serve_with};
-pub use source::{Feed, Issuer, OwnSnapshot, PeerBundles};
+pub use source::{Feed, Issuer, JwtSvidFuture, OwnSnapshot, PeerBundles};
 pub use state::{Attestation, WorkloadApiDeps, WorkloadApiError};
 pub use stream::ResponseStream;

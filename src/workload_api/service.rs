@@ -139,21 +139,19 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let now = self.shared.now();
         let hints = identity::unique_hints(&ids);
-        let svids = ids
-            .iter()
-            .zip(hints)
-            .map(|(entry, hint)| {
-                let svid = inputs
-                    .own
-                    .issuer
-                    .jwt_svid(&entry.spiffe_id, &req.audience, now)?;
-                Ok(Jwtsvid {
-                    spiffe_id: entry.spiffe_id.to_string(),
-                    svid,
-                    hint,
-                })
-            })
-            .collect::<Result<Vec<_>, WorkloadApiError>>()?;
+        let mut svids = Vec::with_capacity(ids.len());
+        for (entry, hint) in ids.iter().zip(hints) {
+            let svid = inputs
+                .own
+                .issuer
+                .jwt_svid(&entry.spiffe_id, &req.audience, now)
+                .await?;
+            svids.push(Jwtsvid {
+                spiffe_id: entry.spiffe_id.to_string(),
+                svid,
+                hint,
+            });
+        }
         Ok(Response::new(JwtsvidResponse { svids }))
     }
 

@@ -42,17 +42,16 @@ pub trait Issuer: fmt::Debug + Send + Sync {
         now: SystemTime,
     ) -> Result<CachedSvid, WorkloadApiError>;
 
-    /// A JWT-SVID for `id` and `audience`.
+    /// A JWT-SVID for `id` and `audience`. A future, because a node agent asks a server for it
+    /// (JWT keys stay on the servers); the server's CA answers at once.
     ///
     /// # Errors
     /// As [`Issuer::x509_svid`].
-    fn jwt_svid(
-        &self,
-        id: &SpiffeId,
-        audience: &[String],
-        now: SystemTime,
-    ) -> Result<String, WorkloadApiError>;
+    fn jwt_svid(&self, id: &SpiffeId, audience: &[String], now: SystemTime) -> JwtSvidFuture;
 }
+
+/// What [`Issuer::jwt_svid`] returns: the compact JWS, or why not.
+pub type JwtSvidFuture = Pin<Box<dyn Future<Output = Result<String, WorkloadApiError>> + Send>>;
 
 /// Our trust domain as the Workload API serves it.
 #[derive(Debug, Clone)]

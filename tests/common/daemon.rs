@@ -51,8 +51,30 @@ impl Proc {
         on_line: impl FnMut(&str) + Send + 'static,
     ) -> Self {
         let mut cmd = Command::new(super::bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.args(args);
+        Self::start(cmd, adjust, on_line)
+    }
+
+    /// `WRAPPER... meshtrust ARGS` (e.g. `ip netns exec NAME`), otherwise as [`Proc::spawn`].
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
+        let (program, pre) = wrapper.split_first().expect("a wrapper program");
+        let mut cmd = Command::new(program);
+        cmd.args(pre).arg(super::bin()).args(args);
+        Self::start(cmd, |_| {}, |_| {})
+    }
+
+    /// Any other program as a [`Proc`] (its stderr, and its stdout if piped, in the log; killed
+    /// on drop): what a test runs where it cannot run it itself, e.g. in a network namespace.
+    pub fn spawn_command(cmd: Command, adjust: impl FnOnce(&mut Command)) -> Self {
+        Self::start(cmd, adjust, |_| {})
+    }
+
+    fn start(
+        mut cmd: Command,
+        adjust: impl FnOnce(&mut Command),
+        on_line: impl FnMut(&str) + Send + 'static,
+    ) -> Self {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("SPIFFE_ENDPOINT_SOCKET");

@@ -172,3 +172,13 @@ pub fn curl_status(args: &[&str]) -> u16 {
         .parse()
         .unwrap_or(0)
 }
+
+/// The body `curl -sk URL` received with a 200 (any server certificate accepted: for comparing
+/// what several servers serve), `None` otherwise.
+pub fn curl_body_insecure(url: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--fail", "--max-time", "10", url])
+        .output()
+        .expect("curl runs");
+    out.status.success().then_some(out.stdout)
+}

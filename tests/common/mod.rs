@@ -4,12 +4,15 @@
 //! ([`eventually`], [`guard`]), the CLI ([`cli`]), the rustls provider, PEM files for openssl.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod agent;
 pub mod config;
 pub mod daemon;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod netns;
+pub mod node_agent;
 pub mod python;
 pub mod workload;
 

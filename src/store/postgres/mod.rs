@@ -11,8 +11,11 @@
 //! CA private keys never enter the database: they are files in this replica's `data_dir`
 //! ([`keys`]); the rows hold the certificates.
 
+mod bundle;
 pub mod connect;
 pub mod keys;
+mod lease;
+pub mod replicas;
 pub mod schema;
 
 use std::collections::HashSet;
@@ -25,7 +28,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::GenericClient;
 
 use super::{
-    AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth, StoredAuthority,
+    AgentRecord, AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth,
+    StoredAuthority, agents,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -53,6 +57,15 @@ pub struct PostgresStorage {
     target: String,
     health: Arc<Mutex<StoreHealth>>,
     metrics: Arc<StoreMetrics>,
+    /// This replica's id ([`replicas::replica_id`]).
+    replica: String,
+    /// The address it advertises.
+    address: replicas::Address,
+    /// Raised on each notification from another replica.
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// What the serving daemon's [`Storage::announce`] starts (heartbeat and listener); taken
+    /// then, so commands beside it (`bundle show`) never register or listen.
+    serving: Mutex<Option<replicas::Serving>>,
 }
 
 impl Drop for PostgresStorage {
@@ -115,6 +128,8 @@ impl PostgresStorage {
             .recycle_timeout(Some(connect::CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
+        let replica = replicas::replica_id(data_dir)?;
+        let (changes_tx, changes) = tokio::sync::watch::channel(0);
         let storage = Self {
             rt: Some(rt),
             pool,
@@ -122,6 +137,14 @@ impl PostgresStorage {
             target: options.redacted.clone(),
             health: Arc::new(Mutex::new(StoreHealth::Available)),
             metrics: Arc::new(StoreMetrics::default()),
+            replica,
+            address: replicas::Address::default(),
+            changes,
+            serving: Mutex::new(Some(replicas::Serving {
+                config: options.config.clone(),
+                tls: options.tls()?,
+                changes: changes_tx,
+            })),
         };
         let found = storage.call(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
@@ -135,6 +158,7 @@ impl PostgresStorage {
                 "store schema created or migrated"
             );
         }
+        storage.adopt_legacy_rows()?;
         storage.spawn_probe();
         Ok(storage)
     }
@@ -339,7 +363,7 @@ fn params_of(record: &CaRecord) -> Result<RecordParams, StoreError> {
     })
 }
 
-async fn read_ca(c: &impl GenericClient) -> Result<Option<RawRecord>, StoreError> {
+async fn read_ca(c: &impl GenericClient, replica: &str) -> Result<Option<RawRecord>, StoreError> {
     let Some(own) = c
         .query_opt(
             "SELECT sequence, digest, json FROM own_bundle WHERE id = 1",
@@ -352,8 +376,8 @@ async fn read_ca(c: &impl GenericClient) -> Result<Option<RawRecord>, StoreError
     let rows = c
         .query(
             "SELECT generation, state, issued_at, not_after, prune_after, ca_cert, jwt_kid
-             FROM authority ORDER BY generation",
-            &[],
+             FROM authority WHERE replica = $1 ORDER BY generation",
+            &[&replica],
         )
         .await?;
     let mut authorities = Vec::with_capacity(rows.len());
@@ -378,13 +402,18 @@ async fn read_ca(c: &impl GenericClient) -> Result<Option<RawRecord>, StoreError
     }))
 }
 
-async fn write_ca(c: &impl GenericClient, p: &RecordParams) -> Result<(), StoreError> {
-    c.execute("DELETE FROM authority", &[]).await?;
+async fn write_ca(
+    c: &impl GenericClient,
+    replica: &str,
+    p: &RecordParams,
+) -> Result<(), StoreError> {
+    c.execute("DELETE FROM authority WHERE replica = $1", &[&replica])
+        .await?;
     let insert = c
         .prepare(
             "INSERT INTO authority
-             (generation, state, issued_at, not_after, prune_after, ca_cert, jwt_kid)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             (generation, state, issued_at, not_after, prune_after, ca_cert, jwt_kid, replica)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .await?;
     for a in &p.authorities {
@@ -398,6 +427,7 @@ async fn write_ca(c: &impl GenericClient, p: &RecordParams) -> Result<(), StoreE
                 &a.prune_after,
                 &a.ca_cert,
                 &a.jwt_kid,
+                &replica,
             ],
         )
         .await?;
@@ -428,9 +458,10 @@ impl Storage for PostgresStorage {
     }
 
     fn load_ca(&self) -> Result<Option<CaRecord>, StoreError> {
+        let replica = self.replica.clone();
         let raw = self.call(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
-            read_ca(&**client).await
+            read_ca(&**client, &replica).await
         })?;
         raw.map(|r| self.record(r)).transpose()
     }
@@ -440,15 +471,16 @@ impl Storage for PostgresStorage {
             self.keys.store(a)?;
         }
         let params = params_of(record)?;
+        let replica = self.replica.clone();
         let existing = self.call(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CA_LOCK])
                 .await?;
-            if let Some(existing) = read_ca(&*tx).await? {
+            if let Some(existing) = read_ca(&*tx, &replica).await? {
                 return Ok(Some(existing));
             }
-            write_ca(&*tx, &params).await?;
+            write_ca(&*tx, &replica, &params).await?;
             tx.commit().await?;
             Ok(None)
         })?;
@@ -467,12 +499,13 @@ impl Storage for PostgresStorage {
             self.keys.store(a)?;
         }
         let params = params_of(record)?;
+        let replica = self.replica.clone();
         self.call(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CA_LOCK])
                 .await?;
-            write_ca(&*tx, &params).await?;
+            write_ca(&*tx, &replica, &params).await?;
             tx.commit().await?;
             Ok(())
         })?;
@@ -547,8 +580,54 @@ impl Storage for PostgresStorage {
                     received: sequence.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
                 });
             }
+            // The other replicas read the new pin at once.
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&replicas::CHANNEL, &td])
+                .await?;
             Ok(())
         })
+    }
+
+    fn replica_id(&self) -> Option<&str> {
+        Some(&self.replica)
+    }
+
+    fn load_shared(&self) -> Result<crate::store::SharedBundle, StoreError> {
+        self.read_shared()
+    }
+
+    fn publish(&self, update: &crate::store::ReplicaUpdate) -> Result<(), StoreError> {
+        self.write_update(update)
+    }
+
+    fn announce(&self, address: &str) {
+        address.clone_into(&mut self.address.lock().unwrap_or_else(|e| e.into_inner()));
+        let serving = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(s) = serving {
+            self.spawn_heartbeat(std::time::SystemTime::now());
+            self.spawn_listener(s.config, s.tls, s.changes);
+            tracing::info!(replica = %self.replica, address, database = %self.target, "serving as a replica of the shared store");
+        }
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.clone())
+    }
+
+    fn fetch_lease(
+        &self,
+        peer: &TrustDomain,
+        ttl: Duration,
+    ) -> Result<Option<crate::store::Lease>, StoreError> {
+        self.take_lease(peer, ttl).map(Some)
+    }
+
+    fn fetch_leases(&self) -> Result<Vec<(String, crate::store::Lease)>, StoreError> {
+        self.read_leases()
     }
 
     fn delete_pinned(&self, trust_domain: &TrustDomain) -> Result<(), StoreError> {
@@ -557,6 +636,59 @@ impl Storage for PostgresStorage {
             let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute("DELETE FROM pinned_bundle WHERE trust_domain = $1", &[&td])
+                .await?;
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&replicas::CHANNEL, &td])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let sql = format!("SELECT {} FROM agent ORDER BY node", agents::COLUMNS);
+            let rows = client.query(sql.as_str(), &[]).await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                        r.try_get(6)?,
+                        r.try_get(7)?,
+                        r.try_get(8)?,
+                        r.try_get(9)?,
+                    ))
+                })
+                .collect::<Result<Vec<agents::AgentRow>, StoreError>>()
+        })?;
+        rows.into_iter().map(AgentRecord::from_row).collect()
+    }
+
+    fn save_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let row = record.to_row();
+        self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let (node, id, method, address, attested, last, expires, evicted, cur, prev) = row;
+            let sql = format!(
+                "INSERT INTO agent ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (node) DO UPDATE SET spiffe_id = $2, method = $3, address = $4,
+                 attested_at = $5, last_sync = $6, svid_expires_at = $7, evicted = $8,
+                 svid_sha256 = $9, previous_svid_sha256 = $10",
+                agents::COLUMNS
+            );
+            client
+                .execute(
+                    sql.as_str(),
+                    &[
+                        &node, &id, &method, &address, &attested, &last, &expires, &evicted, &cur,
+                        &prev,
+                    ],
+                )
                 .await?;
             Ok(())
         })

@@ -33,6 +33,39 @@ pub const MIGRATIONS: &[&str] = &[
         sequence     BIGINT,
         fetched_at   BIGINT NOT NULL
     );",
+    // 2: the node agent registry (src/agent_api/registry.rs).
+    "CREATE TABLE agent (
+        node                 TEXT    PRIMARY KEY,
+        spiffe_id            TEXT    NOT NULL,
+        method               TEXT    NOT NULL,
+        address              TEXT    NOT NULL,
+        attested_at          BIGINT  NOT NULL,
+        last_sync            BIGINT,
+        svid_expires_at      BIGINT  NOT NULL,
+        evicted              BOOLEAN NOT NULL,
+        svid_sha256          BYTEA,
+        previous_svid_sha256 BYTEA
+    );",
+    // 3: replicas of one mesh. Each authority belongs to the replica holding its key (rows of
+    // a single daemon, replica '', are adopted by the replica that holds their keys); each
+    // carries its bundle contribution (CA and JWT key) so any replica can publish the union.
+    // Replicas register and beat; a fetch lease per peer lets one replica fetch it.
+    "ALTER TABLE authority ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+    ALTER TABLE authority ADD COLUMN jwks BYTEA NOT NULL DEFAULT '\\x';
+    ALTER TABLE authority DROP CONSTRAINT authority_pkey;
+    ALTER TABLE authority ADD PRIMARY KEY (replica, generation);
+    CREATE TABLE replica (
+        id         TEXT   PRIMARY KEY,
+        address    TEXT   NOT NULL,
+        started_at BIGINT NOT NULL,
+        last_seen  BIGINT NOT NULL
+    );
+    CREATE TABLE fetch_lease (
+        trust_domain TEXT   PRIMARY KEY,
+        holder       TEXT   NOT NULL,
+        expires_at   BIGINT NOT NULL,
+        acquired_at  BIGINT NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -1,0 +1,206 @@
+//! The shared store as replicas of one mesh use it (PostgreSQL only, a real server): each
+//! replica has a stable id and reads back only its own authorities (their keys are in its own
+//! data_dir), the shared view holds every replica's; a write computed from a sequence another
+//! replica has moved on from is refused whole ([`StoreError::Conflict`]); a write notifies the
+//! other replicas; a single daemon's rows are adopted by the replica that holds their keys.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod pg_support;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use meshtrust::store::postgres::{ConnectOptions, PostgresStorage, replicas};
+use meshtrust::store::{
+    AuthorityState, CaRecord, ReplicaUpdate, Storage, StoreError, StoredAuthority,
+};
+use meshtrust::svid::PrivateKey;
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn authority(generation: u64, fill: u8) -> StoredAuthority {
+    StoredAuthority {
+        generation,
+        state: AuthorityState::Active,
+        issued_at: at(1_000_000 + u64::from(fill)),
+        not_after: at(2_000_000),
+        prune_after: None,
+        ca_cert: vec![fill; 300],
+        ca_key: PrivateKey::from_pkcs8_der(vec![fill ^ 0x0f; 138]),
+        jwt_kid: format!("kid-{fill}"),
+        jwt_key: PrivateKey::from_pkcs8_der(vec![fill ^ 0xf0; 138]),
+    }
+}
+
+fn update(authorities: Vec<StoredAuthority>, base: u64, sequence: u64) -> ReplicaUpdate {
+    let jwks = authorities
+        .iter()
+        .map(|a| format!("{{\"keys\":[],\"kid\":\"{}\"}}", a.jwt_kid).into_bytes())
+        .collect();
+    ReplicaUpdate {
+        record: CaRecord {
+            authorities,
+            bundle_sequence: sequence,
+            bundle_digest: vec![u8::try_from(sequence).unwrap(); 32],
+            bundle_json: format!("{{\"spiffe_sequence\":{sequence}}}").into_bytes(),
+        },
+        jwks,
+        base_sequence: base,
+        prune: Vec::new(),
+    }
+}
+
+fn pg(url: &str, data_dir: &Path) -> PostgresStorage {
+    let options = ConnectOptions::parse(url, None).unwrap();
+    PostgresStorage::open(&options, data_dir).unwrap()
+}
+
+#[test]
+fn replicas_read_their_own_authorities_and_share_one_bundle() {
+    let Some(db) = pg_support::test_db("replicas_share_one_bundle") else {
+        return;
+    };
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = pg(&db.url, da.path());
+    let b = pg(&db.url, db_dir.path());
+    let (ida, idb) = (
+        a.replica_id().unwrap().to_owned(),
+        b.replica_id().unwrap().to_owned(),
+    );
+    assert_ne!(ida, idb);
+    assert_eq!(
+        replicas::replica_id(da.path()).unwrap(),
+        ida,
+        "kept in data_dir"
+    );
+
+    a.publish(&update(vec![authority(1, 0xa1)], 0, 1)).unwrap();
+    b.publish(&update(vec![authority(1, 0xb1)], 1, 2)).unwrap();
+
+    let own_a = a.load_ca().unwrap().unwrap();
+    assert_eq!(own_a.authorities.len(), 1, "only a's own, with its key");
+    assert_eq!(own_a.authorities[0].ca_cert, vec![0xa1; 300]);
+    assert_eq!(own_a.bundle_sequence, 2, "the one shared sequence");
+    let shared = b.load_shared().unwrap();
+    assert_eq!(shared.sequence, 2);
+    assert_eq!(shared.json, b"{\"spiffe_sequence\":2}");
+    let mut owners: Vec<(String, u8)> = shared
+        .authorities
+        .iter()
+        .map(|r| (r.replica.clone(), r.ca_cert[0]))
+        .collect();
+    owners.sort();
+    let mut expected = vec![(ida, 0xa1), (idb, 0xb1)];
+    expected.sort();
+    assert_eq!(owners, expected);
+    assert!(
+        shared.authorities.iter().all(|r| !r.jwks.is_empty()),
+        "each row carries its bundle contribution"
+    );
+}
+
+#[test]
+fn a_write_based_on_a_stale_sequence_is_refused_whole() {
+    let Some(db) = pg_support::test_db("stale_write_refused") else {
+        return;
+    };
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = pg(&db.url, da.path());
+    let b = pg(&db.url, db_dir.path());
+    a.publish(&update(vec![authority(1, 0xa1)], 0, 1)).unwrap();
+    // b computed its write before a's commit: based on "no bundle yet".
+    match b.publish(&update(vec![authority(1, 0xb1)], 0, 1)) {
+        Err(StoreError::Conflict { stored, expected }) => {
+            assert_eq!((stored, expected), (1, 0));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let shared = a.load_shared().unwrap();
+    assert_eq!(shared.sequence, 1);
+    assert_eq!(
+        shared.authorities.len(),
+        1,
+        "nothing of b's write: {shared:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_notifies_the_other_replicas() {
+    let Some(db) = pg_support::test_db("write_notifies") else {
+        return;
+    };
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let url = db.url.clone();
+    let (pa, pb) = (da.path().to_owned(), db_dir.path().to_owned());
+    let (a, b) = tokio::task::spawn_blocking(move || (pg(&url, &pa), pg(&url, &pb)))
+        .await
+        .unwrap();
+    // Only the serving daemon listens: it says so by announcing itself.
+    b.announce("");
+    let mut changes = b.changes().unwrap();
+    // The listener is up once a's notification reaches b: write until one does.
+    let started = std::time::Instant::now();
+    let a = std::sync::Arc::new(a);
+    let mut sequence = 0;
+    let noticed = common::guard(async {
+        loop {
+            let w = a.clone();
+            let base = sequence;
+            tokio::task::spawn_blocking(move || {
+                w.publish(&update(vec![authority(1, 0xa1)], base, base + 1))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            sequence += 1;
+            if tokio::time::timeout(Duration::from_millis(500), changes.changed())
+                .await
+                .is_ok()
+            {
+                return started.elapsed();
+            }
+        }
+    })
+    .await;
+    println!("figure: first notification seen by the other replica after {noticed:?}");
+    tokio::task::spawn_blocking(move || drop((a, b)))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_single_daemons_authorities_are_adopted_by_the_replica_holding_their_keys() {
+    let Some(db) = pg_support::test_db("legacy_rows_adopted") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = pg(&db.url, dir.path());
+    s.init_ca(&CaRecord {
+        authorities: vec![authority(1, 0x33)],
+        bundle_sequence: 1,
+        bundle_digest: vec![1; 32],
+        bundle_json: b"{}".to_vec(),
+    })
+    .unwrap();
+    drop(s);
+    // As a daemon before replicas wrote it: no replica.
+    pg_support::run_sql(&db.url, "UPDATE authority SET replica = ''").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    assert!(
+        pg(&db.url, other.path())
+            .load_ca()
+            .unwrap()
+            .unwrap()
+            .authorities
+            .is_empty(),
+        "a replica without the keys does not take them"
+    );
+    let s = pg(&db.url, dir.path());
+    let own = s.load_ca().unwrap().unwrap();
+    assert_eq!(own.authorities.len(), 1, "adopted by the key holder");
+    let owner = pg_support::query_text(&db.url, "SELECT replica FROM authority").unwrap();
+    assert_eq!(owner, vec![s.replica_id().unwrap().to_owned()]);
+}
