@@ -134,6 +134,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/federation/{trust_domain}/refresh", post(refresh))
         .route("/v1/federation/{trust_domain}/reset", post(reset))
         .route("/v1/tokens", post(crate::node::admin::create_token))
+        .route("/v1/agents", get(crate::node::admin::list_agents))
+        .route(
+            "/v1/agents/{node}/evict",
+            post(crate::node::admin::evict_agent),
+        )
         .with_state(state)
 }
 

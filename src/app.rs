@@ -565,11 +565,12 @@ impl Daemon {
             crate::agent_api::registry::AgentRegistry::open(Some(storage.clone()))
                 .map_err(store_err(&config))?,
         );
-        let nodes = Arc::new(crate::node::admin::Nodes::with_agents(
+        let nodes = Arc::new(crate::node::admin::Nodes::with_state(
             clock.clone(),
             agents.clone(),
+            crate::node::token::JoinTokens::with_store(storage.clone()),
         ));
-        if let Some(listener) = agent_listener {
+        if let (Some(listener), Some(agent_api)) = (agent_listener, &config.agent_api) {
             let core = crate::agent_api::AgentApiCore {
                 trust_domain: config.trust_domain.clone(),
                 ca: ca.subscribe(),
@@ -579,7 +580,15 @@ impl Daemon {
                 attestation: config.node_attestation.clone(),
                 metrics: registry.agents.clone(),
             };
-            crate::agent_api::start(listener, core, agents, &tracker, cancel.child_token())?;
+            let limits = crate::agent_api::server::Limits::from_config(agent_api);
+            crate::agent_api::start(
+                listener,
+                core,
+                agents,
+                limits,
+                &tracker,
+                cancel.child_token(),
+            )?;
         }
 
         let last_reload = LastReload::default();

@@ -98,18 +98,55 @@ pub enum Command {
     /// Print the man page (roff) of meshtrust and its subcommands (e.g. `meshtrust man >
     /// meshtrust.1`).
     Man,
-    /// Run a node agent until SIGINT/SIGTERM: attest to a server, sync this node's entries
-    /// and serve them on the agent's own Workload API socket (see config/agent.toml).
-    Agent {
-        /// The agent's config file.
-        #[command(flatten)]
-        config: ConfigArg,
-    },
     /// Join tokens for node agents (admin API of a server).
     Token {
         /// What to do.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// `agent --config FILE`: run a node agent. `agent list` / `agent evict NODE`: the attested
+    /// agents of a server (its admin API).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        /// The agent process's arguments.
+        #[command(flatten)]
+        run: AgentRunArgs,
+        /// The server's agents.
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
+}
+
+/// `meshtrust agent --config FILE` (the node agent process).
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// The agent's config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// `agent` subcommands (on a server).
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// The attested agents: SPIFFE ID, node, method, address, connected, last sync, SVID expiry,
+    /// evicted.
+    List {
+        /// Print `[{"spiffe_id","node","method","address","connected","last_sync",
+        /// "svid_expires_at","evicted"}]`.
+        #[arg(long)]
+        json: bool,
+        /// Where the server is.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Evict the agent of NODE (a node name or its agent SPIFFE ID): its Sync streams end at
+    /// once and its SVID is refused until it attests again with a new token.
+    Evict {
+        /// The node name, or `spiffe://<td>/meshtrust/agent/<node>`.
+        node: String,
+        /// Where the server is.
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 

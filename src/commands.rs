@@ -87,7 +87,14 @@ pub fn run_with(command: Command, log_format: LogFormat) -> ExitCode {
             runtime_failure(crate::admin_client::federation(command))
         }
         Command::Token { command } => crate::node::cli::token(command),
-        Command::Agent { config } => crate::agent::run::command(&config.config),
+        Command::Agent {
+            command: Some(command),
+            ..
+        } => crate::node::cli::agents(command),
+        Command::Agent { command: None, run } => match run.config {
+            Some(path) => crate::agent::run::command(&path),
+            None => crate::node::cli::agent_process_not_built(&run),
+        },
         Command::Sidecar(args) => crate::sidecar::command(args, log_format == LogFormat::Json)
             .map_err(|e| {
                 eprintln!("meshtrust: sidecar: {e}");

@@ -8,80 +8,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::agent::{self, Identity};
-use common::config::DaemonConfig;
-use common::daemon::Proc;
+use common::agent::{self, AgentServer, Identity, node_entry};
 use meshtrust::agent_api::proto::{
     JwtSvidRequest, MintJwtSvidsRequest, RenewAgentRequest, SignWorkloadsRequest, SyncRequest,
 };
 
-const TD: &str = "mesh-a.test";
-
-fn node_entry(id: &str, node: &str) -> String {
-    format!("[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:1000\"]\nnode = \"{node}\"\n")
-}
-
-fn config(extra: &str) -> DaemonConfig {
-    DaemonConfig::new(TD)
-        .metrics()
-        .section("[agent_api]\nlisten = \"127.0.0.1:0\"\n")
-        .section(&node_entry("spiffe://mesh-a.test/web", "web-1"))
-        .section(&node_entry("spiffe://mesh-a.test/db", "db-1"))
-        .section(&node_entry("spiffe://mesh-a.test/log", "*"))
-        .section(extra)
-}
-
-struct Server {
-    _dir: tempfile::TempDir,
-    config_path: PathBuf,
-    proc: Proc,
-    addr: std::net::SocketAddr,
-    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
-}
-
-impl Server {
-    async fn start(extra: &str) -> Self {
-        common::init();
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = config(extra).write(dir.path());
-        let roots = agent::server_roots(&config_path, TD);
-        let proc = Proc::serve(&config_path).await;
-        let addr = agent::agent_api_addr(&proc).await;
-        Self {
-            _dir: dir,
-            config_path,
-            proc,
-            addr,
-            roots,
-        }
-    }
-
-    fn admin(&self) -> PathBuf {
-        self.config_path.parent().unwrap().join("admin.sock")
-    }
-
-    async fn client(&self, identity: Option<&Identity>) -> agent::Client {
-        agent::connect(self.addr, TD, &self.roots, identity).await
-    }
-
-    /// A new agent of `node`: attested with a fresh token.
-    async fn attested(&self, node: &str) -> Identity {
-        let token = agent::create_token(&self.admin(), node, "5m").await;
-        let mut anonymous = self.client(None).await;
-        agent::attest_join_token(&mut anonymous, &token)
-            .await
-            .unwrap()
-            .0
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let addr = common::metrics::listen_addr(&self.proc).await;
-        let name = "meshtrust_agent_refusals_total";
-        common::metrics::scrape(&addr).value(name, "counter", &format!("{name}{series}"))
-    }
-}
+const TD: &str = agent::TD;
 
 fn entries_of(view: &meshtrust::agent_api::proto::NodeView) -> Vec<String> {
     let mut ids: Vec<String> = view.entries.iter().map(|e| e.spiffe_id.clone()).collect();
@@ -97,7 +31,7 @@ fn append(path: &Path, text: &str) {
 
 #[tokio::test]
 async fn join_token_then_sync_and_sign_workloads_over_tls() {
-    let server = Server::start("").await;
+    let server = AgentServer::start("").await;
     let token = agent::create_token(&server.admin(), "web-1", "5m").await;
 
     // Attest over TLS without a client certificate.
@@ -150,7 +84,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
         "spiffe://mesh-a.test/web"
     );
     let leaf = rustls_pki_types::CertificateDer::from(signed[0].cert_chain[0].clone());
-    let (ok, why) = common::openssl_verify(server._dir.path(), &server.roots, &leaf, "sslclient");
+    let (ok, why) = common::openssl_verify(server.dir.path(), &server.roots, &leaf, "sslclient");
     assert!(ok, "the workload SVID chains to the bundle: {why}");
     assert!(signed[1].cert_chain.is_empty());
     assert!(
@@ -161,8 +95,8 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
     assert!(signed[2].cert_chain.is_empty());
     assert!(signed[2].error.contains("bad csr"), "{:?}", signed[2]);
     server.proc.wait_for_log("reason=\"not_entitled\"").await;
-    assert_eq!(server.metric("{reason=\"not_entitled\"}").await, 1.0);
-    assert_eq!(server.metric("{reason=\"bad_csr\"}").await, 1.0);
+    assert_eq!(server.refusals("not_entitled").await, 1.0);
+    assert_eq!(server.refusals("bad_csr").await, 1.0);
 
     // An entry for web-1 added and SIGHUP: pushed on the open stream.
     append(
@@ -189,7 +123,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
 
 #[tokio::test]
 async fn renew_and_mint_jwt_for_the_nodes_entries_only() {
-    let server = Server::start("").await;
+    let server = AgentServer::start("").await;
     let identity = server.attested("db-1").await;
     let mut client = server.client(Some(&identity)).await;
 
@@ -248,7 +182,7 @@ async fn renew_and_mint_jwt_for_the_nodes_entries_only() {
 
 #[tokio::test]
 async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
-    let server = Server::start("").await;
+    let server = AgentServer::start("").await;
     let mut anonymous = server.client(None).await;
     let status = anonymous.sync(SyncRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
@@ -258,7 +192,7 @@ async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     server.proc.wait_for_log("reason=\"unauthenticated\"").await;
-    assert_eq!(server.metric("{reason=\"unauthenticated\"}").await, 2.0);
+    assert_eq!(server.refusals("unauthenticated").await, 2.0);
 
     // Reuse of a token, and an unknown one.
     let token = agent::create_token(&server.admin(), "web-1", "5m").await;
@@ -274,6 +208,34 @@ async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::PermissionDenied, "{unknown:?}");
     server.proc.wait_for_log("reason=\"unknown_token\"").await;
-    assert_eq!(server.metric("{reason=\"unknown_token\"}").await, 2.0);
+    assert_eq!(server.refusals("unknown_token").await, 2.0);
+
+    // An expired token (1 s, then waited out on the clock) is refused and burned.
+    let admin = server.admin();
+    let out = common::cli_async(&[
+        "token",
+        "create",
+        "--node",
+        "web-2",
+        "--ttl",
+        "1s",
+        "--json",
+        "--admin-socket",
+        admin.to_str().unwrap(),
+    ])
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let expired = body["token"].as_str().unwrap().to_owned();
+    // It expires at most 1 s after the CLI returned.
+    let expires_by = std::time::SystemTime::now() + std::time::Duration::from_millis(1100);
+    while std::time::SystemTime::now() <= expires_by {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = agent::attest_join_token(&mut anonymous, &expired)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    assert_eq!(server.refusals("expired_token").await, 1.0);
     assert!(!server.proc.log().contains(&token), "a token in the log");
 }

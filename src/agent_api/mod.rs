@@ -39,6 +39,7 @@ pub fn start(
     listener: TcpListener,
     core: AgentApiCore,
     registry: Arc<AgentRegistry>,
+    limits: server::Limits,
     tracker: &TaskTracker,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Result<(), tls::AgentTlsError> {
@@ -51,17 +52,19 @@ pub fn start(
     let server_id = listener
         .local_addr()
         .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    if registry.shared() {
+        tracker.spawn(
+            registry
+                .clone()
+                .follow(registry::FOLLOW_INTERVAL, cancel.child_token()),
+        );
+    }
     let shared = Arc::new(Shared {
         core,
         registry,
         server_id,
         cancel,
     });
-    tracker.spawn(server::serve(
-        listener,
-        config,
-        shared,
-        server::Limits::default(),
-    ));
+    tracker.spawn(server::serve(listener, config, shared, limits));
     Ok(())
 }

@@ -7,7 +7,13 @@
 //! Eviction also ends the node's open Sync streams at once (its session token is cancelled).
 //!
 //! Every change is written through to the [`Storage`] (when one is given) before it is applied
-//! in memory, so `agent list` survives restarts and replicas sharing a store share the table.
+//! in memory, so `agent list` survives restarts and replicas sharing a store share the table;
+//! with a shared store each replica re-reads it every [`FOLLOW_INTERVAL`]
+//! ([`AgentRegistry::follow`]), so an eviction on one replica ends the node's streams on the
+//! others within that.
+
+/// How often a replica re-reads a shared store's agent table.
+pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -215,11 +221,134 @@ impl AgentRegistry {
         Ok(())
     }
 
+    /// Applies what other replicas sharing the store wrote since: new agents, renewals,
+    /// attestations and evictions. An eviction or a new attestation elsewhere ends this
+    /// replica's streams of that node at once, as a local one does. Returns how many records
+    /// changed.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the table cannot be read (nothing is changed then).
+    pub fn refresh(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let stored = store.load_agents()?;
+        let mut agents = self.lock();
+        let mut changed = 0;
+        for record in stored {
+            match agents.get_mut(&record.node) {
+                Some(e) if e.record == record => {}
+                Some(e) => {
+                    changed += 1;
+                    let ended = (record.evicted && !e.record.evicted)
+                        || record.attested_at != e.record.attested_at;
+                    if ended {
+                        e.session.cancel();
+                        e.session = CancellationToken::new();
+                    }
+                    // The in-memory last sync may be newer than the stored one.
+                    let last_sync = e.record.last_sync.max(record.last_sync);
+                    e.record = AgentRecord {
+                        last_sync,
+                        ..record
+                    };
+                }
+                None => {
+                    changed += 1;
+                    agents.insert(
+                        record.node.clone(),
+                        Entry {
+                            record,
+                            session: CancellationToken::new(),
+                            streams: 0,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Whether other processes may write the same store (PostgreSQL): then [`Self::follow`].
+    pub fn shared(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.kind() != "sqlite")
+    }
+
+    /// Applies [`Self::refresh`] every `every` until `cancel` (replicas sharing a store).
+    pub async fn follow(self: Arc<Self>, every: std::time::Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let registry = self.clone();
+            match tokio::task::spawn_blocking(move || registry.refresh()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(
+                    changed = n,
+                    "agent registry: changes from other replicas applied"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "agent registry: cannot read the shared store; retrying")
+                }
+                Err(e) => tracing::error!(error = %e, "agent registry refresh panicked"),
+            }
+        }
+    }
+
     /// Every agent, by node name, with whether a Sync stream is open now.
     pub fn list(&self) -> Vec<(AgentRecord, bool)> {
         self.lock()
             .values()
             .map(|e| (e.record.clone(), e.streams > 0))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record(node: &str, at: u64) -> AgentRecord {
+        AgentRecord {
+            node: node.to_owned(),
+            spiffe_id: format!("spiffe://td/meshtrust/agent/{node}"),
+            method: "join_token".to_owned(),
+            address: "127.0.0.1:1".to_owned(),
+            attested_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+            last_sync: None,
+            svid_expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at + 3600),
+            evicted: false,
+            svid_sha256: Some([at as u8; 32]),
+            previous_svid_sha256: None,
+        }
+    }
+
+    #[test]
+    fn an_eviction_on_another_replica_ends_this_ones_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Storage> =
+            Arc::new(crate::store::sqlite::SqliteStorage::open(dir.path()).unwrap());
+        let a = AgentRegistry::open(Some(store.clone())).unwrap();
+        let b = AgentRegistry::open(Some(store)).unwrap();
+        a.attested(record("web-1", 1)).unwrap();
+        assert!(b.session("web-1", &[1; 32]).is_none(), "not seen yet");
+        assert_eq!(b.refresh().unwrap(), 1);
+        let on_b = b.session("web-1", &[1; 32]).unwrap();
+        assert_eq!(b.refresh().unwrap(), 0, "nothing new");
+
+        a.evict("web-1").unwrap();
+        b.refresh().unwrap();
+        assert!(on_b.ended.is_cancelled(), "b's streams end");
+        assert!(b.is_evicted("web-1"));
+        assert!(b.session("web-1", &[1; 32]).is_none());
+
+        // A new attestation on a: b accepts the new SVID only.
+        a.attested(record("web-1", 2)).unwrap();
+        b.refresh().unwrap();
+        assert!(b.session("web-1", &[2; 32]).is_some());
+        assert!(b.session("web-1", &[1; 32]).is_none());
     }
 }

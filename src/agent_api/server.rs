@@ -48,6 +48,18 @@ pub struct Limits {
     pub keepalive_interval: Duration,
 }
 
+impl Limits {
+    /// The limits `[agent_api]` sets, the others at their defaults.
+    pub fn from_config(config: &crate::config::AgentApiConfig) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -188,9 +200,10 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.idle_for(limits.idle_timeout), if !closing => {
-                tracing::debug!(%addr, "agent api connection idle; closing");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+                // Nothing open to finish: dropped, not a GOAWAY handshake a silent peer would
+                // drag out.
+                tracing::debug!(%addr, "agent api connection idle; closed");
+                return;
             }
             () = tokio::time::sleep(SHUTDOWN_GRACE), if closing => return,
         }

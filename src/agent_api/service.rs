@@ -52,7 +52,9 @@ pub fn status_of(e: &AgentApiError) -> Status {
         AgentApiError::Refused(NodeError::BadCsr(_) | NodeError::BadName(_)) => {
             Status::invalid_argument(e.to_string())
         }
-        AgentApiError::Ca(_) => Status::unavailable(e.to_string()),
+        AgentApiError::Ca(_) | AgentApiError::Refused(NodeError::Store(_)) => {
+            Status::unavailable(e.to_string())
+        }
         AgentApiError::Jwt(_) => Status::invalid_argument(e.to_string()),
         AgentApiError::Refused(_) => Status::internal(e.to_string()),
     }
@@ -77,12 +79,30 @@ pub fn unix(t: std::time::SystemTime) -> i64 {
 }
 
 impl Shared {
-    /// The caller of `request`, authorized, or the refusal (logged and counted).
-    #[allow(clippy::result_large_err)] // a tonic Status, as every RPC returns
-    pub fn authorize<T>(&self, request: &Request<T>, what: &str) -> Result<Authorized, Status> {
+    /// The caller of `request`, authorized, or the refusal (logged and counted). With a store
+    /// shared by replicas, an SVID this replica does not know yet (the agent attested or
+    /// renewed on another one and failed over here) is looked up in the store once before it is
+    /// refused.
+    pub async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        what: &str,
+    ) -> Result<Authorized, Status> {
         let peer = peer_of(request)?;
         let now = self.core.nodes.clock.now();
-        authorize(&peer, &self.core.trust_domain, &self.registry, now).map_err(|e| {
+        let ca = self.core.ca.borrow().clone();
+        let mut result = authorize(&peer, &ca, &self.registry, now);
+        if matches!(result, Err(PeerError::Unknown(_))) && self.registry.shared() {
+            let registry = self.registry.clone();
+            match tokio::task::spawn_blocking(move || registry.refresh()).await {
+                Ok(Ok(_)) => result = authorize(&peer, &ca, &self.registry, now),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "agent registry: cannot read the shared store")
+                }
+                Err(e) => tracing::error!(error = %e, "agent registry refresh panicked"),
+            }
+        }
+        result.map_err(|e| {
             let (why, status) = match &e {
                 PeerError::Evicted(_) => (
                     AgentRefusal::Evicted,
@@ -142,7 +162,7 @@ impl proto::agent_api_server::AgentApi for AgentService {
         request: Request<proto::RenewAgentRequest>,
     ) -> Result<Response<proto::AgentSvid>, Status> {
         let shared = &self.0;
-        let caller = shared.authorize(&request, "agent svid renewal")?;
+        let caller = shared.authorize(&request, "agent svid renewal").await?;
         let node = caller.session.node.clone();
         let csr = request.into_inner().csr;
         let svid = shared
@@ -162,7 +182,7 @@ impl proto::agent_api_server::AgentApi for AgentService {
         &self,
         request: Request<proto::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let caller = self.0.authorize(&request, "sync")?;
+        let caller = self.0.authorize(&request, "sync").await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(sync::run(self.0.clone(), caller, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -172,7 +192,7 @@ impl proto::agent_api_server::AgentApi for AgentService {
         &self,
         request: Request<proto::SignWorkloadsRequest>,
     ) -> Result<Response<proto::SignWorkloadsResponse>, Status> {
-        let caller = self.0.authorize(&request, "workload csr")?;
+        let caller = self.0.authorize(&request, "workload csr").await?;
         let node = caller.session.node;
         let csrs = request.into_inner().csrs;
         if csrs.len() > MAX_BATCH {
@@ -216,7 +236,7 @@ impl proto::agent_api_server::AgentApi for AgentService {
         &self,
         request: Request<proto::MintJwtSvidsRequest>,
     ) -> Result<Response<proto::MintJwtSvidsResponse>, Status> {
-        let caller = self.0.authorize(&request, "jwt svid")?;
+        let caller = self.0.authorize(&request, "jwt svid").await?;
         let requests = request.into_inner().requests;
         if requests.len() > MAX_BATCH {
             let why = format!(

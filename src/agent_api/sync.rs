@@ -5,8 +5,9 @@
 //! node's view as it was sends nothing.
 //!
 //! The stream ends with PermissionDenied the moment the node is evicted (its session token),
-//! with Unavailable when the server shuts down (agents reconnect to another replica), and when
-//! the agent goes away.
+//! with Unauthenticated when the agent SVID it was opened with expires (the agent renews and
+//! opens a new one), with Unavailable when the server shuts down (agents reconnect to another
+//! replica), and when the agent goes away.
 
 use std::sync::Arc;
 
@@ -42,6 +43,12 @@ pub(super) async fn run(
     ca.mark_unchanged();
     peers.mark_unchanged();
     entries.mark_unchanged();
+    let expiry = caller
+        .not_after
+        .duration_since(clock.now())
+        .unwrap_or_default();
+    let expired = tokio::time::sleep(expiry);
+    tokio::pin!(expired);
     let mut last = current(&shared, &node);
     let mut revision = 0u64;
     let mut sent = last.clone();
@@ -63,6 +70,12 @@ pub(super) async fn run(
             () = shared.cancel.cancelled() => {
                 let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
                 outcome = Some("server shutting down");
+                continue;
+            }
+            () = &mut expired => {
+                let status = Status::unauthenticated("agent svid expired: renew it and sync again");
+                let _ = tx.send(Err(status)).await;
+                outcome = Some("agent svid expired");
                 continue;
             }
             () = tx.closed() => {

@@ -62,21 +62,43 @@ impl AgentClientVerifier {
     pub fn new(ca: watch::Receiver<Arc<CaSnapshot>>, provider: Arc<CryptoProvider>) -> Self {
         Self { ca, provider }
     }
+}
 
-    fn roots(&self, now: UnixTime) -> RootCertStore {
-        let authorities: Vec<CertificateDer<'static>> = self
-            .ca
-            .borrow()
-            .bundle
-            .x509_authorities
+/// Verifies a client chain against `authorities` (those within their validity at `now`), with
+/// `provider`'s algorithms: at the handshake, and again at every RPC (a long-lived connection
+/// outlives an authority leaving the bundle).
+///
+/// # Errors
+/// The rustls error: no authority in force, a chain that does not verify, an expired leaf.
+pub fn verify_client_chain(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    authorities: &[CertificateDer<'static>],
+    provider: &Arc<CryptoProvider>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(
+        authorities
             .iter()
             .filter(|a| valid_at(a, now))
             .cloned()
-            .collect();
-        let mut store = RootCertStore::empty();
-        store.add_parsable_certificates(authorities);
-        store
+            .collect::<Vec<_>>(),
+    );
+    if roots.is_empty() {
+        return Err(rustls::Error::General(
+            "no x509 authority of ours in force".to_owned(),
+        ));
     }
+    // Parse first: a junk certificate fails here with a clear error.
+    ParsedCertificate::try_from(end_entity)?;
+    // Built per call: the authorities follow the CA's rotations. A handful of roots.
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    inner
+        .verify_client_cert(end_entity, intermediates, now)
+        .map(|_| ())
 }
 
 impl ClientCertVerifier for AgentClientVerifier {
@@ -98,20 +120,9 @@ impl ClientCertVerifier for AgentClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let roots = self.roots(now);
-        if roots.is_empty() {
-            return Err(rustls::Error::General(
-                "no x509 authority of ours in force".to_owned(),
-            ));
-        }
-        // Built per handshake: the authorities follow the CA's rotations. A handful of roots.
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        // Parse first: a junk certificate fails here with a clear error.
-        ParsedCertificate::try_from(end_entity)?;
-        inner.verify_client_cert(end_entity, intermediates, now)
+        let authorities = self.ca.borrow().bundle.x509_authorities.clone();
+        verify_client_chain(end_entity, intermediates, &authorities, &self.provider, now)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     crate::tls_signatures::provider_signature_checks!(provider);

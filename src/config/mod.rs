@@ -90,6 +90,12 @@ pub struct Config {
 pub struct AgentApiConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Concurrent connections at most (default 10,000).
+    pub max_connections: usize,
+    /// A TLS handshake must finish within this (default 10 s).
+    pub handshake_timeout: Duration,
+    /// A connection without an open call for this long is closed (default 60 s).
+    pub idle_timeout: Duration,
 }
 
 /// `[node_attestation]`.

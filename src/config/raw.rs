@@ -111,6 +111,9 @@ pub(super) struct RawEntry {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawAgentApi {
     pub listen: Option<String>,
+    pub max_connections: Option<u64>,
+    pub handshake_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 /// `[node_attestation]`.

@@ -551,6 +551,18 @@ fn agent_api_and_node_attestation_are_checked_naming_their_keys() {
             "[node_attestation]\nx509pop_ca_file = \"no-such-roots.pem\"\n",
             "node_attestation.x509pop_ca_file",
         ),
+        (
+            "[agent_api]\nlisten = \"127.0.0.1:8081\"\nmax_connections = 0\n",
+            "agent_api.max_connections",
+        ),
+        (
+            "[agent_api]\nlisten = \"127.0.0.1:8081\"\nidle_timeout = \"0s\"\n",
+            "agent_api.idle_timeout",
+        ),
+        (
+            "[agent_api]\nlisten = \"127.0.0.1:8081\"\nhandshake_timeout = \"soon\"\n",
+            "agent_api.handshake_timeout",
+        ),
     ] {
         let err = parse_err(&format!("{MINIMAL}\n{text}"));
         assert_eq!(err.key(), Some(key), "{text}: {err}");

@@ -1,6 +1,7 @@
-//! The admin API's node routes: `POST /v1/tokens` `{"node","ttl"}` -> `{"token","node",
-//! "expires_at"}` (CONTRACT.md "Admin API additions"). The token is in the answer only; the
-//! server keeps its SHA-256 and logs the node and expiry, never the token.
+//! The admin API's node routes (CONTRACT.md "Admin API additions"): `POST /v1/tokens`
+//! `{"node","ttl"}` -> `{"token","node","expires_at"}` (the token is in the answer only; the
+//! server keeps its SHA-256 and logs the node and expiry, never the token); `GET /v1/agents`
+//! (the attested agents); `POST /v1/agents/{node}/evict`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use serde::Deserialize;
 
 use super::token::{DEFAULT_TTL, JoinTokens};
 use crate::admin_api::AdminState;
-use crate::agent_api::registry::AgentRegistry;
+use crate::agent_api::registry::{AgentRegistry, RegistryError};
 use crate::clock::{Clock, rfc3339};
 use crate::config::parse_duration;
 
@@ -37,8 +38,17 @@ impl Nodes {
 
     /// No tokens yet, agents in `agents`.
     pub fn with_agents(clock: Arc<dyn Clock>, agents: Arc<AgentRegistry>) -> Self {
+        Self::with_state(clock, agents, JoinTokens::new())
+    }
+
+    /// `tokens` and `agents` (the daemon: both in its store).
+    pub fn with_state(
+        clock: Arc<dyn Clock>,
+        agents: Arc<AgentRegistry>,
+        tokens: JoinTokens,
+    ) -> Self {
         Self {
-            tokens: JoinTokens::new(),
+            tokens,
             clock,
             agents,
         }
@@ -85,6 +95,51 @@ pub async fn create_token(
             }))
             .into_response()
         }
+        Err(e @ super::NodeError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `GET /v1/agents`: `[{"spiffe_id","node","method","address","connected","last_sync",
+/// "svid_expires_at","evicted"}]`, by node name.
+pub async fn list_agents(State(state): State<AdminState>) -> Response {
+    let agents: Vec<serde_json::Value> = state
+        .nodes
+        .agents
+        .list()
+        .into_iter()
+        .map(|(a, connected)| {
+            serde_json::json!({
+                "spiffe_id": a.spiffe_id,
+                "node": a.node,
+                "method": a.method,
+                "address": a.address,
+                "connected": connected,
+                "attested_at": rfc3339(a.attested_at),
+                "last_sync": a.last_sync.map(rfc3339),
+                "svid_expires_at": rfc3339(a.svid_expires_at),
+                "evicted": a.evicted,
+            })
+        })
+        .collect();
+    Json(agents).into_response()
+}
+
+/// `POST /v1/agents/{node}/evict`: 200 `{"node","evicted":true}`, 404 for a node never
+/// attested, 400 for a bad name, 503 when the store refuses.
+pub async fn evict_agent(
+    State(state): State<AdminState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+) -> Response {
+    if let Err(e) = super::validate_node_name(&node) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    match state.nodes.agents.evict(&node) {
+        Ok(()) => {
+            tracing::warn!(%node, "agent evicted: its svid is refused until it attests again");
+            Json(serde_json::json!({ "node": node, "evicted": true })).into_response()
+        }
+        Err(e @ RegistryError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

@@ -44,6 +44,9 @@ pub enum NodeError {
     /// Signing failed.
     #[error("signing: {0}")]
     Signing(String),
+    /// The store holding join tokens failed.
+    #[error("join token store: {0}")]
+    Store(String),
 }
 
 /// Checks that `name` is one SPIFFE ID path segment, so `/meshtrust/agent/<name>` cannot name

@@ -6,9 +6,13 @@
 //!
 //! The token is 32 random bytes, base64url: the agent's ID comes from the node name, never from
 //! the secret (SPIRE puts the token into the agent's ID).
+//!
+//! With a [`Storage`] ([`JoinTokens::with_store`], what the daemon uses) the hashes live in the
+//! store, so every replica sharing it accepts a token any of them minted, and consuming is
+//! one `DELETE ... RETURNING` there (one winner across replicas too); without one, in memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -18,6 +22,7 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use zeroize::Zeroizing;
 
 use super::{NodeError, validate_node_name};
+use crate::store::{JoinTokenRecord, Storage};
 
 /// The longest time to live of a token.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -55,6 +60,7 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct JoinTokens {
     pending: Mutex<HashMap<[u8; 32], Pending>>,
+    store: Option<Arc<dyn Storage>>,
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -64,9 +70,17 @@ fn hash(token: &str) -> [u8; 32] {
 }
 
 impl JoinTokens {
-    /// An empty table.
+    /// An empty table, in memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Tokens kept (hashed) in `store`.
+    pub fn with_store(store: Arc<dyn Storage>) -> Self {
+        Self {
+            pending: Mutex::default(),
+            store: Some(store),
+        }
     }
 
     /// Mints a token for `node`, valid for `ttl` from `now`.
@@ -90,6 +104,21 @@ impl JoinTokens {
             .map_err(|_| NodeError::Signing("no randomness for a join token".to_owned()))?;
         let token = Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_ref()));
         let expires_at = now + ttl;
+        if let Some(store) = &self.store {
+            let record = JoinTokenRecord {
+                hash: hash(&token),
+                node: node.to_owned(),
+                expires_at,
+            };
+            store
+                .save_join_token(&record, now)
+                .map_err(|e| NodeError::Store(e.to_string()))?;
+            return Ok(NewToken {
+                token,
+                node: node.to_owned(),
+                expires_at,
+            });
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|_, p| p.expires_at > now);
         pending.insert(
@@ -113,6 +142,16 @@ impl JoinTokens {
     /// [`NodeError::UnknownToken`] (never issued or already used), [`NodeError::ExpiredToken`].
     pub fn consume(&self, token: &str, now: SystemTime) -> Result<String, NodeError> {
         let key = hash(token);
+        if let Some(store) = &self.store {
+            let found = store
+                .take_join_token(&key)
+                .map_err(|e| NodeError::Store(e.to_string()))?
+                .ok_or(NodeError::UnknownToken)?;
+            if found.expires_at <= now {
+                return Err(NodeError::ExpiredToken);
+            }
+            return Ok(found.node);
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let found = pending.remove(&key);
         pending.retain(|_, p| p.expires_at > now);
@@ -124,7 +163,7 @@ impl JoinTokens {
         Ok(found.node)
     }
 
-    /// How many unused, unexpired tokens are held.
+    /// How many unused, unexpired tokens are held in memory (none with a store).
     pub fn pending(&self, now: SystemTime) -> usize {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.values().filter(|p| p.expires_at > now).count()
@@ -205,6 +244,43 @@ mod tests {
                 .unwrap_err(),
             NodeError::BadTtl
         );
+    }
+
+    #[test]
+    fn stored_tokens_are_shared_by_every_table_on_the_store_and_used_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Storage> =
+            Arc::new(crate::store::sqlite::SqliteStorage::open(dir.path()).unwrap());
+        let minting = JoinTokens::with_store(store.clone());
+        let other = JoinTokens::with_store(store);
+        let new = minting.create("web-1", DEFAULT_TTL, t0()).unwrap();
+        let short = minting
+            .create("web-2", Duration::from_secs(1), t0())
+            .unwrap();
+        assert_eq!(other.consume(&new.token, t0()).unwrap(), "web-1");
+        assert_eq!(
+            minting.consume(&new.token, t0()),
+            Err(NodeError::UnknownToken)
+        );
+        let later = t0() + Duration::from_secs(1);
+        assert_eq!(
+            other.consume(&short.token, later),
+            Err(NodeError::ExpiredToken)
+        );
+        assert_eq!(
+            other.consume(&short.token, t0()),
+            Err(NodeError::UnknownToken)
+        );
+        let db = std::fs::read(dir.path().join(crate::store::sqlite::DB_FILE)).unwrap();
+        let wal = std::fs::read(dir.path().join("meshtrust.db-wal")).unwrap_or_default();
+        for bytes in [&db, &wal] {
+            assert!(
+                !bytes
+                    .windows(new.token.len())
+                    .any(|w| w == new.token.as_bytes()),
+                "the token itself is never stored"
+            );
+        }
     }
 
     #[test]

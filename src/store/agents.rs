@@ -32,6 +32,28 @@ pub struct AgentRecord {
     pub previous_svid_sha256: Option<[u8; 32]>,
 }
 
+/// An unused join token as stored: its SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// The node it attests.
+    pub node: String,
+    /// When it stops being accepted.
+    pub expires_at: SystemTime,
+}
+
+impl JoinTokenRecord {
+    pub(super) fn from_row(hash: &[u8], node: String, expires_at: i64) -> Result<Self, StoreError> {
+        Ok(Self {
+            hash: <[u8; 32]>::try_from(hash)
+                .map_err(|_| StoreError::Corrupt("join token hash is not 32 bytes".to_owned()))?,
+            node,
+            expires_at: from_unix_millis(expires_at),
+        })
+    }
+}
+
 /// The columns in table order, for both backends.
 pub(super) const COLUMNS: &str = "node, spiffe_id, method, address, attested_at, last_sync, \
      svid_expires_at, evicted, svid_sha256, previous_svid_sha256";

@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::time::SystemTime;
 
-pub use agents::AgentRecord;
+pub use agents::{AgentRecord, JoinTokenRecord};
 
 use crate::spiffe_id::TrustDomain;
 use crate::svid::PrivateKey;
@@ -383,4 +383,16 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    /// Stores an unused join token by its SHA-256 (never the token), forgetting expired ones.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn save_join_token(&self, token: &JoinTokenRecord, now: SystemTime) -> Result<(), StoreError>;
+    /// Removes the join token with SHA-256 `hash` and returns it, in one statement: of two
+    /// replicas consuming one token at once, exactly one gets it.
+    ///
+    /// # Errors
+    /// On database failure.
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>, StoreError>;
 }

@@ -11,13 +11,13 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AgentRecord, AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoredAuthority,
-    ensure_data_dir,
+    AgentRecord, AuthorityState, CaRecord, JoinTokenRecord, PinnedBundle, Storage, StoreError,
+    StoredAuthority, ensure_data_dir,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS agent (
     evicted              INTEGER NOT NULL,
     svid_sha256          BLOB,
     previous_svid_sha256 BLOB
+);
+CREATE TABLE IF NOT EXISTS join_token (
+    hash       BLOB PRIMARY KEY,
+    node       TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 ";
 
@@ -356,6 +361,34 @@ impl Storage for SqliteStorage {
             params![node, id, method, address, attested, last, expires, evicted, cur, prev],
         )?;
         Ok(())
+    }
+
+    fn save_join_token(&self, t: &JoinTokenRecord, now: SystemTime) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM join_token WHERE expires_at <= ?1",
+            params![to_unix_millis(now)],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO join_token (hash, node, expires_at) VALUES (?1, ?2, ?3)",
+            params![t.hash.to_vec(), t.node, to_unix_millis(t.expires_at)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "DELETE FROM join_token WHERE hash = ?1 RETURNING node, expires_at",
+                params![hash.to_vec()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        row.map(|(node, expires)| JoinTokenRecord::from_row(hash, node, expires))
+            .transpose()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod node_agent;
+pub mod node_ca;
 pub mod python;
 pub mod workload;
 

@@ -1,6 +1,7 @@
 //! `[agent_api]` and `[node_attestation]`: where node agents connect and how they attest.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::{Cx, Result, same_port};
 use crate::config::raw::{RawAgentApi, RawNodeAttestation};
@@ -18,7 +19,29 @@ impl Cx<'_> {
         if let Some((other, _)) = taken.iter().find(|(_, addr)| same_port(listen, *addr)) {
             return Err(self.invalid(key, format!("conflicts with {other}")));
         }
-        Ok(AgentApiConfig { listen })
+        let max_connections = match raw.max_connections {
+            None => 10_000,
+            Some(n @ 1..=1_000_000) => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => {
+                return Err(
+                    self.invalid("agent_api.max_connections", "must be between 1 and 1000000")
+                );
+            }
+        };
+        Ok(AgentApiConfig {
+            listen,
+            max_connections,
+            handshake_timeout: self.duration(
+                "agent_api.handshake_timeout",
+                raw.handshake_timeout,
+                Duration::from_secs(10),
+            )?,
+            idle_timeout: self.duration(
+                "agent_api.idle_timeout",
+                raw.idle_timeout,
+                Duration::from_secs(60),
+            )?,
+        })
     }
 
     /// `[node_attestation]`: join tokens on unless `join_token = false`; x509pop roots must exist.

@@ -22,14 +22,14 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::GenericClient;
 
 use super::{
-    AgentRecord, AuthorityState, CaRecord, PinnedBundle, Storage, StoreError, StoreHealth,
-    StoredAuthority, agents,
+    AgentRecord, AuthorityState, CaRecord, JoinTokenRecord, PinnedBundle, Storage, StoreError,
+    StoreHealth, StoredAuthority, agents,
 };
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::spiffe_id::TrustDomain;
@@ -692,6 +692,42 @@ impl Storage for PostgresStorage {
                 .await?;
             Ok(())
         })
+    }
+
+    fn save_join_token(&self, t: &JoinTokenRecord, now: SystemTime) -> Result<(), StoreError> {
+        let (hash, node) = (t.hash.to_vec(), t.node.clone());
+        let (expires, now) = (to_unix_millis(t.expires_at), to_unix_millis(now));
+        self.call(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await?;
+            tx.execute("DELETE FROM join_token WHERE expires_at <= $1", &[&now])
+                .await?;
+            tx.execute(
+                "INSERT INTO join_token (hash, node, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (hash) DO UPDATE SET node = $2, expires_at = $3",
+                &[&hash, &node, &expires],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let key = hash.to_vec();
+        let row = self.call(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    "DELETE FROM join_token WHERE hash = $1 RETURNING node, expires_at",
+                    &[&key],
+                )
+                .await?;
+            row.map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?)))
+                .transpose()
+        })?;
+        row.map(|(node, expires)| JoinTokenRecord::from_row(hash, node, expires))
+            .transpose()
     }
 }
 

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[&str] = &[
         evicted              BOOLEAN NOT NULL,
         svid_sha256          BYTEA,
         previous_svid_sha256 BYTEA
+    );
+    CREATE TABLE join_token (
+        hash       BYTEA  PRIMARY KEY,
+        node       TEXT   NOT NULL,
+        expires_at BIGINT NOT NULL
     );",
     // 3: replicas of one mesh. Each authority belongs to the replica holding its key (rows of
     // a single daemon, replica '', are adopted by the replica that holds their keys); each
