@@ -7,6 +7,8 @@
 //! unless `MESHTRUST_REQUIRE_DOCKER=1` (CI), where that fails it; there a missing base image is
 //! made (.ci/docker-base.sh, cached).
 
+#![allow(dead_code)] // shared by tests/compose.rs and tests/compose_hosts.rs, each using part
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -112,20 +114,27 @@ impl Engine {
     }
 }
 
-/// One compose project of docker-compose.yml on its own image tag, both named uniquely for
-/// this run; `down -v` and the tag removed on drop.
+/// One compose project of docker-compose.yml (or another compose file of the repository) on
+/// its own image tag, both named uniquely for this run; `down -v` and the tag removed on drop.
 #[derive(Debug)]
 pub struct Project {
     engine: Engine,
+    file: &'static str,
     name: String,
     image: String,
-    /// Container ids by service, once known (no service restarts in this file).
+    /// Container ids by service, once known (`docker kill`/`start`/`restart` keep the id;
+    /// nothing here recreates a container).
     containers: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
 }
 
 impl Project {
     /// Nothing started yet, but dropping it cleans up whatever exists under its names.
     pub fn new(engine: &Engine) -> Self {
+        Self::with_file(engine, "docker-compose.yml")
+    }
+
+    /// [`Self::new`] for the compose file `file` (a path in the repository).
+    pub fn with_file(engine: &Engine, file: &'static str) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -133,6 +142,7 @@ impl Project {
         let name = format!("meshtrust-test-{}-{nanos}", std::process::id());
         Self {
             engine: engine.clone(),
+            file,
             image: format!("meshtrust:{name}"),
             name,
             containers: Default::default(),
@@ -142,6 +152,32 @@ impl Project {
     /// The project's image tag.
     pub fn image(&self) -> &str {
         &self.image
+    }
+
+    /// The engine's name of the project's network `network` (`<project>_<network>`).
+    pub fn network(&self, network: &str) -> String {
+        format!("{}_{network}", self.name)
+    }
+
+    /// Makes the PostgreSQL image of docker-compose.hosts.yml with .ci/docker-postgres.sh
+    /// (cached by Docker's layer cache: it stays, unlike the project's own tag).
+    pub fn build_postgres_image(&self) {
+        let start = Instant::now();
+        let out = run(
+            Command::new(repo().join(".ci/docker-postgres.sh")).current_dir(repo()),
+            Duration::from_secs(900),
+        );
+        assert!(
+            out.status.success(),
+            ".ci/docker-postgres.sh failed:\n{}",
+            text(&out)
+        );
+        eprintln!(
+            "{}: {} (in {:?})",
+            self.name,
+            text(&out).trim(),
+            start.elapsed()
+        );
     }
 
     /// Makes the project's image from `binary` with .ci/docker-image.sh (which makes the base
@@ -163,7 +199,7 @@ impl Project {
         eprintln!("{}: image built (in {:?})", self.name, start.elapsed());
     }
 
-    /// `compose -p NAME -f docker-compose.yml ARGS` with `MESHTRUST_IMAGE` set.
+    /// `compose -p NAME -f FILE ARGS` with `MESHTRUST_IMAGE` set.
     pub fn compose(&self, args: &[&str], guard: Duration) -> Output {
         run(&mut self.compose_command(args), guard)
     }
@@ -173,7 +209,7 @@ impl Project {
         let mut cmd = Command::new(program);
         cmd.args(first)
             .args(["-p", &self.name, "-f"])
-            .arg(repo().join("docker-compose.yml"))
+            .arg(repo().join(self.file))
             .args(args)
             .env("MESHTRUST_IMAGE", &self.image)
             .current_dir(repo());
@@ -238,6 +274,36 @@ impl Project {
                 .args(args),
             Duration::from_secs(60),
         )
+    }
+
+    /// `docker exec` in `service`'s container, its stdout read as JSON; `Err` with the output
+    /// when the command fails or prints something else.
+    pub fn exec_json(&self, service: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+        let out = self.exec(service, args);
+        if !out.status.success() {
+            return Err(text(&out));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))
+    }
+
+    /// `docker ARGS` (ARGS naming containers or networks of this project); panics on failure.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        let out = run(Command::new("docker").args(args), Duration::from_secs(120));
+        assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+        out
+    }
+
+    /// Waits until compose's health check calls `service` healthy.
+    #[track_caller]
+    pub fn wait_healthy(&self, service: &str, guard: Duration) {
+        self.wait_for(&format!("{service} healthy"), guard, || {
+            let health = self.inspect(service, "{{.State.Health.Status}}");
+            if health == "healthy" {
+                Ok(())
+            } else {
+                Err(health)
+            }
+        });
     }
 
     /// Polls `probe` every half second until it returns `Ok`, for at most `guard`; past that
