@@ -183,7 +183,10 @@ async fn offline_log(state: Arc<AgentState>, cancel: CancellationToken) {
 /// The exit code.
 pub fn command(path: Option<&std::path::Path>) -> Result<(), u8> {
     let Some(path) = path else {
-        eprintln!("meshtrust: agent: give --config FILE (the agent's config), or a subcommand");
+        eprintln!(
+            "meshtrust: agent: --config FILE is required to run an agent (or a subcommand: \
+             list, evict)"
+        );
         return Err(crate::commands::EX_USAGE);
     };
     let config = AgentConfig::load(path).map_err(|e| {
