@@ -1,13 +1,18 @@
 //! The operations kit, checked by the real tools: shell completions and the man page generated
 //! by the binary, the systemd unit verified by `systemd-analyze` (with the generated man page
-//! installed, so its `Documentation=man:meshtrust(1)` resolves), and its sandboxing scored.
+//! installed, so its `Documentation=man:meshtrust(1)` resolves), and its sandboxing scored; the
+//! alert rules by `promtool`, and the rules and dashboard against the metric families that a real
+//! server and a real node agent attested to it export.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::node_agent;
 
 fn meshtrust(args: &[&str]) -> Output {
     Command::new(common::bin()).args(args).output().unwrap()
@@ -203,29 +208,66 @@ fn the_agent_unit_verifies_and_its_sandbox_scores_ok() {
     assert!(text.contains("ExecStart=/usr/bin/meshtrust agent --config "));
 }
 
-/// The metric families a running daemon exports (`# TYPE` lines; every family has one even
-/// before it has samples), scraped from the real binary.
-async fn exported_families() -> std::collections::BTreeSet<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::config::DaemonConfig::plain("mesh-a.test")
+/// The metric families (`# TYPE` lines; every family has one even before it has samples) that
+/// the real binaries export: a server with a peer and `[agent_api]`, and a node agent attested
+/// to it and holding a workload SVID (its agent SVID and cache families exist only then).
+#[derive(Debug)]
+struct Exported {
+    server: BTreeSet<String>,
+    agent: BTreeSet<String>,
+}
+
+async fn exported_families() -> Exported {
+    const TD: &str = "mesh-a.test";
+    const NODE: &str = "node-1";
+    common::init();
+    let root = tempfile::tempdir().unwrap();
+    let sdir = root.path().join("server");
+    let entry = node_agent::node_entry("spiffe://mesh-a.test/web", NODE);
+    let config = node_agent::server_config(TD, &entry)
         .metrics()
         .section(&format!(
             "[[federation]]\ntrust_domain = \"mesh-b.test\"\nbundle_endpoint_url = \"{}\"\nprofile = \"https_web\"\n",
             common::refused_url()
-        ))
-        .write(dir.path());
-    let daemon = common::daemon::Proc::serve(&config).await;
-    let addr = common::metrics::listen_addr(&daemon).await;
-    common::metrics::scrape(&addr)
-        .families
-        .into_keys()
-        .collect()
+        ));
+    node_agent::ServerProc::prepare(&sdir, &config);
+    let server = node_agent::ServerProc::start(&sdir).await;
+    let token = server.token(NODE).await;
+    let agent_config = node_agent::AgentConfig::new(TD, &[server.addr], &server.bundle())
+        .join_token(&token)
+        .write(&root.path().join("agent"));
+    let agent = node_agent::spawn(&agent_config).await;
+
+    let agent_addr = common::metrics::listen_addr(&agent).await;
+    let agent_scrape = common::metrics::scrape_until(
+        &agent_addr,
+        "the agent connected, with its SVID and a cached workload SVID",
+        |s| {
+            s.value_or_0("meshtrust_agent_connected", "meshtrust_agent_connected") == 1.0
+                && s.families
+                    .contains_key("meshtrust_agent_svid_expires_at_seconds")
+                && s.families
+                    .contains_key("meshtrust_agent_cache_first_expiry_seconds")
+        },
+    )
+    .await;
+    let server_addr = common::metrics::listen_addr(server.proc()).await;
+    let open = "meshtrust_agent_sync_streams";
+    let server_scrape =
+        common::metrics::scrape_until(&server_addr, "the agent's sync stream open", |s| {
+            s.value_or_0(open, open) == 1.0
+        })
+        .await;
+    Exported {
+        server: server_scrape.families.into_keys().collect(),
+        agent: agent_scrape.families.into_keys().collect(),
+    }
 }
 
 /// Every metric name in `text` (a PromQL-bearing file): `meshtrust_*` and `process_*`
 /// identifiers, histogram suffixes folded to their family.
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     for (i, _) in text.match_indices(['m', 'p']) {
         if i > 0 && text[..i].chars().next_back().is_some_and(is_ident) {
@@ -243,35 +285,82 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
-#[tokio::test]
-async fn alert_rules_and_the_dashboard_use_only_metrics_the_daemon_exports() {
+/// Checks that `what` uses at least `min` metric names, all in `exported` (`by`'s families).
+fn uses_only(what: &str, text: &str, min: usize, exported: &BTreeSet<String>, by: &str) {
+    let used = metric_names(text);
+    assert!(used.len() >= min, "{what} uses too few metrics: {used:?}");
+    let unknown: Vec<_> = used.difference(exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "{what} uses metrics the {by} does not export: {unknown:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_and_the_dashboard_use_only_metrics_the_server_and_the_agent_export() {
     let exported = exported_families().await;
     let rules =
         std::fs::read_to_string(repo().join("deploy/prometheus/meshtrust-rules.yml")).unwrap();
+    // The server's group, then the agents' (scraped from the agents' own listeners).
+    let (server_rules, agent_rules) = rules
+        .split_once("\n  - name: meshtrust-agent\n")
+        .expect("a meshtrust-agent rule group");
+    uses_only(
+        "server alert rules",
+        server_rules,
+        12,
+        &exported.server,
+        "server",
+    );
+    uses_only(
+        "agent alert rules",
+        agent_rules,
+        6,
+        &exported.agent,
+        "agent",
+    );
+
+    // Dashboard: the panels and the variable on `$agent` read agents, the others servers.
     let dashboard =
         std::fs::read_to_string(repo().join("deploy/grafana/meshtrust-dashboard.json")).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
-    let mut exprs = String::new();
+    let (mut server_exprs, mut agent_exprs) = (String::new(), String::new());
     let panels = parsed["panels"].as_array().unwrap();
     for panel in panels {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            exprs.push_str(target["expr"].as_str().unwrap());
-            exprs.push('\n');
+            let expr = target["expr"].as_str().unwrap();
+            let into = if expr.contains("$agent") {
+                &mut agent_exprs
+            } else {
+                &mut server_exprs
+            };
+            into.push_str(expr);
+            into.push('\n');
         }
     }
-    exprs.push_str(parsed["templating"].to_string().as_str());
-    for (what, text) in [
-        ("alert rules", rules.as_str()),
-        ("dashboard", exprs.as_str()),
-    ] {
-        let used = metric_names(text);
-        assert!(used.len() >= 8, "{what} uses too few metrics: {used:?}");
-        let unknown: Vec<_> = used.difference(&exported).collect();
-        assert!(
-            unknown.is_empty(),
-            "{what} uses metrics the daemon does not export: {unknown:?}"
-        );
+    for var in parsed["templating"]["list"].as_array().unwrap() {
+        let into = if var["name"] == "agent" {
+            &mut agent_exprs
+        } else {
+            &mut server_exprs
+        };
+        into.push_str(&var.to_string());
+        into.push('\n');
     }
+    uses_only(
+        "dashboard (servers)",
+        &server_exprs,
+        20,
+        &exported.server,
+        "server",
+    );
+    uses_only(
+        "dashboard (agents)",
+        &agent_exprs,
+        7,
+        &exported.agent,
+        "agent",
+    );
     // The dashboard covers each area the issue names.
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
     for area in [
@@ -280,6 +369,9 @@ async fn alert_rules_and_the_dashboard_use_only_metrics_the_daemon_exports() {
         "Workload API",
         "Bundle endpoint",
         "Process",
+        "Store",
+        "Agent API",
+        "Node agents",
     ] {
         assert!(titles.contains(&area), "no {area} row in {titles:?}");
     }
