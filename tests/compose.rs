@@ -9,41 +9,17 @@
 mod common;
 #[path = "compose/docker.rs"]
 mod docker;
+#[path = "compose/yaml.rs"]
+mod yaml;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use clap::Parser as _;
 use serde_norway::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use yaml::{keys, repo, strings};
 
 fn compose() -> Value {
-    serde_norway::from_str(&std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap())
-        .unwrap()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
-        .map(|s| {
-            s.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    match v {
-        Value::Mapping(m) => m
-            .keys()
-            .filter_map(|k| k.as_str().map(str::to_owned))
-            .collect(),
-        Value::Sequence(_) => strings(v).into_iter().collect(),
-        _ => BTreeSet::new(),
-    }
+    yaml::load("docker-compose.yml")
 }
 
 /// The shell command of a service, as one string.

@@ -13,49 +13,20 @@ mod common;
 mod docker;
 #[path = "compose/hosts.rs"]
 mod hosts;
+#[path = "compose/yaml.rs"]
+mod yaml;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_norway::Value;
+use yaml::{keys, repo, strings};
 
 const FILE: &str = "docker-compose.hosts.yml";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The compose file with its `<<` merges applied, as compose reads it.
 fn compose() -> Value {
-    let mut c: Value =
-        serde_norway::from_str(&std::fs::read_to_string(repo().join(FILE)).unwrap()).unwrap();
-    // Twice: a service merging another service (`<<: *replica`) that itself merges
-    // `x-meshtrust` needs a second pass (compose's YAML loader flattens both).
-    c.apply_merge().unwrap();
-    c.apply_merge().unwrap();
-    c
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
-        .map(|s| {
-            s.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    match v {
-        Value::Mapping(m) => m
-            .keys()
-            .filter_map(|k| k.as_str().map(str::to_owned))
-            .collect(),
-        Value::Sequence(_) => strings(v).into_iter().collect(),
-        _ => BTreeSet::new(),
-    }
+    yaml::load(FILE)
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {

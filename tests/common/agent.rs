@@ -31,6 +31,20 @@ pub struct Identity {
     pub key: Arc<KeyPair>,
 }
 
+impl Identity {
+    /// The identity an attestation answered: `svid`'s chain with the `key` its CSR was made of.
+    pub fn of(svid: &AgentSvid, key: Arc<KeyPair>) -> Self {
+        Self {
+            chain: svid
+                .cert_chain
+                .iter()
+                .map(|c| CertificateDer::from(c.clone()))
+                .collect(),
+            key,
+        }
+    }
+}
+
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
@@ -150,15 +164,7 @@ pub async fn attest_join_token(
     let Some(attest_response::Step::Svid(svid)) = answer.step else {
         panic!("expected an svid, got {answer:?}");
     };
-    let identity = Identity {
-        chain: svid
-            .cert_chain
-            .iter()
-            .map(|c| CertificateDer::from(c.clone()))
-            .collect(),
-        key,
-    };
-    Ok((identity, svid))
+    Ok((Identity::of(&svid, key), svid))
 }
 
 /// `meshtrust token create --node NODE --json` on `admin_socket`: the token.
@@ -251,6 +257,14 @@ impl AgentServer {
         super::init();
         let config_path = config.write(dir.path());
         let roots = server_roots(&config_path, TD);
+        Self::serve(dir, config_path, roots).await
+    }
+
+    async fn serve(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Self {
         let proc = super::daemon::Proc::serve(&config_path).await;
         let addr = agent_api_addr(&proc).await;
         Self {
@@ -272,15 +286,7 @@ impl AgentServer {
             ..
         } = self;
         assert!(proc.stop().success());
-        let proc = super::daemon::Proc::serve(&config_path).await;
-        let addr = agent_api_addr(&proc).await;
-        Self {
-            dir,
-            config_path,
-            proc,
-            addr,
-            roots,
-        }
+        Self::serve(dir, config_path, roots).await
     }
 
     /// Its admin socket.

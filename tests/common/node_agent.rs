@@ -153,15 +153,8 @@ impl ServerProc {
 
     /// Starts the server of an already prepared `dir`.
     pub async fn start(dir: &Path) -> Self {
-        let config_path = dir.join("meshtrust.toml");
-        let proc = Proc::serve(&config_path).await;
-        let addr = super::agent::agent_api_addr(&proc).await;
-        Self {
-            dir: dir.to_owned(),
-            config_path,
-            proc: Some(proc),
-            addr,
-        }
+        let proc = Proc::serve(&dir.join("meshtrust.toml")).await;
+        Self::started(dir, proc).await
     }
 
     /// [`ServerProc::start`] through `wrapper` (e.g. in a network namespace).
@@ -172,10 +165,14 @@ impl ServerProc {
             &["serve", "--config", config_path.to_str().unwrap()],
         );
         proc.wait_for_log(super::daemon::READY).await;
+        Self::started(dir, proc).await
+    }
+
+    async fn started(dir: &Path, proc: Proc) -> Self {
         let addr = super::agent::agent_api_addr(&proc).await;
         Self {
             dir: dir.to_owned(),
-            config_path,
+            config_path: dir.join("meshtrust.toml"),
             proc: Some(proc),
             addr,
         }

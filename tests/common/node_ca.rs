@@ -122,13 +122,5 @@ pub async fn attest_x509pop(
     else {
         panic!("expected an svid");
     };
-    let identity = Identity {
-        chain: svid
-            .cert_chain
-            .iter()
-            .map(|c| CertificateDer::from(c.clone()))
-            .collect(),
-        key,
-    };
-    Ok((identity, svid))
+    Ok((Identity::of(&svid, key), svid))
 }
