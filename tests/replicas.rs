@@ -506,10 +506,12 @@ async fn same_everywhere(endpoints: &[&str], cas: usize) -> bool {
     true
 }
 
-/// PostgreSQL stopped under two replicas: both keep serving the bundle and SVIDs and say the
-/// store is unavailable; started again, they resume without a restart, and a third replica
-/// joining then reaches both through their notification connections, reconnected (the hang
-/// guard, 10 s, is below the CA's 30 s fallback tick).
+/// PostgreSQL stopped for 30 s under two replicas federating with a peer: both keep serving
+/// the bundle, SVIDs and the peer's pin (no call fails) and say the store is unavailable;
+/// started again, they resume without a restart: the CA rotation that fell due meanwhile
+/// (prepared at half of `ca_ttl` = 60 s) is published, the peer's pin is written again, and a
+/// third replica joining then reaches both through their notification connections, reconnected
+/// (the hang guard, 10 s, is below the CA's 30 s fallback tick).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_through_a_database_outage_and_hear_each_other_after_it() {
     // The shared cluster's presence says PostgreSQL is installed here.
@@ -519,16 +521,53 @@ async fn replicas_serve_through_a_database_outage_and_hear_each_other_after_it()
     let cluster = tokio::task::spawn_blocking(pg_support::cluster::Cluster::start)
         .await
         .unwrap();
-    let extra = DaemonConfig::new(TD).entry(ME, &[]);
+    // The peer mesh (SQLite), on its own port; its CA rotates (ca_ttl 90 s: the next CA is
+    // published at 45 s, after the outage). A peer whose whole overlap (prepared to retired)
+    // falls inside our outage is not followed: its new bundle cannot be pinned meanwhile.
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer_config = DaemonConfig::new(PEER)
+        .ca("ca_ttl = \"90s\"\nx509_svid_ttl = \"5s\"\njwt_svid_ttl = \"5s\"")
+        .section("[bundle_endpoint]\nlisten = \"127.0.0.1:0\"\nrefresh_hint = \"1s\"\n")
+        .write(peer_dir.path());
+    let peer = Proc::serve(&peer_config).await;
+    let peer_endpoint = peer.logged_addr("bundle endpoint listening").await;
+    let peer_bundle = served(&peer_endpoint).await.unwrap();
+
+    let extra = DaemonConfig::new(TD)
+        .ca("ca_ttl = \"60s\"\nx509_svid_ttl = \"5s\"\njwt_svid_ttl = \"5s\"")
+        .peer(PEER, &format!("https://{peer_endpoint}/"), None, true)
+        .entry(ME, &[PEER]);
     let mut a = Replica::new(&cluster.url(), &extra);
     let mut b = Replica::new(&cluster.url(), &extra);
+    for r in [&a, &b] {
+        std::fs::write(
+            r.dir.path().join(format!("peers/{PEER}.json")),
+            &peer_bundle,
+        )
+        .unwrap();
+    }
     a.spawn();
     a.ready().await;
     b.spawn();
     b.ready().await;
     let (before, _) = converged(&[&a.endpoint, &b.endpoint], 2).await;
+    // The peer's pin in the database: (sequence, fetched_at in ms since the epoch).
+    let pinned = || {
+        let rows = db_text(
+            &cluster.url(),
+            &format!(
+                "SELECT sequence || ' ' || fetched_at FROM pinned_bundle WHERE trust_domain = '{PEER}'"
+            ),
+        );
+        let row = rows.first()?;
+        let (sequence, at) = row.split_once(' ')?;
+        Some((sequence.parse::<u64>().ok()?, at.parse::<u128>().ok()?))
+    };
+    let (sequence_before, _) =
+        common::eventually_some("the peer pinned in the database", || async { pinned() }).await;
 
     cluster.stop().await;
+    let stopped = Instant::now();
     for r in [&a, &b] {
         let admin = r.dir.path().join("admin.sock");
         common::eventually_some("status says store unavailable", || async {
@@ -536,18 +575,43 @@ async fn replicas_serve_through_a_database_outage_and_hear_each_other_after_it()
             (st["store"]["available"] == false).then_some(())
         })
         .await;
-        assert_eq!(
-            served(&r.endpoint).await,
-            Some(before.clone()),
-            "served from memory"
-        );
-        assert!(
-            svid_leaf(r.dir.path().join("workload.sock"))
-                .await
-                .is_some(),
-            "SVIDs from the active CA during the outage"
-        );
     }
+    // 30 s without the database: every call that does not need it keeps being answered.
+    let (mut calls, mut failed) = (0_u32, Vec::new());
+    while stopped.elapsed() < Duration::from_secs(30) {
+        for r in [&a, &b] {
+            calls += 1;
+            if served(&r.endpoint).await.as_ref() != Some(&before) {
+                failed.push(format!("{}: bundle", r.endpoint));
+            }
+            if svid_leaf(r.dir.path().join("workload.sock"))
+                .await
+                .is_none()
+            {
+                failed.push(format!("{}: SVID", r.endpoint));
+            }
+            // The pin is kept (a newer peer bundle cannot be pinned without the database).
+            let st = common::status_json(&r.dir.path().join("admin.sock")).await;
+            if !common::peer_status(&st, PEER)["sequence"].is_u64() {
+                failed.push(format!(
+                    "{}: peer {}",
+                    r.endpoint,
+                    common::peer_status(&st, PEER)
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} rounds failed: {failed:?}",
+        failed.len()
+    );
+    assert!(calls > 40, "only {calls} rounds in 30 s");
+    let outage_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
 
     cluster.restart().await;
     for r in [&a, &b] {
@@ -558,6 +622,27 @@ async fn replicas_serve_through_a_database_outage_and_hear_each_other_after_it()
         })
         .await;
     }
+    // Nothing lost, and what waited goes on: the rotation that fell due (a third CA, a higher
+    // sequence) is served by both, and the peer's pin is written again.
+    let (rotated, _) = converged(&[&a.endpoint, &b.endpoint], 3).await;
+    assert!(
+        doc(&rotated)["spiffe_sequence"].as_u64() > doc(&before)["spiffe_sequence"].as_u64(),
+        "{}",
+        String::from_utf8_lossy(&rotated)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pinned().is_some_and(|(sequence, at)| sequence > sequence_before && at >= outage_end) {
+        assert!(
+            Instant::now() < deadline,
+            "no newer peer bundle pinned within 30 s of the outage (before: {sequence_before}, now: {:?})\nA:\n{}\nB:\n{}",
+            pinned(),
+            a.proc.as_ref().unwrap().log(),
+            b.proc.as_ref().unwrap().log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(peer);
+
     let mut c = Replica::new(&cluster.url(), &extra);
     c.spawn();
     c.ready().await;
