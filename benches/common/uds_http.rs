@@ -10,6 +10,20 @@ use tokio::net::UnixStream;
 /// `GET uri` on the socket at `path` with extra `headers`; the status and body, or an error
 /// string when the socket does not answer (yet).
 pub async fn get(path: &Path, uri: &str, headers: &[(&str, &str)]) -> Result<(u16, Bytes), String> {
+    request(hyper::Method::GET, path, uri, headers).await
+}
+
+/// `POST uri` (empty body) on the socket at `path`: the admin API's actions.
+pub async fn post(path: &Path, uri: &str) -> Result<(u16, Bytes), String> {
+    request(hyper::Method::POST, path, uri, &[]).await
+}
+
+async fn request(
+    method: hyper::Method,
+    path: &Path,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Bytes), String> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|e| format!("connect {}: {e}", path.display()))?;
@@ -17,7 +31,10 @@ pub async fn get(path: &Path, uri: &str, headers: &[(&str, &str)]) -> Result<(u1
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let mut req = hyper::Request::get(uri).header("host", "localhost");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
