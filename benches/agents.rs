@@ -239,6 +239,25 @@ async fn first_svid(socket: &Path, since: Instant) -> Duration {
     }
 }
 
+/// Where a process's resident memory is: anonymous (heap, stacks) and file-backed (the binary's
+/// pages), and its threads, from `/proc/<pid>/status`.
+fn memory_breakdown(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    format!(
+        "RssAnon {} KiB, RssFile {} KiB, {} threads",
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:")
+    )
+}
+
 /// One bundle fan-out: a FetchX509Bundles stream per entry of `sockets`; each change's time
 /// from the refresh request until the last stream has the new peer bundle.
 async fn fan_out(
@@ -298,7 +317,7 @@ async fn fan_out(
         bundles.write().unwrap()[0] = Bytes::from(doc);
         let t0 = Instant::now();
         let (code, body) =
-            common::uds_http::post(server_admin, &format!("/v1/federation/{PEER}/refresh"))
+            common::uds_http::post(server_admin, &format!("/v1/federation/{PEER}/refresh"), "")
                 .await
                 .unwrap();
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
@@ -318,11 +337,252 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn main() {
+    if common::arg("role").as_deref() == Some("fleet") {
+        fleet_process();
+        return;
+    }
     support::init();
     let s = sizes();
     let rt = rt();
     rt.block_on(agents(&s));
     rt.block_on(failover(&s));
+    rt.block_on(fleet());
+}
+
+/// The load process (`--role fleet --dir DIR --n N`): N agents of the crate's own agent code
+/// (`meshtrust::agent::run`) in this one process, each with its folder `DIR/agent-I` (config,
+/// cache, sockets); says `started` and runs until killed.
+fn fleet_process() {
+    let dir = PathBuf::from(common::arg("dir").unwrap());
+    let n: usize = common::arg("n").unwrap().parse().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt().block_on(async {
+        let mut set = JoinSet::new();
+        for i in 0..n {
+            let path = dir.join(format!("agent-{i}/agent.toml"));
+            let config = meshtrust::agent::AgentConfig::load(&path).unwrap();
+            set.spawn(async move { meshtrust::agent::run(config, std::future::pending()).await });
+        }
+        println!("started {n}");
+        if let Some(r) = set.join_next().await {
+            panic!("an agent stopped: {r:?}");
+        }
+    });
+}
+
+/// The load process, killed on drop.
+struct Fleet(std::process::Child);
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `meshtrust_svids_signed_total{type="x509"}` of the server's metrics at `addr`.
+fn signed_x509(addr: &str) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("meshtrust_svids_signed_total{type=\"x509\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no x509 signing counter in:\n{text}"))
+}
+
+/// CPU of `pid` over `window` as a percentage of one core.
+async fn cpu_percent(pid: u32, window: Duration) -> f64 {
+    let before = common::cpu_ticks(pid);
+    let t = Instant::now();
+    tokio::time::sleep(window).await;
+    let ticks = common::cpu_ticks(pid) - before;
+    ticks as f64 / common::clock_ticks_per_sec() as f64 / t.elapsed().as_secs_f64() * 100.0
+}
+
+/// 1,000 agents (the crate's agent code, in one load process) x 10 `node = "*"` entries on one
+/// server: its CPU and RSS in steady state against the same server with no agent; then one more
+/// `node = "*"` entry and the signing burst it causes.
+async fn fleet() {
+    let (n, entries, window) = if common::smoke() {
+        (5, 10, Duration::from_secs(2))
+    } else {
+        let n = common::arg("fleet").map_or(1000, |a| a.parse().unwrap());
+        (n, 10, Duration::from_secs(60))
+    };
+    let root = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let list: String = (0..entries)
+        .map(|k| entry(&format!("/fleet-{k}"), Some("*")))
+        .collect();
+    let config = |list: &str| {
+        node_agent::server_config(TD, list).section(&format!("[metrics]\nlisten = \"{metrics}\"\n"))
+    };
+    let sdir = root.path().join("server");
+    ServerProc::prepare(&sdir, &config(&list));
+    let server = ServerProc::start(&sdir).await;
+    let pid = server.proc().pid();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_cpu = cpu_percent(pid, window).await;
+    let idle_rss = common::rss_kib(pid);
+
+    // One join token and folder per agent.
+    let made = Instant::now();
+    for i in 0..n {
+        let (code, body) = common::uds_http::post(
+            &server.admin(),
+            "/v1/tokens",
+            &format!("{{\"node\": \"fleet-{i}\", \"ttl\": \"1h\"}}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let dir = root.path().join(format!("fleet/agent-{i}"));
+        let path = AgentConfig::new(TD, &[server.addr], &server.bundle())
+            .join_token(v["token"].as_str().unwrap())
+            .write(&dir);
+        // No metrics listener per agent.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[metrics]\nlisten = \"127.0.0.1:0\"\n", "");
+        std::fs::write(&path, text).unwrap();
+    }
+    let tokens_took = made.elapsed();
+    let before = signed_x509(&metrics);
+    let started = Instant::now();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--role", "fleet", "--n", &n.to_string(), "--dir"])
+        .arg(root.path().join("fleet"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let load = Fleet(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(
+        line.starts_with("started"),
+        "the load process said {line:?}"
+    );
+    let want = before + (n * entries) as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while signed_x509(&metrics) < want {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} SVIDs signed after 300 s",
+            signed_x509(&metrics) - before,
+            n * entries
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let synced = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(if common::smoke() { 1 } else { 10 })).await;
+    let at_start = signed_x509(&metrics);
+    let cpu = cpu_percent(pid, window).await;
+    let in_window = signed_x509(&metrics) - at_start;
+    let rss = common::rss_kib(pid);
+    let load_rss = common::rss_kib(load.0.id());
+    let mib = |k: u64| k as f64 / 1024.0;
+    row(
+        &format!(
+            "{n} agents (one load process) x {entries} entries on one server: server CPU, steady state ({} s)",
+            window.as_secs()
+        ),
+        &format!("{cpu:.2} % of a core"),
+        &format!("{idle_cpu:.2} % server with no agents"),
+        Some(cpu / idle_cpu.max(0.01)),
+        "< 5 %",
+        Met::from(cpu < 5.0),
+    );
+    row(
+        &format!("{n} agents x {entries} entries: server RSS"),
+        &format!(
+            "{:.1} MiB (peak {:.1})",
+            mib(rss),
+            mib(common::peak_rss_kib(pid))
+        ),
+        &format!("{:.1} MiB server with no agents", mib(idle_rss)),
+        Some(rss as f64 / idle_rss.max(1) as f64),
+        "< 200 MiB",
+        Met::from(rss < 200 * 1024),
+    );
+
+    // The burst: one more entry for every node.
+    let base = signed_x509(&metrics);
+    let ticks = common::cpu_ticks(pid);
+    config(&format!("{list}{}", entry("/fleet-new", Some("*")))).write(&sdir);
+    let t0 = Instant::now();
+    server.proc().signal("HUP");
+    let mut samples = vec![(Duration::ZERO, 0_u64)];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let k = signed_x509(&metrics) - base;
+        samples.push((t0.elapsed(), k));
+        if k >= n as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{k} of {n} new SVIDs signed after 120 s"
+        );
+    }
+    let all_signed = t0.elapsed();
+    let burst_cpu_s =
+        (common::cpu_ticks(pid) - ticks) as f64 / common::clock_ticks_per_sec() as f64;
+    // The highest count signed within any 1 s (from each sample to the last one <= 1 s later).
+    let peak = samples
+        .iter()
+        .map(|(t, k)| {
+            let end = samples
+                .iter()
+                .rev()
+                .find(|(u, _)| *u <= *t + Duration::from_secs(1))
+                .unwrap();
+            end.1 - k
+        })
+        .max()
+        .unwrap();
+    // Those SVIDs' renewals (x509_svid_ttl 1 h by default) fall between 45 % and 55 % of their
+    // life: 1,000 over a 6-minute window.
+    let renewal_window = Duration::from_secs(3600).mul_f64(0.10);
+    let mean = n as f64 / renewal_window.as_secs_f64();
+    let ratio = peak as f64 / mean;
+    row(
+        &format!(
+            "signing burst when a node = \"*\" entry is added to {n} agents: highest 1 s rate / mean rate over its renewal window"
+        ),
+        &format!("{ratio:.0}x ({peak}/s peak)"),
+        &format!(
+            "{mean:.2}/s mean ({n} renewals over {} s)",
+            renewal_window.as_secs()
+        ),
+        Some(ratio),
+        "<= 2x",
+        Met::from(ratio <= 2.0),
+    );
+    note(&format!(
+        "fleet: {n} agents run by the crate's own agent code (`meshtrust::agent::run`) in one load \
+         process, join tokens, TLS on 127.0.0.1 to one server (SQLite), no workloads; {n} tokens \
+         and folders made in {:.1} s; all {} SVIDs signed {:.1} s after the load process started; \
+         steady window {} s with {in_window} signings; load process RSS {:.0} MiB; the new entry: \
+         all {n} signed {:.0} ms after SIGHUP, server CPU {burst_cpu_s:.2} s for it ({:.2} ms a \
+         signing, reload included)",
+        tokens_took.as_secs_f64(),
+        n * entries,
+        synced.as_secs_f64(),
+        window.as_secs(),
+        mib(load_rss),
+        ms(all_signed),
+        burst_cpu_s * 1000.0 / n as f64,
+    ));
+    drop(load);
 }
 
 async fn agents(s: &Sizes) {
@@ -378,6 +638,13 @@ async fn agents(s: &Sizes) {
         "< 15 MiB",
         Met::from(agent_rss < 15 * 1024),
     );
+
+    note(&format!(
+        "agents: idle RSS after {} s, agent {} / server {}",
+        if common::smoke() { 1 } else { 5 },
+        memory_breakdown(agent0.pid()),
+        memory_breakdown(server.proc().pid())
+    ));
 
     // New entry -> SVID on the open streams, the agent's and the server's.
     let mut extra = String::new();
