@@ -344,9 +344,18 @@ fn main() {
     support::init();
     let s = sizes();
     let rt = rt();
-    rt.block_on(agents(&s));
-    rt.block_on(failover(&s));
-    rt.block_on(fleet());
+    // `--only agents|failover|fleet`: one part (for profiling); all by default.
+    let only = common::arg("only");
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if run("agents") {
+        rt.block_on(agents(&s));
+    }
+    if run("failover") {
+        rt.block_on(failover(&s));
+    }
+    if run("fleet") {
+        rt.block_on(fleet());
+    }
 }
 
 /// The load process (`--role fleet --dir DIR --n N`): N agents of the crate's own agent code
@@ -356,6 +365,11 @@ fn fleet_process() {
     let dir = PathBuf::from(common::arg("dir").unwrap());
     let n: usize = common::arg("n").unwrap().parse().unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The agents' warnings and errors, for the bench log.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
     rt().block_on(async {
         let mut set = JoinSet::new();
         for i in 0..n {
@@ -484,7 +498,29 @@ async fn fleet() {
     let synced = started.elapsed();
     tokio::time::sleep(Duration::from_secs(if common::smoke() { 1 } else { 10 })).await;
     let at_start = signed_x509(&metrics);
+    // `--perf FILE`: a profile of the server over the steady window (`perf report -i FILE`).
+    let perf = common::arg("perf").map(|file| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "-g",
+                "-o",
+                &file,
+                "-p",
+                &pid.to_string(),
+            ])
+            .args(["--", "sleep", &window.as_secs().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
     let cpu = cpu_percent(pid, window).await;
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
     let in_window = signed_x509(&metrics) - at_start;
     let rss = common::rss_kib(pid);
     let load_rss = common::rss_kib(load.0.id());
@@ -525,15 +561,15 @@ async fn fleet() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let k = signed_x509(&metrics) - base;
         samples.push((t0.elapsed(), k));
-        if k >= n as u64 {
+        if k >= n as u64 || Instant::now() >= deadline {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{k} of {n} new SVIDs signed after 120 s"
-        );
     }
+    let burst_signed = samples.last().unwrap().1;
     let all_signed = t0.elapsed();
+    if let Some(path) = common::arg("server-log") {
+        std::fs::write(path, server.proc().log()).unwrap();
+    }
     let burst_cpu_s =
         (common::cpu_ticks(pid) - ticks) as f64 / common::clock_ticks_per_sec() as f64;
     // The highest count signed within any 1 s (from each sample to the last one <= 1 s later).
@@ -572,8 +608,8 @@ async fn fleet() {
          process, join tokens, TLS on 127.0.0.1 to one server (SQLite), no workloads; {n} tokens \
          and folders made in {:.1} s; all {} SVIDs signed {:.1} s after the load process started; \
          steady window {} s with {in_window} signings; load process RSS {:.0} MiB; the new entry: \
-         all {n} signed {:.0} ms after SIGHUP, server CPU {burst_cpu_s:.2} s for it ({:.2} ms a \
-         signing, reload included)",
+         {burst_signed} of {n} signed {:.0} ms after SIGHUP (gives up at 120 s), server CPU \
+         {burst_cpu_s:.2} s for it ({:.2} ms a signing, reload included)",
         tokens_took.as_secs_f64(),
         n * entries,
         synced.as_secs_f64(),
