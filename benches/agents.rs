@@ -408,6 +408,19 @@ fn signed_x509(addr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no x509 signing counter in:\n{text}"))
 }
 
+/// Read and write system calls of `pid` so far (`syscr`, `syscw` of `/proc/<pid>/io`; socket
+/// reads by `recvfrom` are not in `syscr`).
+fn syscalls(pid: u32) -> [u64; 2] {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    [field("syscr:"), field("syscw:")]
+}
+
 /// CPU of `pid` over `window` as a percentage of one core.
 async fn cpu_percent(pid: u32, window: Duration) -> f64 {
     let before = common::cpu_ticks(pid);
@@ -517,7 +530,10 @@ async fn fleet() {
             .spawn()
             .unwrap()
     });
+    let io_before = syscalls(pid);
     let cpu = cpu_percent(pid, window).await;
+    let io = syscalls(pid);
+    let per_s = |i: usize| (io[i] - io_before[i]) as f64 / window.as_secs_f64();
     if let Some(mut p) = perf {
         let _ = p.wait();
     }
@@ -607,13 +623,15 @@ async fn fleet() {
         "fleet: {n} agents run by the crate's own agent code (`meshtrust::agent::run`) in one load \
          process, join tokens, TLS on 127.0.0.1 to one server (SQLite), no workloads; {n} tokens \
          and folders made in {:.1} s; all {} SVIDs signed {:.1} s after the load process started; \
-         steady window {} s with {in_window} signings; load process RSS {:.0} MiB; the new entry: \
+         steady window {} s with {in_window} signings and {:.0} write calls a second by the \
+         server (`syscw`: PING acks, each agent pings every 500 ms); load process RSS {:.0} MiB; the new entry: \
          {burst_signed} of {n} signed {:.0} ms after SIGHUP (gives up at 120 s), server CPU \
          {burst_cpu_s:.2} s for it ({:.2} ms a signing, reload included)",
         tokens_took.as_secs_f64(),
         n * entries,
         synced.as_secs_f64(),
         window.as_secs(),
+        per_s(1),
         mib(load_rss),
         ms(all_signed),
         burst_cpu_s * 1000.0 / n as f64,
