@@ -250,8 +250,24 @@ fn memory_breakdown(pid: u32) -> String {
             .unwrap_or("?")
             .to_owned()
     };
+    // Resident pages of the meshtrust binary's own mappings (code and read-only data).
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut ours, mut binary) = (false, 0_u64);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            ours = line.ends_with("/meshtrust");
+        } else if ours && let Some(v) = line.strip_prefix("Rss:") {
+            binary += v
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
     format!(
-        "RssAnon {} KiB, RssFile {} KiB, {} threads",
+        "RssAnon {} KiB, RssFile {} KiB (of it the meshtrust binary {binary} KiB), {} threads",
         field("RssAnon:"),
         field("RssFile:"),
         field("Threads:")
