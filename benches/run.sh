@@ -27,7 +27,7 @@ for tool in nginx wrk curl openssl taskset; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
 done
 
-# Figure 4b runs the daemon on PostgreSQL: a private throwaway cluster unless one is given.
+# Figure 4b, agent failover and the replicas run on PostgreSQL: a private throwaway cluster unless one is given.
 if [[ -z "${MESHTRUST_TEST_PG_URL_FILE:-}" && -z "${MESHTRUST_TEST_PG_URL:-}" ]]; then
     pg_dir=$(mktemp -d /tmp/meshtrust-bench-pg.XXXXXX)
     eval "$(.ci/postgres.sh start "$pg_dir")"
@@ -37,7 +37,7 @@ fi
 # The Workload API bench holds thousands of sockets open in each of two processes.
 ulimit -n "$(ulimit -Hn)" || true
 
-benches=(issuance footprint bundle_endpoint workload_api federation_scale hostile store)
+benches=(issuance footprint bundle_endpoint workload_api federation_scale hostile store agents replicas)
 if ((smoke)); then
     profile=(--profile dev)
     bench_args=(--smoke)

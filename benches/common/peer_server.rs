@@ -2,8 +2,8 @@
 //! bundle document. TLS with the bench's Web PKI leaf (so peers are `https_web` with `ca_file`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,6 +25,14 @@ pub struct Counters {
 
 /// Serves `bundles[N]` at `/peer/N` on 127.0.0.1 until the runtime ends; returns the address.
 pub async fn spawn(cert: &WebCert, bundles: Vec<Bytes>) -> (SocketAddr, Arc<Counters>) {
+    spawn_shared(cert, Arc::new(RwLock::new(bundles))).await
+}
+
+/// [`spawn`] on documents the bench may replace while it serves them (a peer's bundle change).
+pub async fn spawn_shared(
+    cert: &WebCert,
+    bundles: Arc<RwLock<Vec<Bytes>>>,
+) -> (SocketAddr, Arc<Counters>) {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert_pem)
         .unwrap()
         .collect::<Result<_, _>>()
@@ -41,7 +49,6 @@ pub async fn spawn(cert: &WebCert, bundles: Vec<Bytes>) -> (SocketAddr, Arc<Coun
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let bundles = Arc::new(bundles);
     let counters = Arc::new(Counters::default());
     let c = counters.clone();
     tokio::spawn(async move {
@@ -62,7 +69,7 @@ pub async fn spawn(cert: &WebCert, bundles: Vec<Bytes>) -> (SocketAddr, Arc<Coun
                         .path()
                         .strip_prefix("/peer/")
                         .and_then(|n| n.parse::<usize>().ok())
-                        .and_then(|n| bundles.get(n).cloned());
+                        .and_then(|n| bundles.read().unwrap().get(n).cloned());
                     let resp = match body {
                         Some(b) => Response::builder()
                             .header("content-type", "application/json")
