@@ -120,6 +120,18 @@ async fn the_agent_renews_its_own_and_its_workloads_svids_around_half_life() {
         "meshtrust_agent_workload_svids_signed_total",
     );
     assert!((2..=10).contains(&signed), "{signed} workload SVIDs signed");
+    // Renewed, the agent reconnects with its new SVID at once: past the old one's expiry (8 s
+    // after the attestation) the server never had to refuse it (no warning, no failure counted).
+    agent
+        .wait_for_log("reconnecting with the renewed agent SVID")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let log = agent.log();
+    assert!(
+        !log.contains("svid_refused") && !log.contains("connection ended"),
+        "{log}"
+    );
+    assert!(log.matches("agent connected").count() >= 2, "{log}");
 }
 
 /// `meshtrust agent evict`: the agent's stream ends, its SVID is refused, it forgets it and

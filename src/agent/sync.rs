@@ -45,6 +45,16 @@ struct Ended {
     error: AgentError,
 }
 
+/// How a session with one server ended without a failure.
+#[derive(Debug, PartialEq, Eq)]
+enum Closed {
+    /// Cancelled: the agent stops.
+    Cancelled,
+    /// The agent SVID was renewed: the connection presents the old one, which the server will
+    /// refuse once it expires, so the agent reconnects to the same server with the new one.
+    Renewed,
+}
+
 fn ended(synced: bool) -> impl Fn(AgentError) -> Ended {
     move |error| Ended { synced, error }
 }
@@ -73,7 +83,14 @@ pub async fn run(
             state.set_connected(None);
             state.jwt_link().set(None);
             match result {
-                Ok(()) => return,
+                Ok(Closed::Cancelled) => return,
+                Ok(Closed::Renewed) => {
+                    tracing::info!(server = %server.url, "reconnecting with the renewed agent SVID");
+                    start = i;
+                    backoff = FIRST_BACKOFF;
+                    moved = true;
+                    break;
+                }
                 Err(Ended { synced, error }) => {
                     let why = if synced && matches!(error, AgentError::Connect(_)) {
                         Failure::Stream
@@ -136,7 +153,7 @@ async fn session(
     server_id: &SpiffeId,
     metrics: &SyncMetrics,
     cancel: &CancellationToken,
-) -> Result<(), Ended> {
+) -> Result<Closed, Ended> {
     let now = SystemTime::now();
     if state
         .agent()
@@ -194,7 +211,7 @@ async fn session(
             wake = wake.min(at);
         }
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => return Ok(Closed::Cancelled),
             message = views.message() => match message {
                 Ok(Some(view)) => {
                     let revision = view.revision;
@@ -209,12 +226,15 @@ async fn session(
             },
             () = tokio::time::sleep_until(wake) => {
                 sign_at = None;
-                renew_agent_if_due(state, &mut client).await.map_err(ended(true))?;
+                let renewed = renew_agent_if_due(state, &mut client).await.map_err(ended(true))?;
                 let left = sign_due(state, &mut client, metrics).await.map_err(ended(true))?;
                 if left {
                     retry_after = Instant::now() + RETRY_SIGNING;
                 }
                 state.publish();
+                if renewed {
+                    return Ok(Closed::Renewed);
+                }
             }
         }
     }
@@ -233,15 +253,16 @@ fn svid_refused_or(s: tonic::Status) -> AgentError {
     }
 }
 
+/// Renews the agent SVID when due; `Ok(true)` when it did.
 async fn renew_agent_if_due(
     state: &AgentState,
     client: &mut AgentApiClient<Channel>,
-) -> Result<(), AgentError> {
+) -> Result<bool, AgentError> {
     let Some((node, _, renew_at)) = state.agent() else {
-        return Ok(());
+        return Ok(false);
     };
     if SystemTime::now() < renew_at {
-        return Ok(());
+        return Ok(false);
     }
     let (key, csr) = svids::key_and_csr(None)?;
     let answer = tokio::time::timeout(CALL_TIMEOUT, client.renew_agent(RenewAgentRequest { csr }))
@@ -254,7 +275,8 @@ async fn renew_agent_if_due(
     let id = SpiffeId::new(&svid.spiffe_id).map_err(|e| AgentError::Refused(e.to_string()))?;
     let svid = svids::svid_from_chain(&id, svid.cert_chain, key)?;
     tracing::info!(%node, not_after = %crate::clock::rfc3339(svid.not_after), "agent SVID renewed");
-    state.set_agent(&node, svid)
+    state.set_agent(&node, svid)?;
+    Ok(true)
 }
 
 /// Signs every due workload SVID in one batch. `Ok(true)`: something is still due (refused).
