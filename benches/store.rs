@@ -19,7 +19,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,59 +31,10 @@ use meshtrust::store::{
 };
 use meshtrust::svid::PrivateKey;
 
-/// A private cluster, stopped when dropped.
-struct Cluster(tempfile::TempDir);
-
-fn script() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh")
-}
-
-fn postgres_sh(what: &str, dir: &Path) {
-    let out = Command::new("bash")
-        .arg(script())
-        .arg(what)
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "postgres.sh {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Cluster {
-    /// The test cluster, made durable like SQLite here (`synchronous=FULL`): the test
-    /// settings (fsync and synchronous_commit off) are overridden, then it is restarted.
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        postgres_sh("start", dir.path());
-        let conf = dir.path().join("data/postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str("fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n");
-        std::fs::write(&conf, text).unwrap();
-        postgres_sh("stop", dir.path());
-        postgres_sh("restart", dir.path());
-        Self(dir)
-    }
-
-    fn url(&self) -> String {
-        std::fs::read_to_string(self.0.path().join("url"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(self.0.path())
-            .output();
-    }
-}
+/// A private cluster (the tests' own), stopped when dropped.
+#[path = "../tests/pg_support/cluster.rs"]
+mod cluster;
+use cluster::Cluster;
 
 fn postgres_installed() -> bool {
     std::fs::read_dir("/usr/lib/postgresql")
@@ -172,7 +122,7 @@ fn main() {
         return;
     }
     let n: u64 = if common::smoke() { 20 } else { 1000 };
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_durable();
     let url = cluster.url();
     let options = ConnectOptions::parse(&url, None).unwrap();
     let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());

@@ -39,6 +39,19 @@ impl Cluster {
         Self { dir }
     }
 
+    /// [`Cluster::start`] made durable (fsync, synchronous_commit, full_page_writes on; the
+    /// test settings turn them off), for benches comparing it with SQLite's `synchronous=FULL`.
+    pub fn start_durable() -> Self {
+        let cluster = Self::start();
+        let conf = cluster.dir.path().join("data/postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n");
+        std::fs::write(&conf, text).unwrap();
+        run("stop", cluster.dir.path());
+        run("restart", cluster.dir.path());
+        cluster
+    }
+
     /// Its URL (the `meshtrust` role and database).
     pub fn url(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("url"))
