@@ -212,21 +212,36 @@ impl Ca {
         if sequence != inner.sequence {
             tracing::info!(trust_domain = %self.trust_domain, sequence, "own bundle changed");
         }
-        *inner = Inner {
-            slots,
-            sequence,
-            digest,
-        };
+        self.install(
+            &mut inner,
+            Inner {
+                slots,
+                sequence,
+                digest,
+            },
+            (bundle, json),
+        )?;
+        Ok(true)
+    }
+
+    /// Makes `next` the state held and sends its snapshot, with the bundle as published.
+    fn install(
+        &self,
+        inner: &mut Inner,
+        next: Inner,
+        published: (TrustBundle, Vec<u8>),
+    ) -> Result<(), CaError> {
+        *inner = next;
         let snapshot = build_snapshot(
             &self.trust_domain,
             &self.policy,
-            &inner,
+            inner,
             &self.holds,
-            Some((bundle, json)),
+            Some(published),
             &self.issuance,
         )?;
         self.tx.send_replace(Arc::new(snapshot));
-        Ok(true)
+        Ok(())
     }
 
     /// Folds the bundle endpoint's holds into `slots`; returns whether anything changed.

@@ -14,15 +14,12 @@
 //! [`REPLICA_STALE_AFTER`]) are removed by the others once every SVID it may have signed has
 //! expired: `min(NotAfter, last heartbeat + longest SVID TTL + grace)`.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
 
 use super::rotation::RETIRE_GRACE;
-use super::{
-    AuthoritySlot, Ca, CaError, CaPolicy, Inner, build_snapshot, to_record, with_sequence,
-};
+use super::{AuthoritySlot, Ca, CaError, CaPolicy, Inner, to_record, with_sequence};
 use crate::bundle::{JwtAuthority, TrustBundle, jwks};
 use crate::clock::to_unix_millis;
 use crate::spiffe_id::TrustDomain;
@@ -206,20 +203,15 @@ impl Ca {
             } else if sequence == inner.sequence {
                 return Ok(false);
             }
-            *inner = Inner {
-                slots,
-                sequence,
-                digest,
-            };
-            let snapshot = build_snapshot(
-                &self.trust_domain,
-                &self.policy,
-                &inner,
-                &self.holds,
-                Some((with_sequence(&bundle, sequence), json)),
-                &self.issuance,
+            self.install(
+                &mut inner,
+                Inner {
+                    slots,
+                    sequence,
+                    digest,
+                },
+                (with_sequence(&bundle, sequence), json),
             )?;
-            self.tx.send_replace(Arc::new(snapshot));
             return Ok(true);
         }
         Err(last
