@@ -323,7 +323,9 @@ async fn bind_tcp(
 ) -> Result<TcpListener, AppError> {
     match given {
         Some(l) => Ok(l),
-        None => TcpListener::bind(addr)
+        // A backlog of thousands (not the 128 of a plain bind): at the connection cap, new peers
+        // and agents wait in it; past it their SYNs are dropped, and each retry doubles the wait.
+        None => crate::federation::endpoint::bind(addr)
             .await
             .map_err(|source| AppError::Bind {
                 what,

@@ -15,7 +15,9 @@
 //! store; at the cap we stop accepting and the kernel backlog holds new clients, while connections
 //! still in their TLS handshake are closed: those that have sent nothing for [`SILENT_GRACE`], or
 //! when all are talking, the oldest once it has had [`HANDSHAKE_GRACE`], so idle sockets cannot
-//! keep legitimate peers waiting for the whole handshake timeout).
+//! keep legitimate peers waiting for the whole handshake timeout; one at a time, one per slot
+//! wanted, and one whose ClientHello is in the kernel's buffer is kept, however late its task
+//! runs).
 //!
 //! ```no_run
 //! # async fn wire(cfg: meshtrust::config::BundleEndpointConfig, ca: std::sync::Arc<meshtrust::ca::Ca>,
@@ -125,13 +127,14 @@ pub const SILENT_GRACE: Duration = Duration::from_millis(500);
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// Listen backlog: room for a burst of new connections (the kernel caps it at `somaxconn`).
-const BACKLOG: u32 = 4096;
+pub const BACKLOG: u32 = 4096;
 /// Accept error backoff bounds (e.g. out of file descriptors): never a hot loop.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Binds the endpoint's TCP listener (separate from [`serve`] so the daemon reports a taken
-/// port at start, and tests learn the port of `127.0.0.1:0`).
+/// port at start, and tests learn the port of `127.0.0.1:0`), with a backlog of [`BACKLOG`]
+/// (capped by `net.core.somaxconn`): the daemon binds every TCP listener with it.
 ///
 /// # Errors
 /// The socket error.
@@ -205,6 +208,8 @@ pub async fn serve_with(
                         Ok(p) => p,
                         Err(_) => break, // never closed
                     },
+                    // A connection judged silent turned out to have its ClientHello waiting.
+                    () = shared.pending.reprieved.notified() => continue,
                     () = sleep_until_opt(evict_at), if evict_at.is_some() => {
                         if let Some((id, _)) = next {
                             shared.pending.evict(id);
@@ -238,9 +243,9 @@ pub async fn serve_with(
         // A child token per connection: waiting on it locks only this connection's node,
         // where clones of one token would share a lock that every request's poll takes.
         let cancel = cancel.child_token();
-        let id = shared.pending.add(cancel.clone());
+        let (id, evict) = shared.pending.add();
         tracker.spawn(async move {
-            shared.connection(tcp, peer, id, cancel).await;
+            shared.connection(tcp, peer, id, evict, cancel).await;
             shared.pending.done(id);
             drop(permit);
         });
@@ -265,40 +270,50 @@ struct Shared {
     pending: Pending,
 }
 
-/// The last id given, and each connection still in its TLS handshake (by id, so oldest first):
-/// when it was accepted and the token that closes it.
+/// The last id given, and each connection still in its TLS handshake (by id, so oldest first).
 type PendingMap = (u64, BTreeMap<u64, PendingConn>);
 
 /// A connection still in its TLS handshake.
 struct PendingConn {
     /// When it was accepted.
     since: Instant,
-    /// Closes it.
-    token: CancellationToken,
-    /// Whether the client has sent anything yet (its ClientHello).
+    /// Asks its task to close it (the task first looks whether a silent one has sent anything).
+    evict: CancellationToken,
+    /// Whether the client has sent anything yet (its ClientHello), as far as its task has seen.
     talking: bool,
+    /// Asked to close and not yet gone: no other is chosen meanwhile, so one slot wanted
+    /// closes one connection.
+    evicting: bool,
 }
 
 /// Connections still in their TLS handshake, oldest first, with the token that closes each.
 #[derive(Default)]
-struct Pending(std::sync::Mutex<PendingMap>);
+struct Pending {
+    map: std::sync::Mutex<PendingMap>,
+    /// Told when an evicted connection was found talking after all (the accept loop chooses
+    /// again instead of waiting for the slot it would have freed).
+    reprieved: tokio::sync::Notify,
+}
 
 impl Pending {
     fn lock(&self) -> std::sync::MutexGuard<'_, PendingMap> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add(&self, token: CancellationToken) -> u64 {
+    /// A new connection: its id and the token that asks it to close.
+    fn add(&self) -> (u64, CancellationToken) {
         let mut guard = self.lock();
         let (next, map) = &mut *guard;
         *next += 1;
+        let evict = CancellationToken::new();
         let conn = PendingConn {
             since: Instant::now(),
-            token,
+            evict: evict.clone(),
             talking: false,
+            evicting: false,
         };
         map.insert(*next, conn);
-        *next
+        (*next, evict)
     }
 
     fn talking(&self, id: u64) {
@@ -307,16 +322,35 @@ impl Pending {
         }
     }
 
+    /// An evicted connection that had sent its first byte after all: it is talking, with a new
+    /// token (the old one stays cancelled), and the accept loop chooses again.
+    fn reprieve(&self, id: u64) -> Option<CancellationToken> {
+        let evict = {
+            let mut guard = self.lock();
+            let conn = guard.1.get_mut(&id)?;
+            conn.talking = true;
+            conn.evicting = false;
+            conn.evict = CancellationToken::new();
+            conn.evict.clone()
+        };
+        self.reprieved.notify_one();
+        Some(evict)
+    }
+
     fn done(&self, id: u64) {
         self.lock().1.remove(&id);
     }
 
     /// The connection to close next at the cap, and from when: the oldest that has sent nothing,
     /// once silent for `silent_grace`; only when every one is talking, the oldest, once it has
-    /// had `grace` (a client that is handshaking is never closed for an idle one).
+    /// had `grace` (a client that is handshaking is never closed for an idle one). None while
+    /// one asked to close has not gone yet: one slot wanted, one connection closed.
     fn next_eviction(&self, silent_grace: Duration, grace: Duration) -> Option<(u64, Instant)> {
         let guard = self.lock();
         let map = &guard.1;
+        if map.values().any(|c| c.evicting) {
+            return None;
+        }
         map.iter()
             .find(|(_, c)| !c.talking)
             .map(|(id, c)| (*id, c.since + silent_grace))
@@ -324,11 +358,20 @@ impl Pending {
     }
 
     fn evict(&self, id: u64) {
-        if let Some(conn) = self.lock().1.remove(&id) {
+        if let Some(conn) = self.lock().1.get_mut(&id) {
             tracing::debug!(waited = ?conn.since.elapsed(), talking = conn.talking, "bundle endpoint at its connection cap: closing an unfinished handshake");
-            conn.token.cancel();
+            conn.evicting = true;
+            conn.evict.cancel();
         }
     }
+}
+
+/// Whether `tcp` has a byte waiting, asked of the kernel (not of the runtime's readiness, which
+/// a busy runtime may not have caught up with yet).
+fn has_input(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    matches!(rustix::net::recv(tcp, &mut byte[..], flags), Ok((_, n)) if n > 0)
 }
 
 /// Sleeps until `at` (which the caller only passes when set).
@@ -370,6 +413,7 @@ impl Shared {
         tcp: TcpStream,
         peer: SocketAddr,
         id: u64,
+        mut evict: CancellationToken,
         cancel: CancellationToken,
     ) {
         let _open = self.options.metrics.connection_opened();
@@ -379,30 +423,45 @@ impl Shared {
         // The first byte (the ClientHello) marks the connection as talking: at the cap, silent
         // ones are closed first.
         let mut first = [0u8; 1];
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            // `peek`, not `readable` (which may wake spuriously): a byte is really there.
-            r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
-                Ok(Ok(0)) => {
-                    self.options.metrics.handshake_failed(HandshakeFailure::Closed);
-                    return;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = evict.cancelled() => {
+                    // Judged silent at the cap. A ClientHello that came while this task waited
+                    // for its turn (a busy daemon) is not silence: the client stays.
+                    match has_input(&tcp).then(|| self.pending.reprieve(id)).flatten() {
+                        Some(token) => evict = token,
+                        None => return,
+                    }
                 }
-                Ok(Ok(_)) => self.pending.talking(id),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "bundle endpoint connection failed");
-                    self.options.metrics.handshake_failed(HandshakeFailure::Other);
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "bundle endpoint client sent nothing before the handshake timeout");
-                    self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
-                    return;
-                }
-            },
+                // `peek`, not `readable` (which may wake spuriously): a byte is really there.
+                r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
+                    Ok(Ok(0)) => {
+                        self.options.metrics.handshake_failed(HandshakeFailure::Closed);
+                        return;
+                    }
+                    Ok(Ok(_)) => {
+                        self.pending.talking(id);
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "bundle endpoint connection failed");
+                        self.options.metrics.handshake_failed(HandshakeFailure::Other);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "bundle endpoint client sent nothing before the handshake timeout");
+                        self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
+                        return;
+                    }
+                },
+            }
         }
         let handshake = tokio::time::timeout_at(deadline, self.acceptor.accept(tcp));
         let tls = tokio::select! {
             () = cancel.cancelled() => return,
+            // At the cap, every pending client talking: the oldest makes room once it had its grace.
+            () = evict.cancelled() => return,
             r = handshake => match r {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -538,21 +597,72 @@ mod tests {
         let (silent, grace) = (Duration::from_millis(500), Duration::from_secs(1));
         assert!(pending.next_eviction(silent, grace).is_none());
         let t0 = Instant::now();
-        let first = pending.add(CancellationToken::new());
+        let (first, _) = pending.add();
         pending.talking(first);
         tokio::time::advance(Duration::from_millis(100)).await;
-        let idle = pending.add(CancellationToken::new());
+        let (idle, idle_token) = pending.add();
         // A silent one goes first, even though the talking one is older.
         assert_eq!(
             pending.next_eviction(silent, grace),
             Some((idle, t0 + Duration::from_millis(600)))
         );
         pending.evict(idle);
+        assert!(idle_token.is_cancelled());
+        // One asked to close and not gone yet: nobody else is chosen (one slot, one close).
+        assert!(pending.next_eviction(silent, grace).is_none());
+        pending.done(idle);
         assert_eq!(
             pending.next_eviction(silent, grace),
             Some((first, t0 + grace))
         );
         pending.done(first);
         assert!(pending.next_eviction(silent, grace).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_connection_found_talking_stays_and_the_loop_chooses_again() {
+        let pending = Pending::default();
+        let (silent, grace) = (Duration::from_millis(500), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let (late, late_token) = pending.add();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let (idle, _) = pending.add();
+        pending.evict(late);
+        let token = pending.reprieve(late).expect("still pending");
+        assert!(late_token.is_cancelled() && !token.is_cancelled());
+        // The loop is told, and now the silent one is next; the reprieved one is talking.
+        tokio::time::timeout(Duration::from_secs(1), pending.reprieved.notified())
+            .await
+            .expect("the accept loop is told");
+        assert_eq!(
+            pending.next_eviction(silent, grace),
+            Some((idle, t0 + Duration::from_millis(600)))
+        );
+        pending.done(idle);
+        assert_eq!(
+            pending.next_eviction(silent, grace),
+            Some((late, t0 + grace))
+        );
+        pending.done(late);
+        assert!(pending.reprieve(late).is_none(), "gone: nothing to keep");
+    }
+
+    #[tokio::test]
+    async fn has_input_asks_the_kernel() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(!has_input(&server));
+        client.write_all(b"\x16").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !has_input(&server) {
+            assert!(std::time::Instant::now() < deadline, "the byte never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Peeked, not read: it is still there for the TLS handshake.
+        assert!(has_input(&server));
     }
 }
