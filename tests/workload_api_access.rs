@@ -276,10 +276,25 @@ async fn the_socket_is_0777_and_replaces_a_stale_one() {
     let meta = std::fs::symlink_metadata(&mesh.socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o777);
-    mesh.cancel.cancel();
-    guard(mesh.server).await.unwrap();
-    let again = meshtrust::workload_api::bind(&mesh.socket).unwrap();
+    // A socket a live server listens on is never replaced.
+    let err = meshtrust::workload_api::bind(&mesh.socket).expect_err("a live socket: refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+
+    // The crash: a real daemon killed with SIGKILL leaves its socket file behind. (Not a
+    // listener of this process: a child that a concurrent test forks holds a copy of this
+    // process's descriptors until it execs, and a connect to the "stale" socket would succeed.)
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config::DaemonConfig::new("mesh-a.test").write(dir.path());
+    let daemon = common::daemon::Proc::serve(&config).await;
+    drop(daemon); // SIGKILL, waited for
+    let stale = dir.path().join("workload.sock");
+    let meta = std::fs::symlink_metadata(&stale).expect("the crash left the socket file");
+    assert!(meta.file_type().is_socket());
+    let again = meshtrust::workload_api::bind(&stale).expect("a stale socket is replaced");
+    let meta = std::fs::symlink_metadata(&stale).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o777);
     drop(again);
+
     let regular = mesh.dir.path().join("file");
     std::fs::write(&regular, "x").unwrap();
     let err = meshtrust::workload_api::bind(&regular).expect_err("not a socket: refused");
