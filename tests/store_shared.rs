@@ -244,6 +244,27 @@ fn a_pin_or_a_reset_on_one_replica_reaches_the_other_on_reload() {
     assert!(b.get(&td).is_none(), "forgotten on both");
 }
 
+/// A renewal is never reported as a taking, however soon it follows it: taking and renewing
+/// 200 fresh peers back to back puts many of the pairs in one millisecond of the database's
+/// clock (where the old "acquired_at is now" rule counted a second taking).
+#[test]
+fn a_lease_renewed_at_once_is_a_renewal_not_a_taking() {
+    let Some(db) = pg_support::test_db("fetch_lease_renewed_at_once") else {
+        return;
+    };
+    use meshtrust::spiffe_id::TrustDomain;
+    let dir = tempfile::tempdir().unwrap();
+    let a = pg(&db.url, dir.path());
+    let long = Duration::from_secs(60);
+    for i in 0..200 {
+        let peer = [TrustDomain::new(format!("p{i}.test")).unwrap()];
+        let taken = a.fetch_leases_take(&peer, long).unwrap().unwrap();
+        assert!(taken[0].1.acquired, "round {i}: {taken:?}");
+        let renewed = a.fetch_leases_take(&peer, long).unwrap().unwrap();
+        assert!(!renewed[0].1.acquired, "round {i}: a renewal: {renewed:?}");
+    }
+}
+
 /// Fetch leases: one holder per peer; the others see it and cannot take it while it is
 /// renewed; once it lapses (its holder gone) the next one to ask takes it, and the old holder,
 /// back, finds it taken. The rollback guard of pins is the store's, whoever holds the lease.

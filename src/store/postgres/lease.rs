@@ -10,10 +10,12 @@ use crate::clock::from_unix_millis;
 use crate::spiffe_id::TrustDomain;
 use crate::store::{Lease, StoreError};
 
-/// Takes what can be taken; reports every asked peer's holder (`acquired_at` 0 for leases
-/// left to their holder: the outer query sees the table as it was before the insert).
+/// Takes what can be taken; reports every asked peer's holder, and whether this statement took
+/// the lease from nobody or from another replica (`before`: the rows as they were before the
+/// insert, the same snapshot for every part of one statement). A renewal keeps `acquired_at`.
 const TAKE: &str = "
 WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms),
+before AS (SELECT trust_domain, holder FROM fetch_lease WHERE trust_domain = ANY($1)),
 taken AS (
     INSERT INTO fetch_lease AS l (trust_domain, holder, expires_at, acquired_at)
     SELECT td, $2, now.ms + $3, now.ms FROM unnest($1::text[]) AS td, now
@@ -22,11 +24,12 @@ taken AS (
         acquired_at = CASE WHEN l.holder = EXCLUDED.holder
                            THEN l.acquired_at ELSE EXCLUDED.acquired_at END
     WHERE l.holder = EXCLUDED.holder OR l.expires_at <= EXCLUDED.acquired_at
-    RETURNING trust_domain, holder, expires_at, acquired_at
+    RETURNING trust_domain, holder, expires_at
 )
-SELECT trust_domain, holder, expires_at, acquired_at FROM taken
+SELECT t.trust_domain, t.holder, t.expires_at, b.holder IS DISTINCT FROM t.holder
+FROM taken t LEFT JOIN before b USING (trust_domain)
 UNION ALL
-SELECT f.trust_domain, f.holder, f.expires_at, 0::bigint FROM fetch_lease f
+SELECT f.trust_domain, f.holder, f.expires_at, false FROM fetch_lease f
 WHERE f.trust_domain = ANY($1) AND f.trust_domain NOT IN (SELECT trust_domain FROM taken)";
 
 impl PostgresStorage {
@@ -44,15 +47,15 @@ impl PostgresStorage {
             let rows = client.query(TAKE, &[&tds, &me, &ttl_ms]).await?;
             rows.iter()
                 .map(|row| {
-                    let holder: String = row.try_get(1)?;
-                    let expires_at: i64 = row.try_get(2)?;
-                    let acquired_at: i64 = row.try_get(3)?;
+                    // Not "acquired_at is this statement's now": a renewal in the same
+                    // millisecond as the taking would count as a second taking.
+                    let acquired: bool = row.try_get(3)?;
                     Ok((
                         row.try_get(0)?,
                         Lease {
-                            acquired: holder == me && acquired_at == expires_at - ttl_ms,
-                            holder,
-                            expires_at: from_unix_millis(expires_at),
+                            acquired,
+                            holder: row.try_get(1)?,
+                            expires_at: from_unix_millis(row.try_get(2)?),
                         },
                     ))
                 })
