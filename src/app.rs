@@ -323,9 +323,7 @@ async fn bind_tcp(
 ) -> Result<TcpListener, AppError> {
     match given {
         Some(l) => Ok(l),
-        // A backlog of thousands (not the 128 of a plain bind): at the connection cap, new peers
-        // and agents wait in it; past it their SYNs are dropped, and each retry doubles the wait.
-        None => crate::federation::endpoint::bind(addr)
+        None => crate::listen::tcp(addr)
             .await
             .map_err(|source| AppError::Bind {
                 what,

@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod federation;
 pub mod fetch;
+pub mod listen;
 pub mod manual;
 pub mod metrics;
 pub mod node;

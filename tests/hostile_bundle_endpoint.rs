@@ -150,7 +150,10 @@ async fn idle_tcp_clients_at_the_fd_limit_starve_no_one() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(listen_backlog(addr), endpoint::BACKLOG.min(somaxconn));
+    assert_eq!(
+        listen_backlog(addr),
+        meshtrust::listen::BACKLOG.min(somaxconn)
+    );
     let baseline = open_fds(daemon.pid());
 
     // The attack: 300 clients connect and send nothing; each reconnects when it is closed.
@@ -302,7 +305,7 @@ async fn short_lived_endpoint(
     let (certs, task) =
         ServerCerts::start(&profile, ca.subscribe(), clock, cancel.clone()).unwrap();
     tokio::spawn(task);
-    let listener = endpoint::bind("127.0.0.1:0".parse().unwrap())
+    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();

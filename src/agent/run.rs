@@ -69,17 +69,18 @@ pub async fn run(
         .map_err(|e| bind("the workload api socket", &config.workload_socket, e))?;
     let admin_listener = crate::admin_api::bind(&config.admin_socket)
         .map_err(|e| bind("the admin socket", &config.admin_socket, e))?;
-    let metrics_listener =
-        match config.metrics {
-            Some(addr) => Some(crate::federation::endpoint::bind(addr).await.map_err(|e| {
-                AgentError::Bind {
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            crate::listen::tcp(addr)
+                .await
+                .map_err(|e| AgentError::Bind {
                     what: "metrics",
                     at: addr.to_string(),
                     source: e,
-                }
-            })?),
-            None => None,
-        };
+                })?,
+        ),
+        None => None,
+    };
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();

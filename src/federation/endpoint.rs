@@ -26,7 +26,7 @@
 //! use meshtrust::federation::{endpoint, server_tls::ServerCerts};
 //! let (certs, task) = ServerCerts::start(&cfg.profile, ca.subscribe(), clock, cancel.child_token())?;
 //! tracker.spawn(task);
-//! let listener = endpoint::bind(cfg.listen).await?;
+//! let listener = meshtrust::listen::tcp(cfg.listen).await?;
 //! tracker.spawn(endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token()));
 //! # Ok(()) }
 //! ```
@@ -46,7 +46,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -126,28 +126,9 @@ pub const SILENT_GRACE: Duration = Duration::from_millis(500);
 /// Default [`ServeOptions::max_connection_age`].
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 
-/// Listen backlog: room for a burst of new connections (the kernel caps it at `somaxconn`).
-pub const BACKLOG: u32 = 4096;
 /// Accept error backoff bounds (e.g. out of file descriptors): never a hot loop.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Binds the endpoint's TCP listener (separate from [`serve`] so the daemon reports a taken
-/// port at start, and tests learn the port of `127.0.0.1:0`), with a backlog of [`BACKLOG`]
-/// (capped by `net.core.somaxconn`): the daemon binds every TCP listener with it.
-///
-/// # Errors
-/// The socket error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
 
 /// Serves the bundle on `listener` with [`ServeOptions::default`] until `cancel`; see
 /// [`serve_with`].

@@ -115,7 +115,7 @@ pub async fn start(options: ServeOptions, how: Certs) -> Fixture {
         }
         Certs::Nothing => Arc::new(ServerCerts::new(clock.clone())),
     };
-    let listener = endpoint::bind("127.0.0.1:0".parse().unwrap())
+    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
