@@ -31,10 +31,7 @@ async fn server_and_agent(root: &Path) -> (ServerProc, PathBuf) {
     let sdir = root.join("server");
     ServerProc::prepare(&sdir, &server_config(TD, &entries()));
     let server = ServerProc::start(&sdir).await;
-    let token = server.token(NODE).await;
-    let config = AgentConfig::new(TD, &[server.addr], &server.bundle())
-        .join_token(&token)
-        .write(&root.join("agent"));
+    let config = server.joining_agent(TD, NODE, &root.join("agent")).await;
     (server, config)
 }
 

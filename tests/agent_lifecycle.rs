@@ -89,11 +89,8 @@ async fn the_agent_renews_its_own_and_its_workloads_svids_around_half_life() {
         server_config(TD, &node_entry(WEB, "node-1")).ca("ca_ttl = \"1h\"\nx509_svid_ttl = \"8s\"");
     ServerProc::prepare(&sdir, &config);
     let server = ServerProc::start(&sdir).await;
-    let token = server.token("node-1").await;
     let adir = root.path().join("agent");
-    let agent_config = AgentConfig::new(TD, &[server.addr], &server.bundle())
-        .join_token(&token)
-        .write(&adir);
+    let agent_config = server.joining_agent(TD, "node-1", &adir).await;
     let agent = node_agent::spawn(&agent_config).await;
     let socket = node_agent::workload_socket(&adir);
     agent.wait_for_log("workload SVIDs signed").await;
@@ -145,11 +142,8 @@ async fn an_evicted_agent_waits_for_a_new_token_and_attests_again() {
     let sdir = root.path().join("server");
     ServerProc::prepare(&sdir, &server_config(TD, &node_entry(WEB, "node-1")));
     let server = ServerProc::start(&sdir).await;
-    let token = server.token("node-1").await;
     let adir = root.path().join("agent");
-    let agent_config = AgentConfig::new(TD, &[server.addr], &server.bundle())
-        .join_token(&token)
-        .write(&adir);
+    let agent_config = server.joining_agent(TD, "node-1", &adir).await;
     let agent = node_agent::spawn(&agent_config).await;
     agent.wait_for_log("workload SVIDs signed").await;
 

@@ -232,10 +232,9 @@ async fn exported_families() -> Exported {
         ));
     node_agent::ServerProc::prepare(&sdir, &config);
     let server = node_agent::ServerProc::start(&sdir).await;
-    let token = server.token(NODE).await;
-    let agent_config = node_agent::AgentConfig::new(TD, &[server.addr], &server.bundle())
-        .join_token(&token)
-        .write(&root.path().join("agent"));
+    let agent_config = server
+        .joining_agent(TD, NODE, &root.path().join("agent"))
+        .await;
     let agent = node_agent::spawn(&agent_config).await;
 
     let agent_addr = common::metrics::listen_addr(&agent).await;

@@ -58,21 +58,35 @@ fn pg(url: &str, data_dir: &Path) -> PostgresStorage {
     PostgresStorage::open(&options, data_dir).unwrap()
 }
 
+/// Two replicas of one database, each with its own data directory (removed when dropped).
+struct Replicas {
+    a: PostgresStorage,
+    b: PostgresStorage,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+fn two_replicas(url: &str) -> Replicas {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    Replicas {
+        a: pg(url, dirs[0].path()),
+        b: pg(url, dirs[1].path()),
+        _dirs: dirs,
+    }
+}
+
 #[test]
 fn replicas_read_their_own_authorities_and_share_one_bundle() {
     let Some(db) = pg_support::test_db("replicas_share_one_bundle") else {
         return;
     };
-    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = pg(&db.url, da.path());
-    let b = pg(&db.url, db_dir.path());
+    let Replicas { a, b, _dirs: dirs } = two_replicas(&db.url);
     let (ida, idb) = (
         a.replica_id().unwrap().to_owned(),
         b.replica_id().unwrap().to_owned(),
     );
     assert_ne!(ida, idb);
     assert_eq!(
-        replicas::replica_id(da.path()).unwrap(),
+        replicas::replica_id(dirs[0].path()).unwrap(),
         ida,
         "kept in data_dir"
     );
@@ -107,9 +121,7 @@ fn a_write_based_on_a_stale_sequence_is_refused_whole() {
     let Some(db) = pg_support::test_db("stale_write_refused") else {
         return;
     };
-    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = pg(&db.url, da.path());
-    let b = pg(&db.url, db_dir.path());
+    let Replicas { a, b, _dirs } = two_replicas(&db.url);
     a.publish(&update(vec![authority(1, 0xa1)], 0, 1)).unwrap();
     // b computed its write before a's commit: based on "no bundle yet".
     match b.publish(&update(vec![authority(1, 0xb1)], 0, 1)) {
@@ -132,10 +144,8 @@ async fn a_write_notifies_the_other_replicas() {
     let Some(db) = pg_support::test_db("write_notifies") else {
         return;
     };
-    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let url = db.url.clone();
-    let (pa, pb) = (da.path().to_owned(), db_dir.path().to_owned());
-    let (a, b) = tokio::task::spawn_blocking(move || (pg(&url, &pa), pg(&url, &pb)))
+    let Replicas { a, b, _dirs } = tokio::task::spawn_blocking(move || two_replicas(&url))
         .await
         .unwrap();
     // Only the serving daemon listens: it says so by announcing itself.
@@ -278,9 +288,7 @@ fn a_fetch_lease_has_one_holder_and_passes_on_when_it_lapses() {
         TrustDomain::new("p1.test").unwrap(),
         TrustDomain::new("p2.test").unwrap(),
     ];
-    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = pg(&db.url, da.path());
-    let b = pg(&db.url, db_dir.path());
+    let Replicas { a, b, _dirs } = two_replicas(&db.url);
     let (ida, idb) = (
         a.replica_id().unwrap().to_owned(),
         b.replica_id().unwrap().to_owned(),

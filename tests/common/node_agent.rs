@@ -193,6 +193,15 @@ impl ServerProc {
         super::agent::create_token(&self.admin(), node, "5m").await
     }
 
+    /// The config of an agent of this server in `dir`, on node `node`, joining with a fresh token
+    /// and bootstrapping from [`ServerProc::bundle`]: what most agent tests start.
+    pub async fn joining_agent(&self, td: &str, node: &str, dir: &Path) -> PathBuf {
+        let token = self.token(node).await;
+        AgentConfig::new(td, &[self.addr], &self.bundle())
+            .join_token(&token)
+            .write(dir)
+    }
+
     /// The running process.
     pub fn proc(&self) -> &Proc {
         self.proc.as_ref().unwrap()
