@@ -10,7 +10,8 @@ mod common;
 
 use std::path::Path;
 
-use common::agent::{self, AgentServer, Identity, node_entry};
+use common::agent::{self, Identity};
+use common::node_agent::node_entry;
 use meshtrust::agent_api::proto::{
     JwtSvidRequest, MintJwtSvidsRequest, RenewAgentRequest, SignWorkloadsRequest, SyncRequest,
 };
@@ -31,7 +32,7 @@ fn append(path: &Path, text: &str) {
 
 #[tokio::test]
 async fn join_token_then_sync_and_sign_workloads_over_tls() {
-    let server = AgentServer::start("").await;
+    let server = common::agent::api_server("").await;
     let token = agent::create_token(&server.admin(), "web-1", "5m").await;
 
     // Attest over TLS without a client certificate.
@@ -45,7 +46,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
         "spiffe://mesh-a.test/meshtrust/agent/web-1"
     );
     assert!(svid.expires_at > 0);
-    server.proc.wait_for_log("agent attested").await;
+    server.proc().wait_for_log("agent attested").await;
 
     // Everything else with the agent SVID as client certificate.
     let mut client = server.client(Some(&identity)).await;
@@ -63,7 +64,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
         meshtrust::bundle::pem::parse_bootstrap(&common::td(TD), &own.spiffe_bundle_json).unwrap();
     assert_eq!(own_bundle.x509_authorities, server.roots);
     assert!(first.peers.is_empty(), "no entry federates");
-    let addr = common::metrics::listen_addr(&server.proc).await;
+    let addr = common::metrics::listen_addr(server.proc()).await;
     let scrape = common::metrics::scrape(&addr);
     let open = "meshtrust_agent_sync_streams";
     assert_eq!(scrape.value(open, "gauge", open), 1.0, "one stream open");
@@ -88,7 +89,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
         "spiffe://mesh-a.test/web"
     );
     let leaf = rustls_pki_types::CertificateDer::from(signed[0].cert_chain[0].clone());
-    let (ok, why) = common::openssl_verify(server.dir.path(), &server.roots, &leaf, "sslclient");
+    let (ok, why) = common::openssl_verify(&server.dir, &server.roots, &leaf, "sslclient");
     assert!(ok, "the workload SVID chains to the bundle: {why}");
     assert!(signed[1].cert_chain.is_empty());
     assert!(
@@ -98,7 +99,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
     );
     assert!(signed[2].cert_chain.is_empty());
     assert!(signed[2].error.contains("bad csr"), "{:?}", signed[2]);
-    server.proc.wait_for_log("reason=\"not_entitled\"").await;
+    server.proc().wait_for_log("reason=\"not_entitled\"").await;
     assert_eq!(server.refusals("not_entitled").await, 1.0);
     assert_eq!(server.refusals("bad_csr").await, 1.0);
 
@@ -108,7 +109,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
         &node_entry("spiffe://mesh-a.test/cache", "web-1"),
     );
     let started = std::time::Instant::now();
-    server.proc.signal("HUP");
+    server.proc().signal("HUP");
     let next = common::guard(views.message()).await.unwrap().unwrap();
     println!(
         "new entry to the agent's stream: {:?} (SIGHUP to NodeView)",
@@ -127,7 +128,7 @@ async fn join_token_then_sync_and_sign_workloads_over_tls() {
 
 #[tokio::test]
 async fn renew_and_mint_jwt_for_the_nodes_entries_only() {
-    let server = AgentServer::start("").await;
+    let server = common::agent::api_server("").await;
     let identity = server.attested("db-1").await;
     let mut client = server.client(Some(&identity)).await;
 
@@ -186,7 +187,7 @@ async fn renew_and_mint_jwt_for_the_nodes_entries_only() {
 
 #[tokio::test]
 async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
-    let server = AgentServer::start("").await;
+    let server = common::agent::api_server("").await;
     let mut anonymous = server.client(None).await;
     let status = anonymous.sync(SyncRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
@@ -195,7 +196,10 @@ async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
-    server.proc.wait_for_log("reason=\"unauthenticated\"").await;
+    server
+        .proc()
+        .wait_for_log("reason=\"unauthenticated\"")
+        .await;
     assert_eq!(server.refusals("unauthenticated").await, 2.0);
 
     // Reuse of a token, and an unknown one.
@@ -211,7 +215,7 @@ async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::PermissionDenied, "{unknown:?}");
-    server.proc.wait_for_log("reason=\"unknown_token\"").await;
+    server.proc().wait_for_log("reason=\"unknown_token\"").await;
     assert_eq!(server.refusals("unknown_token").await, 2.0);
 
     // An expired token (1 s, then waited out on the clock) is refused and burned.
@@ -241,5 +245,5 @@ async fn calls_without_an_agent_svid_are_refused_counted_and_logged() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("expired"), "{status:?}");
     assert_eq!(server.refusals("expired_token").await, 1.0);
-    assert!(!server.proc.log().contains(&token), "a token in the log");
+    assert!(!server.proc().log().contains(&token), "a token in the log");
 }

@@ -8,11 +8,12 @@
 
 mod common;
 
-use common::agent::{self, AgentServer};
+use common::agent;
 use common::cli_async;
+use common::node_agent::ServerProc;
 use meshtrust::agent_api::proto::{RenewAgentRequest, SignWorkloadsRequest, SyncRequest};
 
-async fn agents_json(server: &AgentServer) -> serde_json::Value {
+async fn agents_json(server: &ServerProc) -> serde_json::Value {
     let admin = server.admin();
     let out = cli_async(&[
         "agent",
@@ -28,7 +29,7 @@ async fn agents_json(server: &AgentServer) -> serde_json::Value {
 
 #[tokio::test]
 async fn an_evicted_agent_is_cut_off_until_it_attests_again() {
-    let server = AgentServer::start("").await;
+    let server = common::agent::api_server("").await;
     let old = server.attested("web-1").await;
     let mut client = server.client(Some(&old)).await;
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
@@ -95,7 +96,7 @@ async fn an_evicted_agent_is_cut_off_until_it_attests_again() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
         assert!(status.message().contains("evicted"), "{status:?}");
     }
-    server.proc.wait_for_log("reason=\"evicted\"").await;
+    server.proc().wait_for_log("reason=\"evicted\"").await;
     assert_eq!(server.refusals("evicted").await, 3.0);
     assert_eq!(agents_json(&server).await[0]["evicted"], true);
 
@@ -127,7 +128,7 @@ async fn an_evicted_agent_is_cut_off_until_it_attests_again() {
 
 #[tokio::test]
 async fn the_registry_and_evictions_survive_a_restart() {
-    let server = AgentServer::start("").await;
+    let server = common::agent::api_server("").await;
     let web = server.attested("web-1").await;
     let _db = server.attested("db-1").await;
     let admin = server.admin();

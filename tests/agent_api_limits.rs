@@ -10,16 +10,17 @@ mod common;
 
 use std::sync::Arc;
 
-use common::agent::{self, AgentServer};
+use common::agent;
+use common::node_agent::ServerProc;
 use common::node_ca::NodeCa;
 use meshtrust::agent_api::proto::{SignWorkloadsRequest, SyncRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-async fn server(limits: &str) -> AgentServer {
+async fn server(limits: &str) -> ServerProc {
     let dir = tempfile::tempdir().unwrap();
-    let config = AgentServer::config_with(limits, "");
-    AgentServer::start_in(dir, config).await
+    let config = common::agent::api_config_with(limits, "");
+    ServerProc::launch_in(dir, &config).await
 }
 
 /// Reads until the server closes the connection (EOF or reset), under the hang guard.
@@ -46,7 +47,7 @@ async fn junk_silence_foreign_certificates_and_idle_connections_are_refused() {
         .await
         .unwrap();
     closed_by_server(&mut junk).await;
-    server.proc.wait_for_log("reason=\"handshake\"").await;
+    server.proc().wait_for_log("reason=\"handshake\"").await;
 
     // Nothing at all: closed at the handshake timeout.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
@@ -109,7 +110,7 @@ async fn a_connection_beyond_the_cap_is_closed_at_once_and_counted() {
     let mut third = TcpStream::connect(server.addr).await.unwrap();
     closed_by_server(&mut third).await;
     server
-        .proc
+        .proc()
         .wait_for_log("reason=\"connection_limit\"")
         .await;
     assert!(server.refusals("connection_limit").await >= 1.0);
@@ -124,7 +125,7 @@ async fn a_flood_of_refused_calls_is_counted_in_full_and_logged_within_a_budget(
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     }
     assert_eq!(server.refusals("unauthenticated").await, 100.0);
-    let lines = server.proc.count("reason=\"unauthenticated\"");
+    let lines = server.proc().count("reason=\"unauthenticated\"");
     let budget = meshtrust::metrics::agents::LOG_LINES_PER_WINDOW as usize;
     assert!(
         lines >= 1 && lines <= budget * 2,
@@ -169,6 +170,9 @@ async fn a_call_whose_request_never_arrives_is_answered_deadline_exceeded() {
         Some("4"),
         "DEADLINE_EXCEEDED: {response:?}"
     );
-    server.proc.wait_for_log("no request message within").await;
+    server
+        .proc()
+        .wait_for_log("no request message within")
+        .await;
     assert_eq!(server.refusals("bad_request").await, 1.0);
 }

@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::agent::{AgentServer, node_entry};
 use common::config::DaemonConfig;
 use common::daemon::Proc;
+use common::node_agent::{ServerProc, node_entry};
 use meshtrust::agent_api::proto::{Bundle, NodeView, SyncRequest};
 
 fn authorities(bundle: &Bundle) -> usize {
@@ -46,9 +46,9 @@ async fn own_ca_rotation_is_pushed_to_an_open_sync_stream() {
     // what agents do: it renews its SVID at half-life, then syncs with the new one, whose
     // stream is open when the successor is published.
     let dir = tempfile::tempdir().unwrap();
-    let config = AgentServer::config("")
+    let config = common::agent::api_config("")
         .ca("ca_ttl = \"20s\"\nx509_svid_ttl = \"10s\"\njwt_svid_ttl = \"10s\"");
-    let server = AgentServer::start_in(dir, config).await;
+    let server = ServerProc::launch_in(dir, &config).await;
     let token = common::agent::create_token(&server.admin(), "web-1", "5m").await;
     let mut anonymous = server.client(None).await;
     let (first_id, svid) = common::agent::attest_join_token(&mut anonymous, &token)
@@ -106,7 +106,7 @@ async fn peer_bundle_changes_are_pushed_with_only_the_peers_the_entries_need() {
         peers.push((td, proc, addr, shown.stdout));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut config = AgentServer::config(&format!(
+    let mut config = common::agent::api_config(&format!(
         "{}federates_with = [\"mesh-b.test\"]\n",
         node_entry("spiffe://mesh-a.test/web-b", "web-1")
     ));
@@ -115,7 +115,7 @@ async fn peer_bundle_changes_are_pushed_with_only_the_peers_the_entries_need() {
         std::fs::write(dir.path().join(format!("peers/{td}.json")), bundle).unwrap();
         config = config.peer(td, &format!("https://{addr}/"), None, true);
     }
-    let server = AgentServer::start_in(dir, config).await;
+    let server = ServerProc::launch_in(dir, &config).await;
     let identity = server.attested("web-1").await;
     let mut client = server.client(Some(&identity)).await;
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
@@ -145,9 +145,9 @@ async fn peer_bundle_changes_are_pushed_with_only_the_peers_the_entries_need() {
 #[tokio::test]
 async fn a_sync_stream_ends_when_the_agent_svid_it_was_opened_with_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AgentServer::config("")
+    let config = common::agent::api_config("")
         .ca("ca_ttl = \"1h\"\nx509_svid_ttl = \"2s\"\njwt_svid_ttl = \"2s\"");
-    let server = AgentServer::start_in(dir, config).await;
+    let server = ServerProc::launch_in(dir, &config).await;
     let identity = server.attested("web-1").await;
     let mut client = server.client(Some(&identity)).await;
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
@@ -156,7 +156,7 @@ async fn a_sync_stream_ends_when_the_agent_svid_it_was_opened_with_expires() {
     assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("expired"), "{ended:?}");
     server
-        .proc
+        .proc()
         .wait_for_log("reason=\"agent svid expired\"")
         .await;
 }

@@ -10,23 +10,24 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::agent::{self, AgentServer};
+use common::agent;
+use common::node_agent::ServerProc;
 use common::node_ca::{self, NodeCa};
 use meshtrust::agent_api::proto::SyncRequest;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-async fn server_trusting(ca: &NodeCa) -> AgentServer {
+async fn server_trusting(ca: &NodeCa) -> ServerProc {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("nodes-ca.pem"), ca.pem()).unwrap();
-    let config = AgentServer::config(
+    let config = common::agent::api_config(
         "[node_attestation]\njoin_token = false\nx509pop_ca_file = \"nodes-ca.pem\"\n",
     )
-    .section(&common::agent::node_entry(
+    .section(&common::node_agent::node_entry(
         "spiffe://mesh-a.test/edge",
         "edge-7",
     ));
-    AgentServer::start_in(dir, config).await
+    ServerProc::launch_in(dir, &config).await
 }
 
 #[tokio::test]
@@ -43,7 +44,7 @@ async fn a_node_certificate_and_its_key_attest_the_node_named_by_its_cn() {
         svid.spiffe_id,
         "spiffe://mesh-a.test/meshtrust/agent/edge-7"
     );
-    server.proc.wait_for_log("method=\"x509pop\"").await;
+    server.proc().wait_for_log("method=\"x509pop\"").await;
 
     let mut client = server.client(Some(&identity)).await;
     let mut views = client.sync(SyncRequest {}).await.unwrap().into_inner();
@@ -99,9 +100,9 @@ async fn wrong_key_other_ca_expired_and_bad_names_are_refused() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
         assert!(status.message().contains(why), "{status:?}");
     }
-    server.proc.wait_for_log("reason=\"x509pop\"").await;
+    server.proc().wait_for_log("reason=\"x509pop\"").await;
     assert_eq!(server.refusals("x509pop").await, 4.0);
-    let log = server.proc.log();
+    let log = server.proc().log();
     assert!(log.contains("does not verify"), "wrong key logged: {log}");
     assert!(
         log.contains("Expired") || log.contains("expired"),
@@ -111,7 +112,7 @@ async fn wrong_key_other_ca_expired_and_bad_names_are_refused() {
 
 #[tokio::test]
 async fn a_server_without_x509pop_roots_refuses_the_method() {
-    let server = AgentServer::start("").await;
+    let server = common::agent::api_server("").await;
     let ca = NodeCa::new("nodes");
     let now = SystemTime::now();
     let (cert, key) = ca.node_cert("edge-7", now - DAY, now + DAY);

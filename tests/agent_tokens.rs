@@ -8,14 +8,8 @@ mod common;
 
 use common::config::DaemonConfig;
 use common::daemon::Proc;
+use common::node_agent::node_entry;
 use common::{cli_async, grpc};
-
-fn node_entry(id: &str, node: &str) -> String {
-    format!(
-        "[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:{}\"]\nnode = \"{node}\"\n",
-        common::own_uid()
-    )
-}
 
 #[tokio::test]
 async fn a_token_is_printed_once_and_never_logged() {

@@ -5,7 +5,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
@@ -209,111 +209,31 @@ pub async fn agent_api_addr(server: &super::daemon::Proc) -> SocketAddr {
         .unwrap()
 }
 
-/// The trust domain of [`AgentServer`].
+/// The trust domain of [`api_server`].
 pub const TD: &str = "mesh-a.test";
 
-/// An `[[entry]]` for `node` (uid 1000: never attested on the server's own socket).
-pub fn node_entry(id: &str, node: &str) -> String {
-    format!("[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:1000\"]\nnode = \"{node}\"\n")
+/// The config of [`api_server`], without starting anything.
+pub fn api_config(extra: &str) -> super::config::DaemonConfig {
+    api_config_with("", extra)
 }
 
-/// A real `meshtrust serve` of [`TD`] with `[agent_api]` on an ephemeral port, metrics, and
-/// entries `web` (node web-1), `db` (db-1) and `log` (every node), plus `extra` sections.
-pub struct AgentServer {
-    pub dir: tempfile::TempDir,
-    pub config_path: PathBuf,
-    pub proc: super::daemon::Proc,
-    pub addr: SocketAddr,
-    pub roots: Vec<CertificateDer<'static>>,
+/// [`api_config`] with `agent_api` lines (limits) in `[agent_api]`.
+pub fn api_config_with(agent_api: &str, extra: &str) -> super::config::DaemonConfig {
+    use super::node_agent::node_entry;
+    super::config::DaemonConfig::new(TD)
+        .metrics()
+        .section(&format!(
+            "[agent_api]\nlisten = \"127.0.0.1:0\"\n{agent_api}"
+        ))
+        .section(&node_entry("spiffe://mesh-a.test/web", "web-1"))
+        .section(&node_entry("spiffe://mesh-a.test/db", "db-1"))
+        .section(&node_entry("spiffe://mesh-a.test/log", "*"))
+        .section(extra)
 }
 
-impl AgentServer {
-    /// The config, without starting anything.
-    pub fn config(extra: &str) -> super::config::DaemonConfig {
-        Self::config_with("", extra)
-    }
-
-    /// [`AgentServer::config`] with `agent_api` lines (limits) in `[agent_api]`.
-    pub fn config_with(agent_api: &str, extra: &str) -> super::config::DaemonConfig {
-        super::config::DaemonConfig::new(TD)
-            .metrics()
-            .section(&format!(
-                "[agent_api]\nlisten = \"127.0.0.1:0\"\n{agent_api}"
-            ))
-            .section(&node_entry("spiffe://mesh-a.test/web", "web-1"))
-            .section(&node_entry("spiffe://mesh-a.test/db", "db-1"))
-            .section(&node_entry("spiffe://mesh-a.test/log", "*"))
-            .section(extra)
-    }
-
-    /// Writes the config into a new temp dir and serves it until ready.
-    pub async fn start(extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, Self::config(extra)).await
-    }
-
-    /// Serves `config` in `dir` until ready.
-    pub async fn start_in(dir: tempfile::TempDir, config: super::config::DaemonConfig) -> Self {
-        super::init();
-        let config_path = config.write(dir.path());
-        let roots = server_roots(&config_path, TD);
-        Self::serve(dir, config_path, roots).await
-    }
-
-    async fn serve(
-        dir: tempfile::TempDir,
-        config_path: PathBuf,
-        roots: Vec<CertificateDer<'static>>,
-    ) -> Self {
-        let proc = super::daemon::Proc::serve(&config_path).await;
-        let addr = agent_api_addr(&proc).await;
-        Self {
-            dir,
-            config_path,
-            proc,
-            addr,
-            roots,
-        }
-    }
-
-    /// Stops it (SIGTERM, a clean exit) and serves the same config and data_dir again.
-    pub async fn restart(self) -> Self {
-        let Self {
-            dir,
-            config_path,
-            proc,
-            roots,
-            ..
-        } = self;
-        assert!(proc.stop().success());
-        Self::serve(dir, config_path, roots).await
-    }
-
-    /// Its admin socket.
-    pub fn admin(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
-    }
-
-    /// A client presenting `identity`, if any.
-    pub async fn client(&self, identity: Option<&Identity>) -> Client {
-        connect(self.addr, TD, &self.roots, identity).await
-    }
-
-    /// A new agent of `node`, attested with a fresh token.
-    pub async fn attested(&self, node: &str) -> Identity {
-        let token = create_token(&self.admin(), node, "5m").await;
-        let mut anonymous = self.client(None).await;
-        attest_join_token(&mut anonymous, &token).await.unwrap().0
-    }
-
-    /// `meshtrust_agent_refusals_total{reason="<reason>"}` now.
-    pub async fn refusals(&self, reason: &str) -> f64 {
-        let addr = super::metrics::listen_addr(&self.proc).await;
-        let name = "meshtrust_agent_refusals_total";
-        super::metrics::scrape(&addr).value(
-            name,
-            "counter",
-            &format!("{name}{{reason=\"{reason}\"}}"),
-        )
-    }
+/// A real `meshtrust serve` of [`TD`] for tests that speak the agent API themselves: `[agent_api]`
+/// on an ephemeral port, metrics, and entries `web` (node web-1), `db` (db-1) and `log` (every
+/// node), plus `extra` sections.
+pub async fn api_server(extra: &str) -> super::node_agent::ServerProc {
+    super::node_agent::ServerProc::launch(&api_config(extra)).await
 }

@@ -1,12 +1,16 @@
 //! Node agents in tests: the agent's config file ([`AgentConfig`]), `meshtrust agent` as a
-//! [`Proc`], and the server side an agent process needs ([`ServerProc`]: a `meshtrust serve` with
-//! `[agent_api]`, its bundle file for `server_bundle`, join tokens). The agent API's own
-//! client helpers are in `agent.rs`.
+//! [`Proc`], and the one server harness of every agent test ([`ServerProc`]: a `meshtrust serve`
+//! with `[agent_api]`, its bundle file for `server_bundle`, join tokens, and agent API clients
+//! for the tests that speak the protocol themselves). The agent API's client helpers are in
+//! `agent.rs`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::CertificateDer;
+
+use super::agent::{Client, Identity};
 use super::config::DaemonConfig;
 use super::daemon::Proc;
 
@@ -119,6 +123,12 @@ pub struct ServerProc {
     pub proc: Option<Proc>,
     /// The agent API address.
     pub addr: SocketAddr,
+    /// Its trust domain.
+    pub td: String,
+    /// The X.509 authorities of its bundle file: what agent API clients trust.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The temp dir it lives in, when [`ServerProc::launch`] made one.
+    tmp: Option<tempfile::TempDir>,
 }
 
 /// The base server config of `td` for agents, with `entries` (raw `[[entry]]` tables).
@@ -151,6 +161,20 @@ impl ServerProc {
         path
     }
 
+    /// Prepares and starts `config` in a new temp dir (removed with the server).
+    pub async fn launch(config: &DaemonConfig) -> Self {
+        Self::launch_in(tempfile::tempdir().unwrap(), config).await
+    }
+
+    /// [`ServerProc::launch`] in `tmp`, which may hold files the config names.
+    pub async fn launch_in(tmp: tempfile::TempDir, config: &DaemonConfig) -> Self {
+        super::init();
+        Self::prepare(tmp.path(), config);
+        let mut server = Self::start(tmp.path()).await;
+        server.tmp = Some(tmp);
+        server
+    }
+
     /// Starts the server of an already prepared `dir`.
     pub async fn start(dir: &Path) -> Self {
         let proc = Proc::serve(&dir.join("meshtrust.toml")).await;
@@ -170,12 +194,57 @@ impl ServerProc {
 
     async fn started(dir: &Path, proc: Proc) -> Self {
         let addr = super::agent::agent_api_addr(&proc).await;
+        let config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.join("meshtrust.toml")).unwrap()).unwrap();
+        let td = config["trust_domain"].as_str().unwrap().to_owned();
+        let shown = std::fs::read(dir.join("bundle.pem")).unwrap();
+        let roots = meshtrust::bundle::pem::parse_bootstrap(&super::td(&td), &shown)
+            .unwrap()
+            .x509_authorities;
         Self {
+            td,
             dir: dir.to_owned(),
             config_path: dir.join("meshtrust.toml"),
             proc: Some(proc),
             addr,
+            roots,
+            tmp: None,
         }
+    }
+
+    /// Stops it (SIGTERM, a clean exit) and serves the same config and data_dir again.
+    pub async fn restart(mut self) -> Self {
+        assert!(self.proc.take().unwrap().stop().success());
+        let tmp = self.tmp.take();
+        let mut server = Self::start(&self.dir).await;
+        server.tmp = tmp;
+        server
+    }
+
+    /// An agent API client presenting `identity`, if any.
+    pub async fn client(&self, identity: Option<&Identity>) -> Client {
+        super::agent::connect(self.addr, &self.td, &self.roots, identity).await
+    }
+
+    /// A new agent of `node`, attested with a fresh token.
+    pub async fn attested(&self, node: &str) -> Identity {
+        let token = self.token(node).await;
+        let mut anonymous = self.client(None).await;
+        super::agent::attest_join_token(&mut anonymous, &token)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// `meshtrust_agent_refusals_total{reason="<reason>"}` now (the config needs `[metrics]`).
+    pub async fn refusals(&self, reason: &str) -> f64 {
+        let addr = super::metrics::listen_addr(self.proc()).await;
+        let name = "meshtrust_agent_refusals_total";
+        super::metrics::scrape(&addr).value(
+            name,
+            "counter",
+            &format!("{name}{{reason=\"{reason}\"}}"),
+        )
     }
 
     /// The bundle file an agent bootstraps from (PEM of the CA when it was prepared).
