@@ -323,13 +323,11 @@ async fn bind_tcp(
 ) -> Result<TcpListener, AppError> {
     match given {
         Some(l) => Ok(l),
-        None => crate::listen::tcp(addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                what,
-                at: addr.to_string(),
-                source,
-            }),
+        None => crate::listen::tcp(addr).map_err(|source| AppError::Bind {
+            what,
+            at: addr.to_string(),
+            source,
+        }),
     }
 }
 

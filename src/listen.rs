@@ -13,11 +13,11 @@ use tokio::net::{TcpListener, TcpSocket};
 pub const BACKLOG: u32 = 4096;
 
 /// Binds a TCP listener on `addr` with `SO_REUSEADDR` and a backlog of [`BACKLOG`] (capped by
-/// `net.core.somaxconn`).
+/// `net.core.somaxconn`). Called within a Tokio runtime (the listener registers with it).
 ///
 /// # Errors
 /// The socket error (the address is taken, not ours, or not valid here).
-pub async fn tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

@@ -31,7 +31,7 @@ async fn server_and_agent(root: &Path) -> (ServerProc, PathBuf) {
     let sdir = root.join("server");
     ServerProc::prepare(&sdir, &server_config(TD, &entries()));
     let server = ServerProc::start(&sdir).await;
-    let config = server.joining_agent(TD, NODE, &root.join("agent")).await;
+    let config = server.joining_agent(NODE, &root.join("agent")).await;
     (server, config)
 }
 
@@ -83,7 +83,7 @@ async fn a_workload_gets_its_nodes_svid_through_the_agent_and_nothing_else() {
         .bundle_set()
         .get(&spiffe::TrustDomain::new(TD).unwrap())
         .unwrap();
-    let server_roots = common::agent::server_roots(&server.config_path, TD);
+    let server_roots = &server.roots;
     let agent_roots: Vec<Vec<u8>> = bundle
         .authorities()
         .iter()
@@ -96,7 +96,7 @@ async fn a_workload_gets_its_nodes_svid_through_the_agent_and_nothing_else() {
     let svid = &ctx.svids()[0];
     let (ok, why) = common::openssl_verify(
         root.path(),
-        &server_roots,
+        server_roots,
         &rustls_pki_types::CertificateDer::from(svid.leaf().as_ref().to_vec()),
         "sslclient",
     );

@@ -90,7 +90,7 @@ async fn the_agent_renews_its_own_and_its_workloads_svids_around_half_life() {
     ServerProc::prepare(&sdir, &config);
     let server = ServerProc::start(&sdir).await;
     let adir = root.path().join("agent");
-    let agent_config = server.joining_agent(TD, "node-1", &adir).await;
+    let agent_config = server.joining_agent("node-1", &adir).await;
     let agent = node_agent::spawn(&agent_config).await;
     let socket = node_agent::workload_socket(&adir);
     agent.wait_for_log("workload SVIDs signed").await;
@@ -143,7 +143,7 @@ async fn an_evicted_agent_waits_for_a_new_token_and_attests_again() {
     ServerProc::prepare(&sdir, &server_config(TD, &node_entry(WEB, "node-1")));
     let server = ServerProc::start(&sdir).await;
     let adir = root.path().join("agent");
-    let agent_config = server.joining_agent(TD, "node-1", &adir).await;
+    let agent_config = server.joining_agent("node-1", &adir).await;
     let agent = node_agent::spawn(&agent_config).await;
     agent.wait_for_log("workload SVIDs signed").await;
 

@@ -138,9 +138,7 @@ async fn https_web_serves_the_files_reloads_them_and_keeps_the_old_cert_on_a_bad
         Duration::from_millis(100),
         cancel.clone(),
     ));
-    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(endpoint::serve(
         listener,

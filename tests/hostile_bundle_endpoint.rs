@@ -305,9 +305,7 @@ async fn short_lived_endpoint(
     let (certs, task) =
         ServerCerts::start(&profile, ca.subscribe(), clock, cancel.clone()).unwrap();
     tokio::spawn(task);
-    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let options = ServeOptions {
         idle_timeout: Duration::from_millis(800),

@@ -232,9 +232,7 @@ async fn exported_families() -> Exported {
         ));
     node_agent::ServerProc::prepare(&sdir, &config);
     let server = node_agent::ServerProc::start(&sdir).await;
-    let agent_config = server
-        .joining_agent(TD, NODE, &root.path().join("agent"))
-        .await;
+    let agent_config = server.joining_agent(NODE, &root.path().join("agent")).await;
     let agent = node_agent::spawn(&agent_config).await;
 
     let agent_addr = common::metrics::listen_addr(&agent).await;

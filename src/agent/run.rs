@@ -70,15 +70,11 @@ pub async fn run(
     let admin_listener = crate::admin_api::bind(&config.admin_socket)
         .map_err(|e| bind("the admin socket", &config.admin_socket, e))?;
     let metrics_listener = match config.metrics {
-        Some(addr) => Some(
-            crate::listen::tcp(addr)
-                .await
-                .map_err(|e| AgentError::Bind {
-                    what: "metrics",
-                    at: addr.to_string(),
-                    source: e,
-                })?,
-        ),
+        Some(addr) => Some(crate::listen::tcp(addr).map_err(|e| AgentError::Bind {
+            what: "metrics",
+            at: addr.to_string(),
+            source: e,
+        })?),
         None => None,
     };
 

@@ -26,7 +26,7 @@
 //! use meshtrust::federation::{endpoint, server_tls::ServerCerts};
 //! let (certs, task) = ServerCerts::start(&cfg.profile, ca.subscribe(), clock, cancel.child_token())?;
 //! tracker.spawn(task);
-//! let listener = meshtrust::listen::tcp(cfg.listen).await?;
+//! let listener = meshtrust::listen::tcp(cfg.listen)?;
 //! tracker.spawn(endpoint::serve(listener, ca.subscribe(), certs, cancel.child_token()));
 //! # Ok(()) }
 //! ```

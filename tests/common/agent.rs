@@ -53,15 +53,6 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The server's X.509 authorities, from `meshtrust bundle show --config FILE`.
-pub fn server_roots(config: &Path, td: &str) -> Vec<CertificateDer<'static>> {
-    let shown = super::cli(&["bundle", "show", "--config", config.to_str().unwrap()]);
-    assert_eq!(shown.code, 0, "{}", shown.stderr);
-    meshtrust::bundle::pem::parse_bootstrap(&super::td(td), shown.stdout.as_bytes())
-        .unwrap()
-        .x509_authorities
-}
-
 /// The client TLS config: the server must be `spiffe://<td>/meshtrust/server` under `roots`.
 pub fn tls_config(
     td: &str,

@@ -247,7 +247,8 @@ impl ServerProc {
         )
     }
 
-    /// The bundle file an agent bootstraps from (PEM of the CA when it was prepared).
+    /// The bundle file an agent bootstraps from: `meshtrust bundle show` when it was prepared
+    /// (SPIFFE bundle JSON, despite the name; `server_bundle` takes either form).
     pub fn bundle(&self) -> PathBuf {
         self.dir.join("bundle.pem")
     }
@@ -264,9 +265,9 @@ impl ServerProc {
 
     /// The config of an agent of this server in `dir`, on node `node`, joining with a fresh token
     /// and bootstrapping from [`ServerProc::bundle`]: what most agent tests start.
-    pub async fn joining_agent(&self, td: &str, node: &str, dir: &Path) -> PathBuf {
+    pub async fn joining_agent(&self, node: &str, dir: &Path) -> PathBuf {
         let token = self.token(node).await;
-        AgentConfig::new(td, &[self.addr], &self.bundle())
+        AgentConfig::new(&self.td, &[self.addr], &self.bundle())
             .join_token(&token)
             .write(dir)
     }

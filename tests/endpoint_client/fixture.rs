@@ -115,9 +115,7 @@ pub async fn start(options: ServeOptions, how: Certs) -> Fixture {
         }
         Certs::Nothing => Arc::new(ServerCerts::new(clock.clone())),
     };
-    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let listener = meshtrust::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(endpoint::serve_with(
         listener,
